@@ -1,0 +1,64 @@
+# glimpse-agent build, test and demo targets (GNU make).
+#
+#   make            build bin/glimpse-agent
+#   make test       install test deps, build Consul, go test -race ./...
+#   make run        local demo: Consul dev agent + demo topology + glimpse-agent
+#
+# Overrides: CONSUL_BIN=/path/to/consul (skip building Consul), PKG=./dns/...,
+# TESTFLAGS='-run TestX -v', TEST_TIMEOUT=18m, GO=go.
+
+SHELL := /bin/bash
+GO ?= go
+PKG ?= ./...
+TESTFLAGS ?=
+TEST_TIMEOUT ?= 18m
+
+AGENT_BIN := bin/glimpse-agent
+CONSUL_LOCAL := bin/consul
+# The Consul binary tests and the demo use: $(CONSUL_BIN) when set, else ours.
+CONSUL := $(if $(strip $(CONSUL_BIN)),$(CONSUL_BIN),$(CURDIR)/$(CONSUL_LOCAL))
+
+.DEFAULT_GOAL := build
+.PHONY: build consul deps test vet fmt run clean distclean
+
+build:
+	@mkdir -p bin
+	$(GO) build -o $(AGENT_BIN) ./cmd/glimpse-agent
+
+ifeq ($(strip $(CONSUL_BIN)),)
+consul: $(CONSUL_LOCAL)
+else
+consul:
+	@echo "consul: using CONSUL_BIN=$(CONSUL_BIN), not building $(CONSUL_LOCAL)"
+endif
+
+# Consul v1.14.0, pinned by the separate module in tools/consul. Slow to build:
+# only rebuilt when tools/consul/go.mod or go.sum is newer than the binary.
+$(CONSUL_LOCAL): tools/consul/go.mod tools/consul/go.sum
+	@mkdir -p bin
+	cd tools/consul && $(GO) build -o ../../$(CONSUL_LOCAL) github.com/hashicorp/consul
+	@touch $@
+
+deps:
+	@bash scripts/install-deps.sh
+
+test: deps consul
+	CONSUL_BIN="$(CONSUL)" $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(TESTFLAGS) $(PKG)
+
+vet:
+	$(GO) vet $(PKG)
+
+fmt:
+	$(GO) fmt $(PKG)
+
+run: deps consul build
+	CONSUL_BIN="$(CONSUL)" GLIMPSE_AGENT_BIN="$(CURDIR)/$(AGENT_BIN)" bash scripts/demo.sh
+
+# Removes the agent binary and cached test results; keeps bin/consul, which is
+# slow to rebuild (use distclean for that).
+clean:
+	rm -f $(AGENT_BIN)
+	$(GO) clean -testcache
+
+distclean: clean
+	rm -rf bin

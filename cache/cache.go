@@ -1,0 +1,428 @@
+package cache
+
+import (
+	"slices"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Cache is the topology of every watched zone. Writers (the watchers) are
+// serialised by a mutex; readers load immutable snapshots through atomic
+// pointers and never block.
+type Cache struct {
+	builder Builder
+
+	mu    sync.Mutex                            // serialises writers
+	zones atomic.Pointer[map[string]*zoneEntry] // copy on write
+	index atomic.Uint64
+	// changed is closed and replaced on every change.
+	changed atomic.Pointer[chan struct{}]
+	dcs     atomic.Pointer[map[string]struct{}]
+}
+
+// zoneEntry holds one zone's current snapshot, its live status and the
+// writer-side bookkeeping needed to update the snapshot incrementally.
+type zoneEntry struct {
+	snap   atomic.Pointer[Zone]
+	status *Status
+
+	// Writer side, guarded by Cache.mu: which nodes each product refers
+	// to, and how many products refer to each node.
+	productNodes map[string]map[string]Node // product → node name → node
+	nodeRefs     map[string]int
+}
+
+// New returns an empty cache. b may be nil.
+func New(b Builder) *Cache {
+	c := &Cache{builder: b}
+	zones := map[string]*zoneEntry{}
+	c.zones.Store(&zones)
+	ch := make(chan struct{})
+	c.changed.Store(&ch)
+	return c
+}
+
+// Index returns the cache index: it moves on every change of any zone.
+func (c *Cache) Index() uint64 { return c.index.Load() }
+
+// Changed returns a channel that is closed at the next change.
+func (c *Cache) Changed() <-chan struct{} { return *c.changed.Load() }
+
+// Zone returns the current snapshot of a zone, or nil when the zone is not
+// in the cache.
+func (c *Cache) Zone(name string) *Zone {
+	e := (*c.zones.Load())[name]
+	if e == nil {
+		return nil
+	}
+	return e.snap.Load()
+}
+
+// Status returns the live status of a zone, or nil when the zone is not in
+// the cache.
+func (c *Cache) Status(name string) *Status {
+	e := (*c.zones.Load())[name]
+	if e == nil {
+		return nil
+	}
+	return e.status
+}
+
+// Zones returns the snapshots of every zone in the cache, by name.
+func (c *Cache) Zones() []*Zone {
+	zones := *c.zones.Load()
+	out := make([]*Zone, 0, len(zones))
+	for _, e := range zones {
+		out = append(out, e.snap.Load())
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// SetDatacenters records the datacenters Consul knows, so readers can tell an
+// unknown zone from one that is not watched yet.
+func (c *Cache) SetDatacenters(names []string) {
+	m := make(map[string]struct{}, len(names))
+	for _, n := range names {
+		m[Lower(n)] = struct{}{}
+	}
+	c.dcs.Store(&m)
+}
+
+// Datacenter reports whether Consul knows the datacenter, and whether the
+// list of datacenters is known at all.
+func (c *Cache) Datacenter(name string) (exists, known bool) {
+	m := c.dcs.Load()
+	if m == nil {
+		return false, false
+	}
+	_, exists = (*m)[name]
+	return exists, true
+}
+
+// AddZone adds an empty, unsynced zone unless it is already there. It
+// reports whether it added one.
+func (c *Cache) AddZone(name string, local bool) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	old := *c.zones.Load()
+	if _, ok := old[name]; ok {
+		return false
+	}
+	e := &zoneEntry{
+		status:       newStatus(),
+		productNodes: map[string]map[string]Node{},
+		nodeRefs:     map[string]int{},
+	}
+	z := &Zone{Name: name, Local: local, Products: map[string]*Product{}, Nodes: map[string]*Node{}}
+	z.Index = c.index.Add(1)
+	c.derive(z)
+	e.snap.Store(z)
+	zones := make(map[string]*zoneEntry, len(old)+1)
+	for k, v := range old {
+		zones[k] = v
+	}
+	zones[name] = e
+	c.zones.Store(&zones)
+	c.notify()
+	return true
+}
+
+// DropZone removes a zone and everything in it.
+func (c *Cache) DropZone(name string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	old := *c.zones.Load()
+	if _, ok := old[name]; !ok {
+		return
+	}
+	zones := make(map[string]*zoneEntry, len(old))
+	for k, v := range old {
+		if k != name {
+			zones[k] = v
+		}
+	}
+	c.index.Add(1)
+	c.zones.Store(&zones)
+	c.notify()
+}
+
+// SetSynced marks a zone as synced: every watcher of it has delivered its
+// first result.
+func (c *Cache) SetSynced(zone string) {
+	c.update(zone, func(e *zoneEntry, z *Zone, idx uint64) bool {
+		if z.Synced {
+			return false
+		}
+		z.Synced = true
+		return true
+	})
+}
+
+// SetServers replaces the Consul servers of a zone.
+func (c *Cache) SetServers(zone string, servers []Server) {
+	servers = slices.Clone(servers)
+	sort.Slice(servers, func(i, j int) bool {
+		if servers[i].Node != servers[j].Node {
+			return servers[i].Node < servers[j].Node
+		}
+		return servers[i].Address.Less(servers[j].Address)
+	})
+	c.update(zone, func(e *zoneEntry, z *Zone, idx uint64) bool {
+		if slices.Equal(z.Servers, servers) {
+			return false
+		}
+		z.Servers = servers
+		return true
+	})
+}
+
+// SetProduct replaces every instance of a product in a zone with the given
+// ones (labels in lower case, as produced by the watchers); ignored counts
+// the instances Consul returned without the glimpse tags. It reports whether
+// anything a reader can see changed.
+func (c *Cache) SetProduct(zone, product string, instances []Instance, ignored int) bool {
+	changed := false
+	c.update(zone, func(e *zoneEntry, z *Zone, idx uint64) bool {
+		old := z.Products[product]
+		p, addrs := c.buildProduct(zone, product, instances, ignored, old)
+		if p == nil {
+			return false
+		}
+		p.Index = idx
+		for _, a := range addrs {
+			a.Index = idx
+			if c.builder != nil {
+				a.Derived = c.builder.BuildAddress(a)
+			}
+		}
+		z.Products = copyMap(z.Products)
+		z.Products[product] = p
+		c.updateNodes(e, z, product, instances)
+		changed = true
+		return true
+	})
+	return changed
+}
+
+// RemoveProduct removes a product from a zone.
+func (c *Cache) RemoveProduct(zone, product string) {
+	c.update(zone, func(e *zoneEntry, z *Zone, idx uint64) bool {
+		if _, ok := z.Products[product]; !ok {
+			return false
+		}
+		z.Products = copyMap(z.Products)
+		delete(z.Products, product)
+		c.updateNodes(e, z, product, nil)
+		return true
+	})
+}
+
+// update applies fn to a copy of a zone's snapshot and publishes it when fn
+// reports a change, with idx, the index fn is given, as the new cache index.
+func (c *Cache) update(zone string, fn func(e *zoneEntry, z *Zone, idx uint64) bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e := (*c.zones.Load())[zone]
+	if e == nil {
+		return
+	}
+	z := *e.snap.Load()
+	idx := c.index.Load() + 1
+	if !fn(e, &z, idx) {
+		return
+	}
+	c.index.Store(idx)
+	z.Index = idx
+	c.derive(&z)
+	e.snap.Store(&z)
+	c.notify()
+}
+
+func (c *Cache) derive(z *Zone) {
+	if c.builder != nil {
+		z.Derived = c.builder.BuildZone(z)
+	}
+}
+
+// notify wakes everyone waiting on Changed. Called with c.mu held.
+func (c *Cache) notify() {
+	ch := make(chan struct{})
+	old := c.changed.Swap(&ch)
+	close(*old)
+}
+
+// buildProduct makes the new snapshot of a product, reusing the addresses
+// of old that did not change. It returns nil when nothing changed, and the
+// addresses that are new or changed.
+func (c *Cache) buildProduct(zone, name string, in []Instance, ignored int, old *Product) (*Product, []*Address) {
+	sorted := slices.Clone(in)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].less(&sorted[j]) })
+	sorted = slices.Compact(sorted)
+
+	p := &Product{
+		Zone: zone, Name: name,
+		Addresses: map[string]*Address{},
+		Prefixes:  map[string]struct{}{},
+		Ignored:   ignored,
+		Instances: len(sorted),
+	}
+	var fresh []*Address
+	for i := 0; i < len(sorted); {
+		j := i + 1
+		for j < len(sorted) && sorted[j].Env == sorted[i].Env && sorted[j].Job == sorted[i].Job && sorted[j].Service == sorted[i].Service {
+			j++
+		}
+		first := &sorted[i]
+		key := AddrKey(first.Service, first.Job, first.Env)
+		group := sorted[i:j:j]
+		if prev := lookup(old, key); prev != nil && slices.Equal(prev.Instances, group) {
+			p.Addresses[key] = prev
+		} else {
+			a := &Address{Zone: zone, Product: name, Env: first.Env, Job: first.Job, Service: first.Service, Instances: group}
+			p.Addresses[key] = a
+			fresh = append(fresh, a)
+		}
+		p.Prefixes[first.Env] = struct{}{}
+		p.Prefixes[first.Job+"."+first.Env] = struct{}{}
+		i = j
+	}
+	if old != nil && len(fresh) == 0 && len(old.Addresses) == len(p.Addresses) && old.Ignored == ignored {
+		return nil, nil
+	}
+	return p, fresh
+}
+
+func lookup(p *Product, key string) *Address {
+	if p == nil {
+		return nil
+	}
+	return p.Addresses[key]
+}
+
+// updateNodes keeps a zone's node table in step with the instances of one
+// product: nodes are counted by the products that refer to them, so a node
+// leaves the table only when no product has an instance on it.
+func (c *Cache) updateNodes(e *zoneEntry, z *Zone, product string, instances []Instance) {
+	next := map[string]Node{}
+	for i := range instances {
+		in := &instances[i]
+		if in.OwnAddress || !ValidLabel(in.Node) {
+			continue
+		}
+		name := Lower(in.Node)
+		next[name] = Node{Name: name, Address: in.Address}
+	}
+	prev := e.productNodes[product]
+	if mapsEqual(prev, next) {
+		return
+	}
+	if len(next) == 0 {
+		delete(e.productNodes, product)
+	} else {
+		e.productNodes[product] = next
+	}
+	nodes := copyMap(z.Nodes)
+	for name := range prev {
+		if _, ok := next[name]; !ok {
+			if e.nodeRefs[name]--; e.nodeRefs[name] == 0 {
+				delete(e.nodeRefs, name)
+				delete(nodes, name)
+			}
+		}
+	}
+	for name, n := range next {
+		if _, ok := prev[name]; !ok {
+			e.nodeRefs[name]++
+		}
+		if cur := nodes[name]; cur == nil || cur.Address != n.Address {
+			n := n
+			if c.builder != nil {
+				n.Derived = c.builder.BuildNode(z.Name, &n)
+			}
+			nodes[name] = &n
+		}
+	}
+	z.Nodes = nodes
+}
+
+func mapsEqual(a, b map[string]Node) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if w, ok := b[k]; !ok || w.Address != v.Address {
+			return false
+		}
+	}
+	return true
+}
+
+func copyMap[V any](m map[string]V) map[string]V {
+	out := make(map[string]V, len(m)+1)
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+// Status is the live sync state of a zone, updated by its watchers on every
+// Consul response without replacing the zone's snapshot.
+type Status struct {
+	created     time.Time
+	lastContact atomic.Int64 // unix nanoseconds of the last fresh result
+	failing     atomic.Int32 // watchers whose last result was an error or leaderless
+	lastQuery   atomic.Int64 // unix seconds of the last read of the zone
+}
+
+func newStatus() *Status {
+	s := &Status{created: time.Now()}
+	s.lastQuery.Store(s.created.Unix())
+	return s
+}
+
+// Contact records a fresh result from Consul (a known leader) at t.
+func (s *Status) Contact(t time.Time) { s.lastContact.Store(t.UnixNano()) }
+
+// Failing adds delta (+1 or -1) to the number of the zone's watchers whose
+// last request failed or came from a server without a leader.
+func (s *Status) Failing(delta int32) { s.failing.Add(delta) }
+
+// LastContact returns the time of the last fresh result, zero if none.
+func (s *Status) LastContact() time.Time {
+	n := s.lastContact.Load()
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n)
+}
+
+// Stale reports whether some watcher of the zone is out of contact.
+func (s *Status) Stale() bool { return s.failing.Load() > 0 }
+
+// SecondsStale is 0 while every watcher of the zone is in contact with
+// Consul, and otherwise the seconds since the last fresh result.
+func (s *Status) SecondsStale(now time.Time) float64 {
+	if !s.Stale() {
+		return 0
+	}
+	last := s.LastContact()
+	if last.IsZero() {
+		last = s.created
+	}
+	return now.Sub(last).Seconds()
+}
+
+// Touch records a read of the zone; the watchers drop remote zones nobody
+// reads. It writes at most once a second.
+func (s *Status) Touch(now time.Time) {
+	sec := now.Unix()
+	if s.lastQuery.Load() != sec {
+		s.lastQuery.Store(sec)
+	}
+}
+
+// LastQuery returns the time of the last read of the zone, to the second.
+func (s *Status) LastQuery() time.Time { return time.Unix(s.lastQuery.Load(), 0) }

@@ -1,0 +1,125 @@
+// Command glimpse-agent serves the glimpse topology of the local Consul
+// agent's datacenters over DNS and HTTP. See the README for its flags.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"golang.org/x/time/rate"
+
+	"glimpse/internal/agent"
+)
+
+func main() {
+	if err := run(os.Args[1:], os.Stderr); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "glimpse-agent:", err)
+		}
+		os.Exit(2)
+	}
+}
+
+func run(args []string, stderr io.Writer) error {
+	cfg := agent.DefaultConfig()
+	fs := flag.NewFlagSet("glimpse-agent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&cfg.ConsulAddr, "consul.addr", "", "the local Consul agent's HTTP address (default $CONSUL_HTTP_ADDR or 127.0.0.1:8500)")
+	fs.StringVar(&cfg.ConsulToken, "consul.token", "", "Consul ACL token with read access (default $CONSUL_HTTP_TOKEN)")
+	fs.DurationVar(&cfg.ConsulStartTimeout, "consul.start-timeout", cfg.ConsulStartTimeout, "how long to wait for the Consul agent at start")
+	fs.DurationVar(&cfg.Watch.Wait, "consul.wait", cfg.Watch.Wait, "longest wait of a blocking query")
+	rateLimit := fs.Float64("consul.rate", float64(cfg.Watch.Rate), "Consul requests per second allowed to each watcher (token bucket)")
+	fs.IntVar(&cfg.Watch.Burst, "consul.burst", cfg.Watch.Burst, "burst of each watcher's token bucket")
+	fs.DurationVar(&cfg.Watch.MaxBackoff, "consul.max-backoff", cfg.Watch.MaxBackoff, "longest back-off between retries after Consul errors")
+	fs.StringVar(&cfg.Zone, "zone", "", "the local zone (default: the Consul agent's datacenter)")
+	fs.DurationVar(&cfg.Watch.Idle, "zone.idle", cfg.Watch.Idle, "how long a remote zone stays watched after its last query")
+	fs.StringVar(&cfg.DNSAddr, "dns.addr", cfg.DNSAddr, "DNS address, UDP and TCP")
+	fs.StringVar(&cfg.Domain, "dns.domain", cfg.Domain, "the DNS domain glimpse is authoritative for")
+	fs.IntVar(&cfg.UDPSockets, "dns.udp-sockets", cfg.UDPSockets, "UDP sockets bound with SO_REUSEPORT (default: the number of CPUs)")
+	fs.DurationVar(&cfg.TTL, "dns.ttl", cfg.TTL, "TTL of positive DNS answers")
+	fs.DurationVar(&cfg.NegativeTTL, "dns.negative-ttl", cfg.NegativeTTL, "SOA minimum: how long resolvers cache NXDOMAIN and NODATA")
+	fs.BoolVar(&cfg.AllowWarning, "dns.allow-warning", cfg.AllowWarning, "answer with instances whose health is warning too")
+	fs.DurationVar(&cfg.RemoteWait, "dns.remote-wait", cfg.RemoteWait, "how long a query for a remote zone waits for its first sync before SERVFAIL")
+	fs.StringVar(&cfg.HTTPAddr, "http.addr", cfg.HTTPAddr, "HTTP address: API, websocket, /metrics, /healthz, /readyz")
+	level := fs.String("log.level", "info", "log level: debug, info, warn or error")
+	format := fs.String("log.format", "json", "log format: json or console")
+
+	if err := envDefaults(fs); err != nil {
+		return err
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if *rateLimit <= 0 || cfg.Watch.Burst < 1 {
+		return errors.New("-consul.rate and -consul.burst must be positive")
+	}
+	cfg.Watch.Rate = rate.Limit(*rateLimit)
+	if cfg.Watch.Wait <= 0 || cfg.Watch.MaxBackoff <= 0 || cfg.Watch.Idle <= 0 || cfg.RemoteWait < 0 {
+		return errors.New("-consul.wait, -consul.max-backoff and -zone.idle must be positive")
+	}
+	if cfg.UDPSockets < 1 {
+		return errors.New("-dns.udp-sockets must be at least 1")
+	}
+	log, err := newLogger(*level, *format)
+	if err != nil {
+		return err
+	}
+	defer log.Sync() //nolint:errcheck // nothing to do about it at exit
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	a, err := agent.New(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	return a.Run(ctx)
+}
+
+// envDefaults sets each flag from its environment variable, GLIMPSE_ and the
+// flag's name in upper case with dots and dashes as underscores
+// (GLIMPSE_DNS_ADDR for -dns.addr). Flags on the command line win.
+func envDefaults(fs *flag.FlagSet) error {
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		name := "GLIMPSE_" + strings.NewReplacer(".", "_", "-", "_").Replace(strings.ToUpper(f.Name))
+		if v, ok := os.LookupEnv(name); ok && err == nil {
+			if e := f.Value.Set(v); e != nil {
+				err = fmt.Errorf("%s=%q: %w", name, v, e)
+			}
+		}
+	})
+	return err
+}
+
+func newLogger(level, format string) (*zap.Logger, error) {
+	lvl, err := zapcore.ParseLevel(level)
+	if err != nil {
+		return nil, fmt.Errorf("-log.level: %w", err)
+	}
+	var zc zap.Config
+	switch format {
+	case "json":
+		zc = zap.NewProductionConfig()
+	case "console":
+		zc = zap.NewDevelopmentConfig()
+		zc.Development = false
+		zc.DisableStacktrace = true
+	default:
+		return nil, fmt.Errorf("-log.format: %q is neither json nor console", format)
+	}
+	zc.Level = zap.NewAtomicLevelAt(lvl)
+	zc.Sampling = nil // one line per event; there is no per-query logging to sample
+	return zc.Build()
+}

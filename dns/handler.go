@@ -1,0 +1,445 @@
+// Package dns answers glimpse's DNS queries from the cache, as a miekg/dns
+// handler. Positive answers for addresses and nodes are prepared when the
+// cache changes (see Builder); a query for them costs a map lookup and a
+// copy. Nothing here calls Consul.
+package dns
+
+import (
+	"context"
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	mdns "github.com/miekg/dns"
+
+	"glimpse/cache"
+)
+
+const (
+	// maxUDPSize is the largest UDP response the agent sends, whatever a
+	// client advertises; it is also what the agent advertises.
+	maxUDPSize = 4096
+	// optLen is the length of the OPT record the agent adds to answers of
+	// EDNS queries: root name, type, class, TTL and an empty RDATA.
+	optLen = 11
+)
+
+// Handler answers DNS queries from a cache.
+type Handler struct {
+	cache   *cache.Cache
+	cfg     Config
+	metrics *Metrics
+	// want asks the watchers to start watching a remote zone.
+	want func(zone string)
+	// remoteWait is how long a query for a zone that is not synced yet
+	// waits for its first sync before the answer is SERVFAIL.
+	remoteWait time.Duration
+	bufs       sync.Pool
+}
+
+// HandlerOptions are the Handler's collaborators.
+type HandlerOptions struct {
+	Config  Config
+	Metrics *Metrics // may be nil
+	// Want is called with a zone Consul knows but the cache does not hold
+	// yet; it must not block.
+	Want func(zone string)
+	// RemoteWait bounds how long a query waits for a remote zone's first
+	// sync.
+	RemoteWait time.Duration
+}
+
+// NewHandler returns a handler answering from c. The cache must have been
+// built with NewBuilder(opts.Config).
+func NewHandler(c *cache.Cache, opts HandlerOptions) *Handler {
+	h := &Handler{cache: c, cfg: opts.Config, metrics: opts.Metrics, want: opts.Want, remoteWait: opts.RemoteWait}
+	if h.want == nil {
+		h.want = func(string) {}
+	}
+	h.bufs.New = func() any { b := make([]byte, 0, 1024); return &b }
+	return h
+}
+
+// request is one query being answered.
+type request struct {
+	w     mdns.ResponseWriter
+	r     *mdns.Msg
+	q     mdns.Question
+	opt   *mdns.OPT
+	tcp   bool
+	limit int // the largest response the client can take
+}
+
+// ServeDNS implements mdns.Handler.
+func (h *Handler) ServeDNS(w mdns.ResponseWriter, r *mdns.Msg) {
+	start := time.Now()
+	req := request{w: w, r: r, limit: mdns.MinMsgSize}
+	_, req.tcp = w.RemoteAddr().(*net.TCPAddr)
+	rcode := h.serve(&req, start)
+	if h.metrics != nil {
+		qtype := uint16(0)
+		if len(r.Question) > 0 {
+			qtype = r.Question[0].Qtype
+		}
+		h.metrics.observe(req.tcp, qtype, rcode, time.Since(start))
+	}
+}
+
+// serve answers the request and returns the rcode it answered with.
+func (h *Handler) serve(req *request, now time.Time) int {
+	r := req.r
+	if r.Opcode != mdns.OpcodeQuery {
+		return h.fail(req, mdns.RcodeNotImplemented)
+	}
+	if len(r.Question) != 1 {
+		return h.fail(req, mdns.RcodeFormatError)
+	}
+	req.q = r.Question[0]
+	req.opt = r.IsEdns0()
+	switch {
+	case req.tcp:
+		req.limit = mdns.MaxMsgSize
+	case req.opt != nil:
+		req.limit = max(mdns.MinMsgSize, min(int(req.opt.UDPSize()), maxUDPSize))
+	}
+	if req.opt != nil && req.opt.Version() != 0 {
+		return h.fail(req, mdns.RcodeBadVers)
+	}
+	if req.q.Qtype == mdns.TypeAXFR || req.q.Qtype == mdns.TypeIXFR {
+		return h.fail(req, mdns.RcodeNotImplemented)
+	}
+	if req.q.Qclass != mdns.ClassINET {
+		return h.fail(req, mdns.RcodeRefused)
+	}
+
+	n := parseName(req.q.Name, h.cfg.Domain)
+	switch n.kind {
+	case kindOutside:
+		return h.fail(req, mdns.RcodeRefused)
+	case kindApex, kindInvalid:
+		return h.serveApex(req, &n)
+	case kindOne:
+		// A zone, or ns<i> of the local zone unless a zone has that name.
+		if exists, _ := h.cache.Datacenter(n.zone()); !exists && h.cache.Zone(n.zone()) == nil {
+			if _, ok := nsIndex(n.zone()); ok {
+				return h.serveApex(req, &n)
+			}
+		}
+	}
+
+	z, rcode := h.zone(n.zone(), now)
+	if z == nil {
+		if rcode == mdns.RcodeNameError {
+			return h.serveApex(req, &n) // unknown zone: NXDOMAIN with the apex SOA
+		}
+		return h.fail(req, rcode)
+	}
+	za := z.Derived.(*zoneAnswers)
+	switch n.kind {
+	case kindOne:
+		switch req.q.Qtype {
+		case mdns.TypeSOA:
+			return h.reply(req, mdns.RcodeSuccess, []mdns.RR{za.soa}, nil, nil)
+		case mdns.TypeNS:
+			return h.reply(req, mdns.RcodeSuccess, za.ns, nil, za.glue)
+		}
+		return h.nodata(req, za.soa)
+	case kindZoneNS:
+		i, _ := nsIndex(n.labels[1])
+		return h.serveServer(req, za.glue, i, za.soa)
+	case kindNode:
+		node := z.Nodes[n.labels[2]]
+		if node == nil {
+			return h.nxdomain(req, za.soa)
+		}
+		na := node.Derived.(*nodeAnswers)
+		return h.serveWire(req, pick(req.q.Qtype, nil, na.a, na.aaaa), za.soa)
+	case kindAddr:
+		ip, ok := parseHexAddr(n.labels[2])
+		if !ok {
+			return h.nxdomain(req, za.soa)
+		}
+		return h.serveIP(req, ip, za.soa)
+	case kindPrefix:
+		if h.prefixExists(z, &n) {
+			return h.nodata(req, za.soa)
+		}
+		return h.nxdomain(req, za.soa)
+	case kindAddress:
+		p := z.Products[n.labels[1]]
+		if p == nil {
+			return h.nxdomain(req, za.soa)
+		}
+		a := p.Addresses[n.rest]
+		if a == nil {
+			return h.nxdomain(req, za.soa)
+		}
+		aa := a.Derived.(*addrAnswers)
+		if !aa.healthy {
+			return h.nxdomain(req, za.soa)
+		}
+		return h.serveWire(req, pick(req.q.Qtype, aa.srv, aa.a, aa.aaaa), za.soa)
+	}
+	return h.nxdomain(req, za.soa)
+}
+
+// pick returns the prepared answer for qtype: SRV (also for ANY, as RFC 8482
+// allows), A or AAAA; nil for any other type.
+func pick(qtype uint16, srv, a, aaaa wire) wire {
+	switch qtype {
+	case mdns.TypeSRV, mdns.TypeANY:
+		return srv
+	case mdns.TypeA:
+		return a
+	case mdns.TypeAAAA:
+		return aaaa
+	}
+	return nil
+}
+
+// zone returns the synced snapshot of a zone, or nil and the rcode to answer
+// with: NXDOMAIN for a zone Consul does not know, SERVFAIL for one not synced
+// in time. A zone Consul knows but nobody watches yet is asked for, and
+// waited for up to remoteWait.
+func (h *Handler) zone(name string, now time.Time) (*cache.Zone, int) {
+	if st := h.cache.Status(name); st != nil {
+		st.Touch(now)
+	}
+	z := h.cache.Zone(name)
+	if z != nil && z.Synced {
+		return z, mdns.RcodeSuccess
+	}
+	if z == nil {
+		exists, known := h.cache.Datacenter(name)
+		if !known {
+			return nil, mdns.RcodeServerFailure
+		}
+		if !exists {
+			return nil, mdns.RcodeNameError
+		}
+		h.want(name)
+	} else if z.Local {
+		return nil, mdns.RcodeServerFailure
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), h.remoteWait)
+	defer cancel()
+	for {
+		changed := h.cache.Changed()
+		if z := h.cache.Zone(name); z != nil && z.Synced {
+			return z, mdns.RcodeSuccess
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return nil, mdns.RcodeServerFailure
+		}
+	}
+}
+
+// serveApex answers names directly under the domain that are not zones,
+// names that cannot exist and unknown zones, from the local zone.
+func (h *Handler) serveApex(req *request, n *name) int {
+	local := h.localZone()
+	if local == nil {
+		return h.fail(req, mdns.RcodeServerFailure)
+	}
+	za := local.Derived.(*zoneAnswers)
+	switch n.kind {
+	case kindApex:
+		switch req.q.Qtype {
+		case mdns.TypeSOA:
+			return h.reply(req, mdns.RcodeSuccess, []mdns.RR{za.apexSOA}, nil, nil)
+		case mdns.TypeNS:
+			return h.reply(req, mdns.RcodeSuccess, za.apexNS, nil, za.apexGlue)
+		}
+		return h.nodata(req, za.apexSOA)
+	case kindOne:
+		if i, ok := nsIndex(n.zone()); ok {
+			return h.serveServer(req, za.apexGlue, i, za.apexSOA)
+		}
+	}
+	return h.nxdomain(req, za.apexSOA)
+}
+
+// localZone returns the local zone's snapshot once it is synced.
+func (h *Handler) localZone() *cache.Zone {
+	for _, z := range h.cache.Zones() {
+		if z.Local {
+			if z.Synced {
+				return z
+			}
+			return nil
+		}
+	}
+	return nil
+}
+
+// serveServer answers for ns<i>: the address record glue[i].
+func (h *Handler) serveServer(req *request, glue []mdns.RR, i int, soa *mdns.SOA) int {
+	if i >= len(glue) {
+		return h.nxdomain(req, soa)
+	}
+	if glue[i].Header().Rrtype != req.q.Qtype {
+		return h.nodata(req, soa)
+	}
+	return h.reply(req, mdns.RcodeSuccess, []mdns.RR{glue[i]}, nil, nil)
+}
+
+// serveIP answers a <hex-ip>.addr name.
+func (h *Handler) serveIP(req *request, ip netip.Addr, soa *mdns.SOA) int {
+	var rr mdns.RR
+	hdr := mdns.RR_Header{Name: req.q.Name, Class: mdns.ClassINET, Ttl: h.cfg.TTL}
+	switch {
+	case req.q.Qtype == mdns.TypeA && ip.Is4():
+		hdr.Rrtype = mdns.TypeA
+		rr = &mdns.A{Hdr: hdr, A: ip.AsSlice()}
+	case req.q.Qtype == mdns.TypeAAAA && ip.Is6():
+		hdr.Rrtype = mdns.TypeAAAA
+		rr = &mdns.AAAA{Hdr: hdr, AAAA: ip.AsSlice()}
+	default:
+		return h.nodata(req, soa)
+	}
+	return h.reply(req, mdns.RcodeSuccess, []mdns.RR{rr}, nil, nil)
+}
+
+// prefixExists reports whether a name with fewer labels than an address is
+// an empty non-terminal: a product, <env>.<product>, <job>.<env>.<product>,
+// or the node and addr names of a zone. Such names answer NODATA, not
+// NXDOMAIN (RFC 8020), so resolvers keep resolving the names below them.
+func (h *Handler) prefixExists(z *cache.Zone, n *name) bool {
+	if n.n == 2 {
+		switch n.labels[1] {
+		case "node":
+			return len(z.Nodes) > 0
+		case "addr":
+			return true
+		}
+		return z.Products[n.labels[1]] != nil
+	}
+	if n.n == 3 || n.n == 4 {
+		p := z.Products[n.labels[1]]
+		if p == nil {
+			return false
+		}
+		_, ok := p.Prefixes[n.rest]
+		return ok
+	}
+	return false
+}
+
+func (h *Handler) nxdomain(req *request, soa *mdns.SOA) int {
+	return h.reply(req, mdns.RcodeNameError, nil, []mdns.RR{soa}, nil)
+}
+
+func (h *Handler) nodata(req *request, soa *mdns.SOA) int {
+	return h.reply(req, mdns.RcodeSuccess, nil, []mdns.RR{soa}, nil)
+}
+
+// fail answers with an error rcode and no records.
+func (h *Handler) fail(req *request, rcode int) int {
+	m := new(mdns.Msg)
+	m.SetRcode(req.r, rcode)
+	m.Authoritative = false
+	if len(req.r.Question) != 1 {
+		m.Question = nil
+	}
+	h.write(req, m)
+	return rcode
+}
+
+// reply answers with the given sections, authoritatively.
+func (h *Handler) reply(req *request, rcode int, answer, ns, extra []mdns.RR) int {
+	m := new(mdns.Msg)
+	m.SetRcode(req.r, rcode)
+	m.Authoritative = true
+	m.Answer, m.Ns, m.Extra = answer, ns, extra
+	h.write(req, m)
+	return rcode
+}
+
+// write sends m, with an OPT record when the query had one, trimmed to what
+// the client can take; Truncate sets TC when it leaves records out.
+func (h *Handler) write(req *request, m *mdns.Msg) {
+	m.Extra = append([]mdns.RR(nil), m.Extra...)
+	if req.opt != nil {
+		m.SetEdns0(maxUDPSize, req.opt.Do())
+	}
+	m.Truncate(req.limit)
+	_ = req.w.WriteMsg(m)
+}
+
+// serveWire answers with a prepared response, or NODATA when there is none.
+// The common case copies the bytes and patches ID, RD, the question's case
+// and type, and the OPT record; an answer larger than the client can take is
+// unpacked and trimmed the slow way.
+func (h *Handler) serveWire(req *request, wa wire, soa *mdns.SOA) int {
+	if wa == nil {
+		return h.nodata(req, soa)
+	}
+	size := len(wa)
+	if req.opt != nil {
+		size += optLen
+	}
+	if size > req.limit {
+		return h.serveTrimmed(req, wa)
+	}
+	bp := h.bufs.Get().(*[]byte)
+	buf := append((*bp)[:0], wa...)
+	binary.BigEndian.PutUint16(buf[0:], req.r.Id)
+	if req.r.RecursionDesired {
+		buf[2] |= 0x01
+	}
+	end := putName(buf[12:], req.q.Name) + 12
+	binary.BigEndian.PutUint16(buf[end:], req.q.Qtype)
+	if req.opt != nil {
+		var do byte
+		if req.opt.Do() {
+			do = 0x80
+		}
+		buf = append(buf, 0, 0, 41, maxUDPSize>>8, maxUDPSize&0xff, 0, 0, do, 0, 0, 0)
+		binary.BigEndian.PutUint16(buf[10:], binary.BigEndian.Uint16(buf[10:])+1)
+	}
+	_, _ = req.w.Write(buf)
+	*bp = buf
+	h.bufs.Put(bp)
+	return mdns.RcodeSuccess
+}
+
+// serveTrimmed answers with a prepared response too large for the client.
+func (h *Handler) serveTrimmed(req *request, wa wire) int {
+	m := new(mdns.Msg)
+	if err := m.Unpack(wa); err != nil {
+		return h.fail(req, mdns.RcodeServerFailure)
+	}
+	m.Id = req.r.Id
+	m.RecursionDesired = req.r.RecursionDesired
+	m.Question[0] = req.q
+	for _, rr := range m.Answer {
+		rr.Header().Name = req.q.Name
+	}
+	h.write(req, m)
+	return mdns.RcodeSuccess
+}
+
+// putName writes a name in presentation form (plain labels, no escapes) in
+// wire form and returns the number of bytes written.
+func putName(buf []byte, s string) int {
+	off := 0
+	for len(s) > 0 && s != "." {
+		dot := 0
+		for dot < len(s) && s[dot] != '.' {
+			dot++
+		}
+		buf[off] = byte(dot)
+		copy(buf[off+1:], s[:dot])
+		off += dot + 1
+		if dot == len(s) {
+			break
+		}
+		s = s[dot+1:]
+	}
+	buf[off] = 0
+	return off + 1
+}

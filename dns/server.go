@@ -1,0 +1,113 @@
+package dns
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"syscall"
+
+	mdns "github.com/miekg/dns"
+	"golang.org/x/sys/unix"
+)
+
+// Server serves a handler on one address over UDP, with several UDP sockets
+// bound with SO_REUSEPORT so the kernel spreads queries over them, and TCP.
+type Server struct {
+	udp  []*mdns.Server
+	tcp  *mdns.Server
+	addr *net.UDPAddr
+	errs chan error
+}
+
+// Listen binds addr ("host:port"; port 0 picks a free one) for UDP, with
+// sockets sockets, and for TCP.
+//
+// The TCP listener is bound first and without SO_REUSEPORT: it makes the
+// port ours, so a second agent started on the same port fails to bind
+// instead of silently sharing the UDP sockets.
+func Listen(addr string, sockets int, h mdns.Handler) (*Server, error) {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("dns: address %q: %w", addr, err)
+	}
+	tries := 1
+	if port == "0" {
+		tries = 20 // the UDP port may be taken where TCP's was free
+	}
+	for {
+		s, err := listen(addr, max(sockets, 1), h)
+		tries--
+		if err == nil || tries == 0 {
+			return s, err
+		}
+	}
+}
+
+func listen(addr string, sockets int, h mdns.Handler) (*Server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("dns: listen tcp %s: %w", addr, err)
+	}
+	s := &Server{errs: make(chan error, sockets+1)}
+	addr = ln.Addr().String()
+	lc := net.ListenConfig{Control: reusePort}
+	var pcs []net.PacketConn
+	for i := 0; i < sockets; i++ {
+		pc, err := lc.ListenPacket(context.Background(), "udp", addr)
+		if err != nil {
+			ln.Close()
+			for _, pc := range pcs {
+				pc.Close()
+			}
+			return nil, fmt.Errorf("dns: listen udp %s: %w", addr, err)
+		}
+		pcs = append(pcs, pc)
+	}
+	s.addr = pcs[0].LocalAddr().(*net.UDPAddr)
+	accept := func(dh mdns.Header) mdns.MsgAcceptAction {
+		if dh.Bits&(1<<15) != 0 { // a response: never answer it
+			return mdns.MsgIgnore
+		}
+		return mdns.MsgAccept // the handler answers everything else
+	}
+	for _, pc := range pcs {
+		s.udp = append(s.udp, &mdns.Server{PacketConn: pc, Handler: h, UDPSize: maxUDPSize, MsgAcceptFunc: accept})
+	}
+	s.tcp = &mdns.Server{Listener: ln, Handler: h, MsgAcceptFunc: accept}
+	return s, nil
+}
+
+// Addr returns the bound address (UDP and TCP share the port).
+func (s *Server) Addr() string { return s.addr.String() }
+
+// Serve serves until Shutdown; it returns the first error of any socket.
+func (s *Server) Serve() error {
+	for _, srv := range append([]*mdns.Server{s.tcp}, s.udp...) {
+		go func() { s.errs <- srv.ActivateAndServe() }()
+	}
+	return <-s.errs
+}
+
+// Shutdown stops accepting queries and waits, until ctx ends, for the
+// answers being written.
+func (s *Server) Shutdown(ctx context.Context) error {
+	var errs []error
+	for _, srv := range append([]*mdns.Server{s.tcp}, s.udp...) {
+		if err := srv.ShutdownContext(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func reusePort(network, address string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}

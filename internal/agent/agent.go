@@ -1,0 +1,226 @@
+// Package agent wires glimpse-agent together: the Consul client, the
+// watchers, the cache, and the DNS and HTTP servers. cmd/glimpse-agent only
+// turns flags into a Config; tests run the same wiring in-process.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	mdns "github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.uber.org/zap"
+
+	"glimpse/cache"
+	"glimpse/dns"
+	httpapi "glimpse/http"
+	"glimpse/watch"
+)
+
+// Config is everything the agent is configured with.
+type Config struct {
+	// ConsulAddr is the local Consul agent's HTTP address; empty means
+	// $CONSUL_HTTP_ADDR or 127.0.0.1:8500. CONSUL_HTTP_TOKEN and Consul's
+	// TLS variables are honoured.
+	ConsulAddr string
+	// ConsulToken overrides $CONSUL_HTTP_TOKEN.
+	ConsulToken string
+	// ConsulStartTimeout is how long to wait for the Consul agent at start.
+	ConsulStartTimeout time.Duration
+	// Zone is the local zone; empty means the Consul agent's datacenter.
+	Zone string
+
+	DNSAddr string
+	// Domain is the DNS domain glimpse is authoritative for.
+	Domain     string
+	UDPSockets int
+	TTL        time.Duration
+	// NegativeTTL is the SOA minimum: how long NXDOMAIN and NODATA are cached.
+	NegativeTTL  time.Duration
+	AllowWarning bool
+	// RemoteWait bounds how long a DNS query for a remote zone waits for the
+	// zone's first sync.
+	RemoteWait time.Duration
+
+	HTTPAddr string
+
+	Watch watch.Config
+}
+
+// DefaultConfig returns glimpse-agent's defaults.
+func DefaultConfig() Config {
+	return Config{
+		ConsulStartTimeout: 30 * time.Second,
+		DNSAddr:            "127.0.0.1:5959",
+		Domain:             "srv.glimpse.io.",
+		UDPSockets:         runtime.NumCPU(),
+		TTL:                5 * time.Second,
+		NegativeTTL:        5 * time.Second,
+		RemoteWait:         time.Second,
+		HTTPAddr:           "127.0.0.1:5960",
+		Watch:              watch.DefaultConfig(),
+	}
+}
+
+// Agent is a running glimpse-agent.
+type Agent struct {
+	cfg      Config
+	log      *zap.Logger
+	Cache    *cache.Cache
+	Registry *prometheus.Registry
+	watch    *watch.Manager
+	dns      *dns.Server
+	http     *httpapi.Server
+}
+
+// New connects to Consul (waiting up to cfg.ConsulStartTimeout), settles the
+// local zone and binds the DNS and HTTP addresses. Run starts serving.
+func New(ctx context.Context, cfg Config, log *zap.Logger) (*Agent, error) {
+	domain := mdns.CanonicalName(cfg.Domain)
+	if _, ok := mdns.IsDomainName(domain); !ok || domain == "." {
+		return nil, fmt.Errorf("invalid DNS domain %q", cfg.Domain)
+	}
+	cfg.Domain = domain
+	if cfg.TTL < 0 || cfg.NegativeTTL < 0 || cfg.TTL > 24*time.Hour || cfg.NegativeTTL > 24*time.Hour {
+		return nil, errors.New("DNS TTLs must be between 0 and 24h")
+	}
+
+	client, err := ConsulClient(cfg.ConsulAddr, cfg.ConsulToken)
+	if err != nil {
+		return nil, err
+	}
+	zone, err := localZone(ctx, client, cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Zone = zone
+	cfg.Watch.Local = zone
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	dcfg := dns.Config{
+		Domain:       domain,
+		TTL:          uint32(cfg.TTL / time.Second),
+		NegativeTTL:  uint32(cfg.NegativeTTL / time.Second),
+		AllowWarning: cfg.AllowWarning,
+	}
+	c := cache.New(dns.NewBuilder(dcfg))
+	reg.MustRegister(cache.NewCollector(c))
+	w := watch.New(client, c, cfg.Watch, log.Named("watch"), watch.NewMetrics(reg))
+	h := dns.NewHandler(c, dns.HandlerOptions{
+		Config:     dcfg,
+		Metrics:    dns.NewMetrics(reg),
+		Want:       w.Want,
+		RemoteWait: cfg.RemoteWait,
+	})
+	a := &Agent{cfg: cfg, log: log, Cache: c, Registry: reg, watch: w}
+	if a.dns, err = dns.Listen(cfg.DNSAddr, cfg.UDPSockets, h); err != nil {
+		return nil, err
+	}
+	a.http, err = httpapi.Listen(cfg.HTTPAddr, httpapi.Options{Cache: c, LocalZone: zone, Gatherer: reg})
+	if err != nil {
+		_ = a.dns.Shutdown(context.Background())
+		return nil, err
+	}
+	return a, nil
+}
+
+// ConsulClient returns a Consul API client for addr (empty: the environment's
+// or Consul's default) with token (empty: the environment's). Its transport
+// keeps one idle connection per watcher, so blocking queries do not churn
+// connections.
+func ConsulClient(addr, token string) (*api.Client, error) {
+	cc := api.DefaultConfig()
+	if addr != "" {
+		cc.Address = addr
+	}
+	if token != "" {
+		cc.Token = token
+	}
+	cc.Transport.MaxIdleConnsPerHost = 4096
+	cc.Transport.MaxIdleConns = 4096
+	client, err := api.NewClient(cc)
+	if err != nil {
+		return nil, fmt.Errorf("consul client for %s: %w", cc.Address, err)
+	}
+	return client, nil
+}
+
+// localZone returns cfg.Zone, or else the Consul agent's datacenter; either
+// way it waits for the Consul agent to answer.
+func localZone(ctx context.Context, client *api.Client, cfg Config, log *zap.Logger) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, cfg.ConsulStartTimeout)
+	defer cancel()
+	var lastErr error
+	for {
+		self, err := client.Agent().Self()
+		if err == nil {
+			dc, _ := self["Config"]["Datacenter"].(string)
+			zone := strings.ToLower(cfg.Zone)
+			if zone == "" {
+				zone = strings.ToLower(dc)
+			}
+			if !cache.ValidLabel(zone) {
+				return "", fmt.Errorf("zone %q is not a DNS label", zone)
+			}
+			log.Info("consul agent reached", zap.String("datacenter", dc), zap.String("zone", zone))
+			return zone, nil
+		}
+		if lastErr == nil {
+			log.Warn("waiting for the consul agent", zap.Error(err))
+		}
+		lastErr = err
+		select {
+		case <-ctx.Done():
+			return "", fmt.Errorf("consul agent not reachable within %s: %w", cfg.ConsulStartTimeout, lastErr)
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// DNSAddr returns the bound DNS address.
+func (a *Agent) DNSAddr() string { return a.dns.Addr() }
+
+// HTTPAddr returns the bound HTTP address.
+func (a *Agent) HTTPAddr() string { return a.http.Addr() }
+
+// Zone returns the local zone.
+func (a *Agent) Zone() string { return a.cfg.Zone }
+
+// Run serves until ctx ends or a server fails, then shuts down gracefully:
+// DNS and HTTP stop accepting and finish what is in flight (up to 10 s),
+// then the watchers stop.
+func (a *Agent) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make(chan error, 2)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); a.watch.Run(ctx) }()
+	go func() { errs <- a.dns.Serve() }()
+	go func() { errs <- a.http.Serve() }()
+	a.log.Info("serving", zap.String("dns", a.DNSAddr()), zap.String("http", a.HTTPAddr()), zap.String("zone", a.cfg.Zone), zap.String("domain", a.cfg.Domain))
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errs:
+		if err != nil {
+			err = fmt.Errorf("server failed: %w", err)
+		}
+	}
+	a.log.Info("shutting down")
+	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer scancel()
+	err = errors.Join(err, a.dns.Shutdown(sctx), a.http.Shutdown(sctx))
+	cancel()
+	wg.Wait()
+	return err
+}

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Installs the Debian packages that `make test` and `make run` need, when they
+# are missing:
+#   unbound   the resolver daemon; tests start their own instance in the
+#             foreground, so the packaged service is kept stopped and disabled
+#   dnsutils  dig, used by `make run` (scripts/demo.sh prints dig commands)
+#   curl      scripts/demo.sh talks to Consul's HTTP API with it
+#   gcc       cgo, which `go test -race` needs
+# Run by `make deps`. As non-root it only reports what is missing.
+set -euo pipefail
+
+have() { command -v "$1" >/dev/null 2>&1; }
+
+missing=()
+if ! have unbound && [ ! -x /usr/sbin/unbound ]; then missing+=(unbound); fi
+if ! have dig; then missing+=(dnsutils); fi
+if ! have curl; then missing+=(curl); fi
+if ! have gcc; then missing+=(gcc libc6-dev); fi
+
+if [ "${#missing[@]}" -eq 0 ]; then
+	echo "deps: unbound, dig, curl and gcc are installed"
+	exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+	echo "deps: MISSING Debian packages: ${missing[*]} (not root, not installing: run 'sudo make deps' or 'sudo apt-get install ${missing[*]}')" >&2
+	exit 0
+fi
+
+if ! have apt-get; then
+	echo "deps: MISSING packages: ${missing[*]} and apt-get is not available: install them by hand" >&2
+	exit 1
+fi
+
+# Keep package maintainer scripts from starting services (unbound's postinst
+# would start the system resolver otherwise). Only add a policy if none exists.
+policy=/usr/sbin/policy-rc.d
+added_policy=0
+if [ ! -e "$policy" ]; then
+	printf '#!/bin/sh\n# added by glimpse scripts/install-deps.sh while installing packages\nexit 101\n' >"$policy"
+	chmod 0755 "$policy"
+	added_policy=1
+fi
+cleanup() {
+	if [ "$added_policy" -eq 1 ]; then rm -f "$policy"; fi
+}
+trap cleanup EXIT
+
+export DEBIAN_FRONTEND=noninteractive
+echo "deps: installing ${missing[*]}"
+echo "+ apt-get update"
+apt-get update -q
+echo "+ apt-get install -y --no-install-recommends ${missing[*]}"
+apt-get install -y -q --no-install-recommends "${missing[@]}" </dev/null
+
+# glimpse runs its own unbound instances: make sure the packaged one is
+# neither running nor enabled at boot.
+if [[ " ${missing[*]} " == *" unbound "* ]]; then
+	if have systemctl; then
+		if [ -d /run/systemd/system ]; then
+			systemctl disable --now unbound.service >/dev/null 2>&1 || true
+		else
+			systemctl disable unbound.service >/dev/null 2>&1 || true
+		fi
+	fi
+	if have update-rc.d && [ -e /etc/init.d/unbound ]; then
+		update-rc.d unbound disable >/dev/null 2>&1 || true
+	fi
+	# Without systemd, stop an instance the init script may have started anyway.
+	if [ ! -d /run/systemd/system ] && [ -x /etc/init.d/unbound ] && [ -s /run/unbound.pid ]; then
+		/etc/init.d/unbound stop >/dev/null 2>&1 || true
+	fi
+fi
+
+echo "deps: done"

@@ -1,0 +1,140 @@
+package watch
+
+import (
+	"net/netip"
+	"strings"
+
+	"github.com/hashicorp/consul/api"
+
+	"glimpse/cache"
+)
+
+// Tag prefixes of the glimpse topology on Consul service instances.
+const (
+	TagPrefix   = "glimpse:"
+	TagEnv      = "glimpse:env="
+	TagJob      = "glimpse:job="
+	TagService  = "glimpse:service="
+	TagProvider = "glimpse:provider="
+)
+
+// IsProduct reports whether a Consul service, by the union of its instances'
+// tags, takes part in the glimpse topology.
+func IsProduct(name string, tags []string) bool {
+	if !cache.ValidLabel(name) {
+		return false
+	}
+	for _, t := range tags {
+		if strings.HasPrefix(t, TagPrefix) {
+			return true
+		}
+	}
+	return false
+}
+
+// instances converts Consul's health entries of one product into cache
+// instances. Entries without valid env, job and service tags, or without an
+// IP address, are counted in ignored. Label strings are interned per call,
+// so a product's thousands of instances share a few strings.
+func instances(entries []*api.ServiceEntry) (out []cache.Instance, ignored int) {
+	intern := map[string]string{}
+	in := func(s string) string {
+		s = cache.Lower(s)
+		if v, ok := intern[s]; ok {
+			return v
+		}
+		s = strings.Clone(s)
+		intern[s] = s
+		return s
+	}
+	out = make([]cache.Instance, 0, len(entries))
+	for _, e := range entries {
+		if e.Service == nil || e.Node == nil {
+			ignored++
+			continue
+		}
+		var inst cache.Instance
+		for _, t := range e.Service.Tags {
+			switch {
+			case strings.HasPrefix(t, TagEnv):
+				inst.Env = t[len(TagEnv):]
+			case strings.HasPrefix(t, TagJob):
+				inst.Job = t[len(TagJob):]
+			case strings.HasPrefix(t, TagService):
+				inst.Service = t[len(TagService):]
+			case strings.HasPrefix(t, TagProvider):
+				inst.Provider = t[len(TagProvider):]
+			}
+		}
+		if !cache.ValidLabel(inst.Env) || !cache.ValidLabel(inst.Job) || !cache.ValidLabel(inst.Service) {
+			ignored++
+			continue
+		}
+		ip, own, ok := address(e)
+		if !ok || e.Service.Port <= 0 || e.Service.Port > 65535 {
+			ignored++
+			continue
+		}
+		inst.Env, inst.Job, inst.Service = in(inst.Env), in(inst.Job), in(inst.Service)
+		if inst.Provider != "" {
+			inst.Provider = in(inst.Provider)
+		}
+		inst.Node = strings.Clone(e.Node.Node)
+		inst.Address, inst.OwnAddress = ip, own
+		inst.Port = uint16(e.Service.Port)
+		inst.Health = health(e.Checks)
+		out = append(out, inst)
+	}
+	return out, ignored
+}
+
+// address returns the service's own address when it is an IP, else the
+// node's.
+func address(e *api.ServiceEntry) (ip netip.Addr, own, ok bool) {
+	if e.Service.Address != "" {
+		if ip, err := netip.ParseAddr(e.Service.Address); err == nil {
+			return ip.Unmap(), ip.Unmap() != nodeIP(e), true
+		}
+	}
+	ip = nodeIP(e)
+	return ip, false, ip.IsValid()
+}
+
+func nodeIP(e *api.ServiceEntry) netip.Addr {
+	ip, err := netip.ParseAddr(e.Node.Address)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ip.Unmap()
+}
+
+// health aggregates an instance's node and service checks; maintenance
+// counts as critical.
+func health(checks api.HealthChecks) cache.Health {
+	switch checks.AggregatedStatus() {
+	case api.HealthPassing:
+		return cache.Passing
+	case api.HealthWarning:
+		return cache.Warning
+	default:
+		return cache.Critical
+	}
+}
+
+// servers converts the catalog entries of the "consul" service, one per
+// server, into cache servers.
+func servers(entries []*api.CatalogService) []cache.Server {
+	out := make([]cache.Server, 0, len(entries))
+	for _, e := range entries {
+		addr := e.ServiceAddress
+		if addr == "" {
+			addr = e.Address
+		}
+		ip, err := netip.ParseAddr(addr)
+		if err != nil {
+			continue
+		}
+		out = append(out, cache.Server{Node: e.Node, Address: ip.Unmap()})
+	}
+	return out
+}
