@@ -1,0 +1,209 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"sort"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	mdns "github.com/miekg/dns"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
+
+	"glimpse/internal/testconsul"
+)
+
+// consul is the dev agent shared by the tests of this package; tests that
+// need faults start their own.
+var consul *testconsul.Agent
+
+func TestMain(m *testing.M) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	a, err := testconsul.StartE(ctx, testconsul.Options{Dev: true, Datacenter: "dc1"}, func(f string, args ...any) {})
+	cancel()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "start consul:", err)
+		os.Exit(1)
+	}
+	consul = a
+	code := m.Run()
+	a.Close()
+	os.Exit(code)
+}
+
+// productSeq makes product names unique per test, so tests sharing the
+// Consul agent do not see each other's instances.
+var productSeq atomic.Int64
+
+func newProduct(prefix string) string {
+	return fmt.Sprintf("%s%d", prefix, productSeq.Add(1))
+}
+
+// testConfig is the agent's config for tests: free ports, short waits.
+func testConfig(consulAddr string) Config {
+	cfg := DefaultConfig()
+	cfg.ConsulAddr = consulAddr
+	cfg.DNSAddr = "127.0.0.1:0"
+	cfg.HTTPAddr = "127.0.0.1:0"
+	cfg.UDPSockets = 2
+	cfg.ConsulStartTimeout = 10 * time.Second
+	cfg.Watch.Wait = 5 * time.Second
+	cfg.Watch.MaxBackoff = 500 * time.Millisecond
+	return cfg
+}
+
+// startAgent runs an agent until the test ends and waits for its local
+// zone's first sync.
+func startAgent(t testing.TB, cfg Config) *Agent {
+	t.Helper()
+	a, err := New(context.Background(), cfg, nopLogger(t))
+	if err != nil {
+		t.Fatalf("agent: %v", err)
+	}
+	runAgent(t, a)
+	testconsul.WaitFor(t, 20*time.Second, func() bool {
+		z := a.Cache.Zone(a.Zone())
+		return z != nil && z.Synced
+	}, "local zone %s never synced", a.Zone())
+	return a
+}
+
+// instance is one service instance to register with Consul.
+type instance struct {
+	id, product, env, job, service string
+	address                        string // "" for the node's
+	port                           int
+	ttlCheck                       bool // a TTL check, critical until passed
+	extraTags                      []string
+}
+
+func register(t testing.TB, c *api.Client, in instance) {
+	t.Helper()
+	reg := &api.AgentServiceRegistration{
+		ID: in.id, Name: in.product, Address: in.address, Port: in.port,
+		Tags: append([]string{"glimpse:env=" + in.env, "glimpse:job=" + in.job, "glimpse:service=" + in.service}, in.extraTags...),
+	}
+	if in.ttlCheck {
+		reg.Check = &api.AgentServiceCheck{CheckID: in.id + "-ttl", TTL: "10m", Status: api.HealthPassing}
+	}
+	if err := c.Agent().ServiceRegister(reg); err != nil {
+		t.Fatalf("register %s: %v", in.id, err)
+	}
+	t.Cleanup(func() { _ = c.Agent().ServiceDeregister(in.id) })
+}
+
+// query sends one question over net ("udp" or "tcp") and returns the answer.
+func query(t testing.TB, addr, net_ string, name string, qtype uint16, edns uint16) *mdns.Msg {
+	t.Helper()
+	m := new(mdns.Msg)
+	m.SetQuestion(name, qtype)
+	if edns > 0 {
+		m.SetEdns0(edns, false)
+	}
+	return exchange(t, addr, net_, m)
+}
+
+func exchange(t testing.TB, addr, net_ string, m *mdns.Msg) *mdns.Msg {
+	t.Helper()
+	c := &mdns.Client{Net: net_, Timeout: 3 * time.Second, UDPSize: 65535}
+	r, _, err := c.Exchange(m, addr)
+	if err != nil {
+		t.Fatalf("%s %v %s: %v", net_, m.Question, addr, err)
+	}
+	return r
+}
+
+// rawExchange sends a raw UDP packet and returns the raw response.
+func rawExchange(t testing.TB, addr string, pkt []byte) []byte {
+	t.Helper()
+	conn, err := net.Dial("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(3 * time.Second))
+	if _, err := conn.Write(pkt); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 65535)
+	n, err := conn.Read(buf)
+	if err != nil {
+		t.Fatalf("raw exchange: %v", err)
+	}
+	return buf[:n]
+}
+
+// waitDNS waits until cond holds for the answer to (name, qtype).
+func waitDNS(t testing.TB, addr, name string, qtype uint16, cond func(*mdns.Msg) bool, what string) *mdns.Msg {
+	t.Helper()
+	var last *mdns.Msg
+	testconsul.WaitFor(t, 15*time.Second, func() bool {
+		last = query(t, addr, "udp", name, qtype, 4096)
+		return cond(last)
+	}, "%s: %s %s never held; last answer:\n%v", what, mdns.TypeToString[qtype], name, last)
+	return last
+}
+
+func srvTargets(m *mdns.Msg) map[string]uint16 {
+	out := map[string]uint16{}
+	for _, rr := range m.Answer {
+		if s, ok := rr.(*mdns.SRV); ok {
+			out[s.Target] = s.Port
+		}
+	}
+	return out
+}
+
+func countType(rrs []mdns.RR, t uint16) int {
+	n := 0
+	for _, rr := range rrs {
+		if rr.Header().Rrtype == t {
+			n++
+		}
+	}
+	return n
+}
+
+func soaIn(rrs []mdns.RR) *mdns.SOA {
+	for _, rr := range rrs {
+		if s, ok := rr.(*mdns.SOA); ok {
+			return s
+		}
+	}
+	return nil
+}
+
+func sortStrings(s []string) { sort.Strings(s) }
+
+func nopLogger(t testing.TB) *zap.Logger {
+	return zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel))
+}
+
+// runAgent runs a until the test ends.
+func runAgent(t testing.TB, a *Agent) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("agent run: %v", err)
+		}
+	})
+}
+
+func httpStatus(t testing.TB, url string) int {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
