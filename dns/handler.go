@@ -30,6 +30,7 @@ const (
 type Handler struct {
 	cache   *cache.Cache
 	cfg     Config
+	local   string
 	metrics *Metrics
 	// want asks the watchers to start watching a remote zone.
 	want func(zone string)
@@ -41,8 +42,10 @@ type Handler struct {
 
 // HandlerOptions are the Handler's collaborators.
 type HandlerOptions struct {
-	Config  Config
-	Metrics *Metrics // may be nil
+	Config Config
+	// LocalZone answers for the domain's apex and for unknown zones.
+	LocalZone string
+	Metrics   *Metrics // may be nil
 	// Want is called with a zone Consul knows but the cache does not hold
 	// yet; it must not block.
 	Want func(zone string)
@@ -54,7 +57,7 @@ type HandlerOptions struct {
 // NewHandler returns a handler answering from c. The cache must have been
 // built with NewBuilder(opts.Config).
 func NewHandler(c *cache.Cache, opts HandlerOptions) *Handler {
-	h := &Handler{cache: c, cfg: opts.Config, metrics: opts.Metrics, want: opts.Want, remoteWait: opts.RemoteWait}
+	h := &Handler{cache: c, cfg: opts.Config, local: opts.LocalZone, metrics: opts.Metrics, want: opts.Want, remoteWait: opts.RemoteWait}
 	if h.want == nil {
 		h.want = func(string) {}
 	}
@@ -265,13 +268,8 @@ func (h *Handler) serveApex(req *request, n *name) int {
 
 // localZone returns the local zone's snapshot once it is synced.
 func (h *Handler) localZone() *cache.Zone {
-	for _, z := range h.cache.Zones() {
-		if z.Local {
-			if z.Synced {
-				return z
-			}
-			return nil
-		}
+	if z := h.cache.Zone(h.local); z != nil && z.Synced {
+		return z
 	}
 	return nil
 }

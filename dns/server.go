@@ -78,6 +78,14 @@ func listen(addr string, sockets int, h mdns.Handler) (*Server, error) {
 	return s, nil
 }
 
+// Close releases the sockets of a server that was never served.
+func (s *Server) Close() {
+	_ = s.tcp.Listener.Close()
+	for _, u := range s.udp {
+		_ = u.PacketConn.Close()
+	}
+}
+
 // Addr returns the bound address (UDP and TCP share the port).
 func (s *Server) Addr() string { return s.addr.String() }
 

@@ -21,18 +21,19 @@ import (
 )
 
 func main() {
-	if err := run(os.Args[1:], os.Stderr); err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "glimpse-agent:", err)
-		}
-		os.Exit(2)
+	err := run(os.Args[1:], os.Stderr)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+	case err != nil:
+		fmt.Fprintln(os.Stderr, "glimpse-agent:", err) // one line, then a non-zero exit
+		os.Exit(1)
 	}
 }
 
 func run(args []string, stderr io.Writer) error {
 	cfg := agent.DefaultConfig()
 	fs := flag.NewFlagSet("glimpse-agent", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard) // errors are reported in one line by main
 	fs.StringVar(&cfg.ConsulAddr, "consul.addr", "", "the local Consul agent's HTTP address (default $CONSUL_HTTP_ADDR or 127.0.0.1:8500)")
 	fs.StringVar(&cfg.ConsulToken, "consul.token", "", "Consul ACL token with read access (default $CONSUL_HTTP_TOKEN)")
 	fs.DurationVar(&cfg.ConsulStartTimeout, "consul.start-timeout", cfg.ConsulStartTimeout, "how long to wait for the Consul agent at start")
@@ -57,6 +58,11 @@ func run(args []string, stderr io.Writer) error {
 		return err
 	}
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(stderr)
+			fmt.Fprintln(stderr, "Usage: glimpse-agent [flags]; every flag can also be set as GLIMPSE_<FLAG> (GLIMPSE_DNS_ADDR for -dns.addr).")
+			fs.PrintDefaults()
+		}
 		return err
 	}
 	if fs.NArg() > 0 {

@@ -116,6 +116,7 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Agent, error) {
 	w := watch.New(client, c, cfg.Watch, log.Named("watch"), watch.NewMetrics(reg))
 	h := dns.NewHandler(c, dns.HandlerOptions{
 		Config:     dcfg,
+		LocalZone:  zone,
 		Metrics:    dns.NewMetrics(reg),
 		Want:       w.Want,
 		RemoteWait: cfg.RemoteWait,
@@ -126,7 +127,7 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Agent, error) {
 	}
 	a.http, err = httpapi.Listen(cfg.HTTPAddr, httpapi.Options{Cache: c, LocalZone: zone, Gatherer: reg})
 	if err != nil {
-		_ = a.dns.Shutdown(context.Background())
+		a.dns.Close()
 		return nil, err
 	}
 	return a, nil
