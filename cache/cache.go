@@ -281,7 +281,9 @@ func (c *Cache) buildProduct(zone, name string, in []Instance, ignored int, old 
 		if prev := lookup(old, key); prev != nil && slices.Equal(prev.Instances, group) {
 			p.Addresses[key] = prev
 		} else {
-			a := &Address{Zone: zone, Product: name, Env: first.Env, Job: first.Job, Service: first.Service, Instances: group}
+			// The address gets its own copy: an unchanged address outlives
+			// later snapshots of its product, and must not pin their arrays.
+			a := &Address{Zone: zone, Product: name, Env: first.Env, Job: first.Job, Service: first.Service, Instances: slices.Clone(group)}
 			p.Addresses[key] = a
 			fresh = append(fresh, a)
 		}

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"runtime"
 	"strings"
 	"sync"
@@ -78,6 +79,8 @@ type Agent struct {
 	watch    *watch.Manager
 	dns      *dns.Server
 	http     *httpapi.Server
+	// transport of the Consul client, whose connections Run closes.
+	transport *http.Transport
 }
 
 // New connects to Consul (waiting up to cfg.ConsulStartTimeout), settles the
@@ -92,12 +95,13 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Agent, error) {
 		return nil, errors.New("DNS TTLs must be between 0 and 24h")
 	}
 
-	client, err := ConsulClient(cfg.ConsulAddr, cfg.ConsulToken)
+	client, transport, err := ConsulClient(cfg.ConsulAddr, cfg.ConsulToken)
 	if err != nil {
 		return nil, err
 	}
 	zone, err := localZone(ctx, client, cfg, log)
 	if err != nil {
+		transport.CloseIdleConnections()
 		return nil, err
 	}
 	cfg.Zone = zone
@@ -121,13 +125,15 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Agent, error) {
 		Want:       w.Want,
 		RemoteWait: cfg.RemoteWait,
 	})
-	a := &Agent{cfg: cfg, log: log, Cache: c, Registry: reg, watch: w}
+	a := &Agent{cfg: cfg, log: log, Cache: c, Registry: reg, watch: w, transport: transport}
 	if a.dns, err = dns.Listen(cfg.DNSAddr, cfg.UDPSockets, h); err != nil {
+		transport.CloseIdleConnections()
 		return nil, err
 	}
 	a.http, err = httpapi.Listen(cfg.HTTPAddr, httpapi.Options{Cache: c, LocalZone: zone, Gatherer: reg})
 	if err != nil {
 		a.dns.Close()
+		transport.CloseIdleConnections()
 		return nil, err
 	}
 	return a, nil
@@ -136,8 +142,8 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Agent, error) {
 // ConsulClient returns a Consul API client for addr (empty: the environment's
 // or Consul's default) with token (empty: the environment's). Its transport
 // keeps one idle connection per watcher, so blocking queries do not churn
-// connections.
-func ConsulClient(addr, token string) (*api.Client, error) {
+// connections; close its idle connections when done with the client.
+func ConsulClient(addr, token string) (*api.Client, *http.Transport, error) {
 	cc := api.DefaultConfig()
 	if addr != "" {
 		cc.Address = addr
@@ -149,9 +155,9 @@ func ConsulClient(addr, token string) (*api.Client, error) {
 	cc.Transport.MaxIdleConns = 4096
 	client, err := api.NewClient(cc)
 	if err != nil {
-		return nil, fmt.Errorf("consul client for %s: %w", cc.Address, err)
+		return nil, nil, fmt.Errorf("consul client for %s: %w", cc.Address, err)
 	}
-	return client, nil
+	return client, cc.Transport, nil
 }
 
 // localZone returns cfg.Zone, or else the Consul agent's datacenter; either
@@ -223,5 +229,6 @@ func (a *Agent) Run(ctx context.Context) error {
 	err = errors.Join(err, a.dns.Shutdown(sctx), a.http.Shutdown(sctx))
 	cancel()
 	wg.Wait()
+	a.transport.CloseIdleConnections()
 	return err
 }
