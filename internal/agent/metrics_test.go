@@ -116,3 +116,32 @@ func TestBindFailure(t *testing.T) {
 		}
 	}
 }
+
+// TestProductWatchersFollowCatalog: a product that appears in Consul gets a
+// health watcher, and one that vanishes loses it (and leaves the cache).
+func TestProductWatchersFollowCatalog(t *testing.T) {
+	a := startAgent(t, testConfig(consul.HTTPAddr()))
+	watchers := func() float64 {
+		return metricValue(scrape(t, a.HTTPAddr()), `glimpse_watch_watchers{zone="dc1"}`)
+	}
+	before := watchers()
+	p := newProduct("appear")
+	c := consul.Client()
+	if err := c.Agent().ServiceRegister(&api.AgentServiceRegistration{
+		ID: p, Name: p, Port: 80, Tags: []string{"glimpse:env=prod", "glimpse:job=web", "glimpse:service=http"},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	testconsul.WaitFor(t, 10*time.Second, func() bool { return watchers() == before+1 }, "no watcher for the new product (had %v)", before)
+	testconsul.WaitFor(t, 10*time.Second, func() bool {
+		z := a.Cache.Zone("dc1")
+		return z.Products[p] != nil
+	}, "new product not in the cache")
+	if err := c.Agent().ServiceDeregister(p); err != nil {
+		t.Fatal(err)
+	}
+	testconsul.WaitFor(t, 10*time.Second, func() bool { return watchers() == before }, "watcher of the vanished product still running")
+	if a.Cache.Zone("dc1").Products[p] != nil {
+		t.Fatal("vanished product still in the cache")
+	}
+}
