@@ -68,7 +68,18 @@ func (a *Instance) less(b *Instance) bool {
 	if c := a.Address.Compare(b.Address); c != 0 {
 		return c < 0
 	}
-	return a.Port < b.Port
+	if a.Port != b.Port {
+		return a.Port < b.Port
+	}
+	// The rest only breaks ties, so the order is total and a snapshot does
+	// not depend on the order Consul returned the instances in.
+	if a.Health != b.Health {
+		return a.Health < b.Health
+	}
+	if a.OwnAddress != b.OwnAddress {
+		return !a.OwnAddress
+	}
+	return a.Provider < b.Provider
 }
 
 // AddrKey is the key of an address inside its product: "service.job.env".

@@ -151,25 +151,25 @@ func (h *Handler) serve(req *request, now time.Time) int {
 		return h.nodata(req, za.soa)
 	case kindZoneNS:
 		i, _ := nsIndex(n.labels[1])
+		if i >= len(za.glue) && h.prefixExists(z, &n) {
+			return h.nodata(req, za.soa) // a product named ns<i>
+		}
 		return h.serveServer(req, za.glue, i, za.soa)
 	case kindNode:
 		node := z.Nodes[n.labels[2]]
 		if node == nil {
-			return h.nxdomain(req, za.soa)
+			return h.missing(req, z, &n, za.soa)
 		}
 		na := node.Derived.(*nodeAnswers)
 		return h.serveWire(req, pick(req.q.Qtype, nil, na.a, na.aaaa), za.soa)
 	case kindAddr:
 		ip, ok := parseHexAddr(n.labels[2])
 		if !ok {
-			return h.nxdomain(req, za.soa)
+			return h.missing(req, z, &n, za.soa)
 		}
 		return h.serveIP(req, ip, za.soa)
 	case kindPrefix:
-		if h.prefixExists(z, &n) {
-			return h.nodata(req, za.soa)
-		}
-		return h.nxdomain(req, za.soa)
+		return h.missing(req, z, &n, za.soa)
 	case kindAddress:
 		p := z.Products[n.labels[1]]
 		if p == nil {
@@ -308,13 +308,15 @@ func (h *Handler) serveIP(req *request, ip netip.Addr, soa *mdns.SOA) int {
 // NXDOMAIN (RFC 8020), so resolvers keep resolving the names below them.
 func (h *Handler) prefixExists(z *cache.Zone, n *name) bool {
 	if n.n == 2 {
-		switch n.labels[1] {
-		case "node":
+		switch {
+		case z.Products[n.labels[1]] != nil:
+			return true
+		case n.labels[1] == "node":
 			return len(z.Nodes) > 0
-		case "addr":
+		case n.labels[1] == "addr":
 			return true
 		}
-		return z.Products[n.labels[1]] != nil
+		return false
 	}
 	if n.n == 3 || n.n == 4 {
 		p := z.Products[n.labels[1]]
@@ -325,6 +327,16 @@ func (h *Handler) prefixExists(z *cache.Zone, n *name) bool {
 		return ok
 	}
 	return false
+}
+
+// missing answers a name that is no node, address or server: NODATA when
+// it is an empty non-terminal above an address (a product may be named
+// "node", "addr" or "ns1"), else NXDOMAIN.
+func (h *Handler) missing(req *request, z *cache.Zone, n *name, soa *mdns.SOA) int {
+	if h.prefixExists(z, n) {
+		return h.nodata(req, soa)
+	}
+	return h.nxdomain(req, soa)
 }
 
 func (h *Handler) nxdomain(req *request, soa *mdns.SOA) int {

@@ -51,7 +51,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			for ri := 0; ri <= otherRcode; ri++ {
 				rcode := "other"
 				if ri < otherRcode {
-					rcode = mdns.RcodeToString[metricRcodes[ri]]
+					rcode = rcodeName(metricRcodes[ri])
 				}
 				m.requests[tcp][qi][ri] = requests.WithLabelValues(qtype, rcode, proto)
 			}
@@ -81,4 +81,13 @@ func (m *Metrics) observe(tcp bool, qtype uint16, rcode int, d time.Duration) {
 	}
 	m.requests[p][qi][ri].Inc()
 	m.duration[p].Observe(d.Seconds())
+}
+
+// rcodeName names an rcode; miekg/dns names 16 BADSIG (its TSIG meaning),
+// but in a DNS answer's header with EDNS it is BADVERS.
+func rcodeName(rcode int) string {
+	if rcode == mdns.RcodeBadVers {
+		return "BADVERS"
+	}
+	return mdns.RcodeToString[rcode]
 }

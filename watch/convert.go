@@ -88,13 +88,15 @@ func instances(entries []*api.ServiceEntry) (out []cache.Instance, ignored int) 
 	return out, ignored
 }
 
-// address returns the service's own address when it is an IP, else the
-// node's.
+// address returns the service's own address when it has one, else the
+// node's; not ok when that address is no IP (a host name).
 func address(e *api.ServiceEntry) (ip netip.Addr, own, ok bool) {
 	if e.Service.Address != "" {
-		if ip, err := netip.ParseAddr(e.Service.Address); err == nil {
-			return ip.Unmap(), ip.Unmap() != nodeIP(e), true
+		ip, err := netip.ParseAddr(e.Service.Address)
+		if err != nil {
+			return netip.Addr{}, false, false // a host name: no address DNS can give
 		}
+		return ip.Unmap(), ip.Unmap() != nodeIP(e), true
 	}
 	ip = nodeIP(e)
 	return ip, false, ip.IsValid()

@@ -50,7 +50,7 @@ func run(args []string, stderr io.Writer) error {
 	fs.DurationVar(&cfg.NegativeTTL, "dns.negative-ttl", cfg.NegativeTTL, "SOA minimum: how long resolvers cache NXDOMAIN and NODATA")
 	fs.BoolVar(&cfg.AllowWarning, "dns.allow-warning", cfg.AllowWarning, "answer with instances whose health is warning too")
 	fs.DurationVar(&cfg.RemoteWait, "dns.remote-wait", cfg.RemoteWait, "how long a query for a remote zone waits for its first sync before SERVFAIL")
-	fs.StringVar(&cfg.HTTPAddr, "http.addr", cfg.HTTPAddr, "HTTP address: API, websocket, /metrics, /healthz, /readyz")
+	fs.StringVar(&cfg.HTTPAddr, "http.addr", cfg.HTTPAddr, "HTTP address: /metrics, /healthz, /readyz")
 	level := fs.String("log.level", "info", "log level: debug, info, warn or error")
 	format := fs.String("log.format", "json", "log format: json or console")
 
@@ -73,7 +73,7 @@ func run(args []string, stderr io.Writer) error {
 	}
 	cfg.Watch.Rate = rate.Limit(*rateLimit)
 	if cfg.Watch.Wait <= 0 || cfg.Watch.MaxBackoff <= 0 || cfg.Watch.Idle <= 0 || cfg.RemoteWait < 0 {
-		return errors.New("-consul.wait, -consul.max-backoff and -zone.idle must be positive")
+		return errors.New("-consul.wait, -consul.max-backoff and -zone.idle must be positive, -dns.remote-wait not negative")
 	}
 	if cfg.UDPSockets < 1 {
 		return errors.New("-dns.udp-sockets must be at least 1")
