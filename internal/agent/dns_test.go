@@ -449,3 +449,20 @@ func ips(rrs []mdns.RR) string {
 	sortStrings(out)
 	return strings.Join(out, ",")
 }
+
+// TestDNSProductsNamedLikeKeywords: products named "node", "addr" or "ns7"
+// resolve, and the names above their addresses are NODATA, not NXDOMAIN,
+// so a resolver that asks for them first (as Unbound does) keeps going.
+func TestDNSProductsNamedLikeKeywords(t *testing.T) {
+	c := consul.Client()
+	for i, p := range []string{"node", "addr", "ns7"} {
+		register(t, c, instance{id: "kw-" + p, product: p, env: "prod", job: "stream", service: "http", address: fmt.Sprintf("127.0.5.%d", i+1), port: 80})
+	}
+	a := startAgent(t, testConfig(consul.HTTPAddr()))
+	for _, p := range []string{"node", "addr", "ns7"} {
+		waitDNS(t, a.DNSAddr(), "http.stream.prod."+p+".dc1."+domain, mdns.TypeA, func(m *mdns.Msg) bool { return len(m.Answer) == 1 }, p)
+		for _, above := range []string{"prod." + p, "stream.prod." + p, p} {
+			checkNodata(t, query(t, a.DNSAddr(), "udp", above+".dc1."+domain, mdns.TypeA, 0), "dc1."+domain)
+		}
+	}
+}
