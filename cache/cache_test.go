@@ -522,9 +522,13 @@ func TestStatusSecondsStale(t *testing.T) {
 func TestStatusTouch(t *testing.T) {
 	s := newStatus()
 	t0 := time.Unix(1_700_000_000, 0)
-	s.Touch(t0.Add(400 * time.Millisecond))
+	s.Touch(t0)
 	if !s.LastQuery().Equal(t0) {
-		t.Errorf("LastQuery = %v, want %v (to the second)", s.LastQuery(), t0)
+		t.Errorf("LastQuery = %v, want %v", s.LastQuery(), t0)
+	}
+	s.Touch(t0.Add(40 * time.Millisecond)) // within 100 ms: not written
+	if !s.LastQuery().Equal(t0) {
+		t.Errorf("LastQuery = %v, want %v (writes at most every 100 ms)", s.LastQuery(), t0)
 	}
 	s.Touch(t0.Add(3 * time.Second))
 	if !s.LastQuery().Equal(t0.Add(3 * time.Second)) {

@@ -272,6 +272,10 @@ func (z *zoneWatch) loopCtx(ctx context.Context, endpoint, product string, fn fe
 				}
 				failures++
 				setFailing(true)
+				// The next request does not block: once Consul is back the
+				// watcher resyncs (and reports contact) at once, not after a
+				// whole wait with nothing changed.
+				index = 0
 				if !sleep(ctx, backoff(m.cfg, failures)) {
 					return
 				}
@@ -281,10 +285,13 @@ func (z *zoneWatch) loopCtx(ctx context.Context, endpoint, product string, fn fe
 				log.Info("consul request recovered", zap.Int("failures", failures))
 			}
 			failures = 0
-			if meta.KnownLeader {
+			// Consul's streaming backend, which serves blocking health
+			// queries, never reports a leader; its results are fresh.
+			fresh := meta.KnownLeader || meta.QueryBackend == api.QueryBackendStreaming
+			if fresh {
 				z.status.Contact(time.Now())
 			}
-			setFailing(!meta.KnownLeader)
+			setFailing(!fresh)
 			switch {
 			case meta.LastIndex < index:
 				// The index went backwards (a restored or rebuilt Consul):
@@ -307,13 +314,17 @@ func (z *zoneWatch) fetchServices(ctx context.Context, q *api.QueryOptions) (*ap
 	if err != nil {
 		return nil, err
 	}
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	if ctx.Err() != nil { // the zone was stopped meanwhile (see fetchProduct)
+		return meta, nil
+	}
 	want := map[string]bool{}
 	for name, tags := range services {
 		if IsProduct(name, tags) {
 			want[cache.Lower(name)] = true
 		}
 	}
-	z.mu.Lock()
 	for name, cancel := range z.products {
 		if !want[name] {
 			cancel()
@@ -342,7 +353,6 @@ func (z *zoneWatch) fetchServices(ctx context.Context, q *api.QueryOptions) (*ap
 	}
 	z.haveServices = true
 	z.checkSynced()
-	z.mu.Unlock()
 	return meta, nil
 }
 

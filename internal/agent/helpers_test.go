@@ -146,7 +146,7 @@ func waitDNS(t testing.TB, addr, name string, qtype uint16, cond func(*mdns.Msg)
 	testconsul.WaitFor(t, 15*time.Second, func() bool {
 		last = query(t, addr, "udp", name, qtype, 4096)
 		return cond(last)
-	}, "%s: %s %s never held; last answer:\n%v", what, mdns.TypeToString[qtype], name, last)
+	}, "%s: %s %s never held; last answer:\n%v", what, mdns.TypeToString[qtype], name, lazy(func() any { return last }))
 	return last
 }
 

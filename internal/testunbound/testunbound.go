@@ -1,13 +1,12 @@
 // Package testunbound runs a real Unbound resolver for tests, configured from
 // docs/unbound-glimpse.conf (the configuration docs/unbound.md tells operators
-// to install) with the stub zone pointed at the DNS server under test.
+// to install) with its forward zone pointed at the DNS server under test.
 //
 // Unbound is a Debian package (`make deps` installs it). A test that needs it
 // fails, rather than skips, when it is missing.
 package testunbound
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -22,9 +21,12 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"glimpse/internal/testconsul"
 )
 
-// DefaultDomain is the zone that docs/unbound-glimpse.conf stubs to the agent.
+// DefaultDomain is the zone that docs/unbound-glimpse.conf forwards to the
+// agent.
 const DefaultDomain = "srv.glimpse.io."
 
 // ConfFile is the repository-relative path of the documented configuration.
@@ -50,21 +52,21 @@ type Unbound struct {
 	stopOnce sync.Once
 }
 
-// Start runs unbound in the foreground with the stub zone for domain (e.g.
-// "srv.glimpse.io."; empty means DefaultDomain) pointing at stubAddr, a
-// host:port such as "127.0.0.1:5959" or "[::1]:5959". It returns once unbound
-// answers queries; the test's cleanup stops it. On test failure the tail of
-// unbound's log is printed.
-func Start(tb testing.TB, stubAddr string, domain string) *Unbound {
+// Start runs unbound in the foreground with the zone for domain (e.g.
+// "srv.glimpse.io."; empty means DefaultDomain) sent to agentAddr, a host:port
+// such as "127.0.0.1:5959" or "[::1]:5959". It returns once unbound answers
+// queries; the test's cleanup stops it. On test failure the tail of unbound's
+// log is printed.
+func Start(tb testing.TB, agentAddr string, domain string) *Unbound {
 	tb.Helper()
 
 	bin, err := Binary()
 	if err != nil {
 		tb.Fatal(err)
 	}
-	stub, err := unboundAddr(stubAddr)
+	upstream, err := unboundAddr(agentAddr)
 	if err != nil {
-		tb.Fatalf("testunbound: stub address: %v", err)
+		tb.Fatalf("testunbound: agent address: %v", err)
 	}
 	if domain == "" {
 		domain = DefaultDomain
@@ -73,7 +75,7 @@ func Start(tb testing.TB, stubAddr string, domain string) *Unbound {
 	if _, ok := dns.IsDomainName(domain); !ok {
 		tb.Fatalf("testunbound: bad domain %q", domain)
 	}
-	root, err := RepoRoot()
+	root, err := testconsul.RepoRoot()
 	if err != nil {
 		tb.Fatalf("testunbound: %v", err)
 	}
@@ -81,7 +83,7 @@ func Start(tb testing.TB, stubAddr string, domain string) *Unbound {
 	if err != nil {
 		tb.Fatalf("testunbound: %v", err)
 	}
-	docConf, err := rewriteConf(string(doc), stub, domain)
+	docConf, err := rewriteConf(string(doc), upstream, domain)
 	if err != nil {
 		tb.Fatalf("testunbound: %s: %v", ConfFile, err)
 	}
@@ -168,33 +170,6 @@ func Binary() (string, error) {
 	return "", errors.New("unbound not installed: run `make deps`")
 }
 
-// RepoRoot walks up from the working directory to the directory whose go.mod
-// starts with "module glimpse".
-func RepoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if f, err := os.Open(filepath.Join(dir, "go.mod")); err == nil {
-			sc := bufio.NewScanner(f)
-			first := ""
-			if sc.Scan() {
-				first = strings.TrimSpace(sc.Text())
-			}
-			f.Close()
-			if first == "module glimpse" {
-				return dir, nil
-			}
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("repository root (go.mod with `module glimpse`) not found above the working directory")
-		}
-		dir = parent
-	}
-}
-
 // unboundAddr turns host:port into Unbound's host@port.
 func unboundAddr(hostport string) (string, error) {
 	host, port, err := net.SplitHostPort(hostport)
@@ -202,7 +177,7 @@ func unboundAddr(hostport string) (string, error) {
 		return "", err
 	}
 	if net.ParseIP(host) == nil {
-		return "", fmt.Errorf("%q: stub-addr needs an IP address", hostport)
+		return "", fmt.Errorf("%q: forward-addr needs an IP address", hostport)
 	}
 	if _, err := strconv.ParseUint(port, 10, 16); err != nil || port == "0" {
 		return "", fmt.Errorf("%q: bad port", hostport)
@@ -210,26 +185,26 @@ func unboundAddr(hostport string) (string, error) {
 	return host + "@" + port, nil
 }
 
-// rewriteConf points every stub-addr (or forward-addr, should the documented
-// configuration switch to a forward-zone) line of the documented configuration
-// at stub and, when domain is not DefaultDomain, renames the zone.
-func rewriteConf(doc, stub, domain string) (string, error) {
+// rewriteConf points every forward-addr line of the documented configuration
+// (or stub-addr line, for a stub-zone) at upstream, an Unbound address@port,
+// and, when domain is not DefaultDomain, renames the zone.
+func rewriteConf(doc, upstream, domain string) (string, error) {
 	var out strings.Builder
-	stubs := 0
+	addrs := 0
 	for _, line := range strings.SplitAfter(doc, "\n") {
 		trimmed := strings.TrimSpace(line)
 		key, _, _ := strings.Cut(trimmed, ":")
-		if key == "stub-addr" || key == "forward-addr" {
+		if key == "forward-addr" || key == "stub-addr" {
 			indent := line[:len(line)-len(strings.TrimLeft(line, " \t"))]
-			line = indent + key + ": " + stub + "\n"
-			stubs++
+			line = indent + key + ": " + upstream + "\n"
+			addrs++
 		} else if domain != DefaultDomain && !strings.HasPrefix(trimmed, "#") {
 			line = strings.ReplaceAll(line, `"`+DefaultDomain+`"`, `"`+domain+`"`)
 		}
 		out.WriteString(line)
 	}
-	if stubs == 0 {
-		return "", errors.New("no stub-addr line")
+	if addrs == 0 {
+		return "", errors.New("no forward-addr (or stub-addr) line")
 	}
 	return out.String(), nil
 }

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"glimpse/internal/testconsul"
 )
 
 // authServer is a tiny authoritative server for one zone, on 127.0.0.1:0
@@ -20,7 +22,7 @@ type authServer struct {
 
 	mu   sync.Mutex
 	seen []dns.Question
-	rd   bool // some query arrived with RD set
+	noRD int // queries that arrived without RD
 }
 
 func startAuthServer(t *testing.T, zone string, rrs ...string) (*authServer, string) {
@@ -81,7 +83,9 @@ func (s *authServer) serve(w dns.ResponseWriter, req *dns.Msg) {
 	q := req.Question[0]
 	s.mu.Lock()
 	s.seen = append(s.seen, q)
-	s.rd = s.rd || req.RecursionDesired
+	if !req.RecursionDesired {
+		s.noRD++
+	}
 	s.mu.Unlock()
 
 	name := strings.ToLower(q.Name)
@@ -104,6 +108,14 @@ func (s *authServer) serve(w dns.ResponseWriter, req *dns.Msg) {
 	for _, rr := range rrs {
 		if rr.Header().Rrtype == q.Qtype {
 			m.Answer = append(m.Answer, rr)
+			// Glue for NS answers, as glimpse-agent gives it.
+			if ns, ok := rr.(*dns.NS); ok {
+				for _, g := range s.records[strings.ToLower(ns.Ns)] {
+					if g.Header().Rrtype == dns.TypeA || g.Header().Rrtype == dns.TypeAAAA {
+						m.Extra = append(m.Extra, g)
+					}
+				}
+			}
 		}
 	}
 	if len(m.Answer) == 0 {
@@ -121,7 +133,7 @@ func (s *authServer) questions() []dns.Question {
 	return append([]dns.Question(nil), s.seen...)
 }
 
-func TestStubZoneThroughUnbound(t *testing.T) {
+func TestForwardZoneThroughUnbound(t *testing.T) {
 	auth, addr := startAuthServer(t, DefaultDomain,
 		"x.srv.glimpse.io. 5 IN A 192.0.2.1",
 		"http.stream.prod.goku.dc1.srv.glimpse.io. 5 IN SRV 0 0 8080 node1.node.dc1.srv.glimpse.io.",
@@ -152,8 +164,8 @@ func TestStubZoneThroughUnbound(t *testing.T) {
 		t.Errorf("TTL %d exceeds the server's 5", a.Hdr.Ttl)
 	}
 
-	// A deep name: Unbound minimises the query name, walking the empty
-	// non-terminals below the stub zone first.
+	// A deep name: a forward zone sends the full name at once (no QNAME
+	// minimisation walking the names above it).
 	r, err = u.Query("http.stream.prod.goku.dc1.srv.glimpse.io.", dns.TypeSRV)
 	if err != nil {
 		t.Fatalf("SRV query through unbound: %v", err)
@@ -174,18 +186,66 @@ func TestStubZoneThroughUnbound(t *testing.T) {
 		t.Fatalf("rcode %s, want NXDOMAIN\n%v", dns.RcodeToString[r.Rcode], r)
 	}
 
-	// Names outside the stub zone never reach the stub.
+	// The server saw exactly the three questions, full names, each with RD
+	// set (forwarded, not iterated), and nothing outside the zone.
+	want := []string{"x.srv.glimpse.io. A", "http.stream.prod.goku.dc1.srv.glimpse.io. SRV", "nope.srv.glimpse.io. A"}
+	var got []string
 	for _, q := range auth.questions() {
-		if !dns.IsSubDomain(DefaultDomain, strings.ToLower(q.Name)) {
-			t.Errorf("stub was asked about %s, outside %s", q.Name, DefaultDomain)
-		}
+		got = append(got, strings.ToLower(q.Name)+" "+dns.TypeToString[q.Qtype])
 	}
-	if len(auth.questions()) == 0 {
-		t.Error("the stub server was never asked")
+	if strings.Join(got, ", ") != strings.Join(want, ", ") {
+		t.Errorf("the server was asked %v, want %v", got, want)
 	}
 	auth.mu.Lock()
-	t.Logf("questions the stub saw (RD set on any: %v): %v", auth.rd, auth.seen)
+	if auth.noRD > 0 {
+		t.Errorf("%d of the forwarded queries had no RD bit", auth.noRD)
+	}
 	auth.mu.Unlock()
+}
+
+// TestNSBelowDomainIsNotADelegation: the agent answers NS for the zones below
+// its domain with Consul's servers (here ns1.dc1 at 127.0.0.1, where nothing
+// listens on port 53). Unbound must keep sending the names below that zone to
+// the configured address after it has seen that NS set, not to ns1. A stub
+// zone fails this: it takes the NS set for a delegation.
+func TestNSBelowDomainIsNotADelegation(t *testing.T) {
+	auth, addr := startAuthServer(t, DefaultDomain,
+		"dc1.srv.glimpse.io. 5 IN NS ns1.dc1.srv.glimpse.io.",
+		"ns1.dc1.srv.glimpse.io. 5 IN A 127.0.0.1",
+		"a.dc1.srv.glimpse.io. 5 IN A 192.0.2.3",
+		"b.dc1.srv.glimpse.io. 5 IN A 192.0.2.4",
+	)
+	u := Start(t, addr, "")
+	for _, q := range []struct {
+		name  string
+		qtype uint16
+		want  string
+	}{
+		{"a.dc1.srv.glimpse.io.", dns.TypeA, "192.0.2.3"},
+		{"dc1.srv.glimpse.io.", dns.TypeNS, "ns1.dc1.srv.glimpse.io."},
+		{"b.dc1.srv.glimpse.io.", dns.TypeA, "192.0.2.4"}, // not asked before
+	} {
+		r, err := u.Query(q.name, q.qtype)
+		if err != nil {
+			t.Fatalf("%s %s: %v", dns.TypeToString[q.qtype], q.name, err)
+		}
+		if r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 {
+			t.Fatalf("%s %s: want one answer, got\n%v", dns.TypeToString[q.qtype], q.name, r)
+		}
+		var got string
+		switch rr := r.Answer[0].(type) {
+		case *dns.A:
+			got = rr.A.String()
+		case *dns.NS:
+			got = rr.Ns
+		}
+		if got != q.want {
+			t.Fatalf("%s %s: %s, want %s", dns.TypeToString[q.qtype], q.name, got, q.want)
+		}
+	}
+	if n := len(auth.questions()); n != 3 {
+		t.Errorf("the configured server was asked %d questions, want 3: %v", n, auth.questions())
+	}
 }
 
 func TestCustomDomain(t *testing.T) {
@@ -208,7 +268,7 @@ func TestCustomDomain(t *testing.T) {
 }
 
 func TestRewriteConf(t *testing.T) {
-	root, err := RepoRoot()
+	root, err := testconsul.RepoRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,12 +276,17 @@ func TestRewriteConf(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The documented file must point at the agent's default DNS address.
-	if !strings.Contains(string(doc), "stub-addr: 127.0.0.1@5959\n") {
-		t.Errorf("%s: no `stub-addr: 127.0.0.1@5959` line", ConfFile)
+	// The documented file is a forward zone (not a stub zone: see
+	// TestNSBelowDomainIsNotADelegation) pointing at the agent's default
+	// DNS address.
+	if !strings.Contains(string(doc), "forward-addr: 127.0.0.1@5959\n") {
+		t.Errorf("%s: no `forward-addr: 127.0.0.1@5959` line", ConfFile)
 	}
 	for _, want := range []string{
+		"\nforward-zone:\n",
 		`name: "srv.glimpse.io."`,
+		"forward-first: no\n",
+		"forward-no-cache: no\n",
 		"do-not-query-localhost: no",
 		`domain-insecure: "srv.glimpse.io."`,
 	} {
@@ -229,22 +294,32 @@ func TestRewriteConf(t *testing.T) {
 			t.Errorf("%s: missing %q", ConfFile, want)
 		}
 	}
+	for _, line := range strings.Split(string(doc), "\n") {
+		if l := strings.TrimSpace(line); strings.HasPrefix(l, "stub-") {
+			t.Errorf("%s: stub-zone setting %q", ConfFile, l)
+		}
+	}
 
 	got, err := rewriteConf(string(doc), "127.0.0.1@40000", DefaultDomain)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(got, "    stub-addr: 127.0.0.1@40000\n") || strings.Contains(got, "@5959") {
-		t.Errorf("stub-addr not replaced:\n%s", got)
+	if !strings.Contains(got, "    forward-addr: 127.0.0.1@40000\n") || strings.Contains(got, "@5959") {
+		t.Errorf("forward-addr not replaced:\n%s", got)
 	}
 
 	got, err = rewriteConf("forward-zone:\n  forward-addr: 127.0.0.1@5959 # agent\n", "::1@40000", DefaultDomain)
 	if err != nil || got != "forward-zone:\n  forward-addr: ::1@40000\n" {
 		t.Errorf("forward-addr not replaced: %q, %v", got, err)
 	}
+	// A stub-zone's address line is rewritten too.
+	got, err = rewriteConf("stub-zone:\n  stub-addr: 127.0.0.1@5959\n", "127.0.0.1@40000", DefaultDomain)
+	if err != nil || got != "stub-zone:\n  stub-addr: 127.0.0.1@40000\n" {
+		t.Errorf("stub-addr not replaced: %q, %v", got, err)
+	}
 
 	if _, err := rewriteConf("server:\n", "127.0.0.1@1", DefaultDomain); err == nil {
-		t.Error("want an error for a config without stub-addr")
+		t.Error("want an error for a config without forward-addr")
 	}
 
 	for in, want := range map[string]string{
@@ -265,7 +340,7 @@ func TestRewriteConf(t *testing.T) {
 // TestDocMatchesConf keeps docs/unbound.md's configuration block in step with
 // docs/unbound-glimpse.conf, which the tests use.
 func TestDocMatchesConf(t *testing.T) {
-	root, err := RepoRoot()
+	root, err := testconsul.RepoRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
