@@ -1,0 +1,64 @@
+package cache
+
+import (
+	"sort"
+	"time"
+)
+
+// Wildcard stands for any env, job or service in a Query.
+const Wildcard = "*"
+
+// Query names the addresses of one product in one zone; Env, Job and
+// Service may each be Wildcard. All fields are lower case.
+type Query struct {
+	Zone, Product, Env, Job, Service string
+}
+
+// Matches reports whether an address matches the query.
+func (q *Query) Matches(a *Address) bool {
+	return a.Zone == q.Zone && a.Product == q.Product &&
+		(q.Env == Wildcard || q.Env == a.Env) &&
+		(q.Job == Wildcard || q.Job == a.Job) &&
+		(q.Service == Wildcard || q.Service == a.Service)
+}
+
+// Result is what a Query matched, read from one snapshot.
+type Result struct {
+	// Index moves whenever the result may have changed: the index of the
+	// product, else of the zone, else of the cache (for a zone not in it).
+	Index uint64
+	// Addresses matched, by name.
+	Addresses []*Address
+	// Zone is the snapshot read, nil when the zone is not in the cache.
+	Zone *Zone
+}
+
+// Lookup returns the addresses matching q, without locks.
+func (c *Cache) Lookup(q Query) Result {
+	z := c.Zone(q.Zone)
+	if z == nil {
+		return Result{Index: c.Index()}
+	}
+	if st := c.Status(q.Zone); st != nil {
+		st.Touch(time.Now())
+	}
+	p := z.Products[q.Product]
+	if p == nil {
+		return Result{Index: z.Index, Zone: z}
+	}
+	r := Result{Index: p.Index, Zone: z}
+	if q.Env != Wildcard && q.Job != Wildcard && q.Service != Wildcard {
+		if a := p.Addresses[AddrKey(q.Service, q.Job, q.Env)]; a != nil {
+			r.Addresses = []*Address{a}
+		}
+		return r
+	}
+	for _, a := range p.Addresses {
+		if q.Matches(a) {
+			r.Addresses = append(r.Addresses, a)
+		}
+	}
+	sort.Slice(r.Addresses, func(i, j int) bool { return r.Addresses[i].Name() < r.Addresses[j].Name() })
+	return r
+}
+
