@@ -20,7 +20,12 @@ type Cache struct {
 	// changed is closed and replaced on every change.
 	changed atomic.Pointer[chan struct{}]
 	dcs     atomic.Pointer[map[string]struct{}]
+	hub     *Hub
 }
+
+// HistorySize is how many recent address changes the cache keeps for
+// subscribers that resume from an index.
+const HistorySize = 16384
 
 // zoneEntry holds one zone's current snapshot, its live status and the
 // writer-side bookkeeping needed to update the snapshot incrementally.
@@ -37,12 +42,16 @@ type zoneEntry struct {
 // New returns an empty cache. b may be nil.
 func New(b Builder) *Cache {
 	c := &Cache{builder: b}
+	c.hub = newHub(c, HistorySize)
 	zones := map[string]*zoneEntry{}
 	c.zones.Store(&zones)
 	ch := make(chan struct{})
 	c.changed.Store(&ch)
 	return c
 }
+
+// Hub returns the cache's subscription hub.
+func (c *Cache) Hub() *Hub { return c.hub }
 
 // Index returns the cache index: it moves on every change of any zone.
 func (c *Cache) Index() uint64 { return c.index.Load() }
@@ -144,20 +153,28 @@ func (c *Cache) DropZone(name string) {
 			zones[k] = v
 		}
 	}
-	c.index.Add(1)
+	idx := c.index.Add(1)
 	c.zones.Store(&zones)
+	var gone []*Address
+	now := time.Now()
+	for _, p := range old[name].snap.Load().Products {
+		for _, a := range p.Addresses {
+			gone = append(gone, removed(a, idx, now))
+		}
+	}
+	c.hub.publish(gone)
 	c.notify()
 }
 
 // SetSynced marks a zone as synced: every watcher of it has delivered its
 // first result.
 func (c *Cache) SetSynced(zone string) {
-	c.update(zone, func(e *zoneEntry, z *Zone, idx uint64) bool {
+	c.update(zone, func(e *zoneEntry, z *Zone, idx uint64) []*Address {
 		if z.Synced {
-			return false
+			return nil
 		}
 		z.Synced = true
-		return true
+		return []*Address{}
 	})
 }
 
@@ -170,12 +187,12 @@ func (c *Cache) SetServers(zone string, servers []Server) {
 		}
 		return servers[i].Address.Less(servers[j].Address)
 	})
-	c.update(zone, func(e *zoneEntry, z *Zone, idx uint64) bool {
+	c.update(zone, func(e *zoneEntry, z *Zone, idx uint64) []*Address {
 		if slices.Equal(z.Servers, servers) {
-			return false
+			return nil
 		}
 		z.Servers = servers
-		return true
+		return []*Address{}
 	})
 }
 
@@ -185,44 +202,62 @@ func (c *Cache) SetServers(zone string, servers []Server) {
 // anything a reader can see changed.
 func (c *Cache) SetProduct(zone, product string, instances []Instance, ignored int) bool {
 	changed := false
-	c.update(zone, func(e *zoneEntry, z *Zone, idx uint64) bool {
+	c.update(zone, func(e *zoneEntry, z *Zone, idx uint64) []*Address {
 		old := z.Products[product]
 		p, addrs := c.buildProduct(zone, product, instances, ignored, old)
 		if p == nil {
-			return false
+			return nil
 		}
 		p.Index = idx
+		now := time.Now()
 		for _, a := range addrs {
-			a.Index = idx
+			a.Index, a.Changed = idx, now
 			if c.builder != nil {
 				a.Derived = c.builder.BuildAddress(a)
+			}
+		}
+		if old != nil {
+			for key, a := range old.Addresses {
+				if p.Addresses[key] == nil {
+					addrs = append(addrs, removed(a, idx, now))
+				}
 			}
 		}
 		z.Products = copyMap(z.Products)
 		z.Products[product] = p
 		c.updateNodes(e, z, product, instances)
 		changed = true
-		return true
+		if len(addrs) == 0 {
+			return []*Address{} // only the ignored count changed
+		}
+		return addrs
 	})
 	return changed
 }
 
 // RemoveProduct removes a product from a zone.
 func (c *Cache) RemoveProduct(zone, product string) {
-	c.update(zone, func(e *zoneEntry, z *Zone, idx uint64) bool {
-		if _, ok := z.Products[product]; !ok {
-			return false
+	c.update(zone, func(e *zoneEntry, z *Zone, idx uint64) []*Address {
+		p := z.Products[product]
+		if p == nil {
+			return nil
 		}
 		z.Products = copyMap(z.Products)
 		delete(z.Products, product)
 		c.updateNodes(e, z, product, nil)
-		return true
+		gone := []*Address{}
+		now := time.Now()
+		for _, a := range p.Addresses {
+			gone = append(gone, removed(a, idx, now))
+		}
+		return gone
 	})
 }
 
 // update applies fn to a copy of a zone's snapshot and publishes it when fn
-// reports a change, with idx, the index fn is given, as the new cache index.
-func (c *Cache) update(zone string, fn func(e *zoneEntry, z *Zone, idx uint64) bool) {
+// reports a change (a non-nil slice: the addresses that changed, for the
+// hub), with idx, the index fn is given, as the new cache index.
+func (c *Cache) update(zone string, fn func(e *zoneEntry, z *Zone, idx uint64) []*Address) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e := (*c.zones.Load())[zone]
@@ -231,13 +266,15 @@ func (c *Cache) update(zone string, fn func(e *zoneEntry, z *Zone, idx uint64) b
 	}
 	z := *e.snap.Load()
 	idx := c.index.Load() + 1
-	if !fn(e, &z, idx) {
+	changes := fn(e, &z, idx)
+	if changes == nil {
 		return
 	}
 	c.index.Store(idx)
 	z.Index = idx
 	c.derive(&z)
 	e.snap.Store(&z)
+	c.hub.publish(changes)
 	c.notify()
 }
 

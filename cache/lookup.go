@@ -61,4 +61,3 @@ func (c *Cache) Lookup(q Query) Result {
 	sort.Slice(r.Addresses, func(i, j int) bool { return r.Addresses[i].Name() < r.Addresses[j].Name() })
 	return r
 }
-

@@ -10,6 +10,7 @@ package cache
 import (
 	"net/netip"
 	"strings"
+	"time"
 )
 
 // Health is the aggregated Consul health of an instance: the worst of its
@@ -93,6 +94,8 @@ type Address struct {
 	Zone, Product, Env, Job, Service string
 	// Index is the cache index at which this address last changed.
 	Index uint64
+	// Changed is when the cache took that change from a watcher.
+	Changed time.Time
 	// Instances are all instances of the address, whatever their health,
 	// in snapshot order.
 	Instances []Instance
