@@ -100,6 +100,21 @@ func (c *Cache) SetDatacenters(names []string) {
 	c.dcs.Store(&m)
 }
 
+// Datacenters returns the datacenters Consul knows, sorted; nil while the
+// list is not known yet.
+func (c *Cache) Datacenters() []string {
+	m := c.dcs.Load()
+	if m == nil {
+		return nil
+	}
+	out := make([]string, 0, len(*m))
+	for n := range *m {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
 // Datacenter reports whether Consul knows the datacenter, and whether the
 // list of datacenters is known at all.
 func (c *Cache) Datacenter(name string) (exists, known bool) {

@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -21,8 +23,20 @@ import (
 type Server struct {
 	cache *cache.Cache
 	local string
-	srv   *http.Server
-	ln    net.Listener
+	want  func(zone string)
+	// touchEvery is how often a long-poll on a remote zone marks the zone
+	// as read.
+	touchEvery time.Duration
+	metrics    *metrics
+	mux        *http.ServeMux
+	srv        *http.Server
+	ln         net.Listener
+	// closing is closed by Shutdown: long-polls answer at once and
+	// websockets are closed with a close frame.
+	closing    chan struct{}
+	limits     SubscribeLimits
+	subMetrics *subscribeMetrics
+	closeOnce  sync.Once
 }
 
 // Options configure a Server.
@@ -32,6 +46,18 @@ type Options struct {
 	LocalZone string
 	// Gatherer serves /metrics.
 	Gatherer prometheus.Gatherer
+	// Registerer, if not nil, receives the HTTP API's metrics.
+	Registerer prometheus.Registerer
+	// Want is called with a zone that Consul knows but the cache does not
+	// hold, when a request asks for it: it should start watching the zone
+	// (watch.Manager.Want). Nil: remote zones are not watched on demand.
+	Want func(zone string)
+	// ZoneIdle is how long the watchers keep a remote zone nobody reads
+	// (watch.Config.Idle); long-polls on a remote zone mark it as read
+	// often enough to keep it. Zero: 10 minutes.
+	ZoneIdle time.Duration
+	// Subscribe limits websocket subscriptions; zero: the defaults.
+	Subscribe SubscribeLimits
 }
 
 // Listen binds addr and returns a server ready to Serve.
@@ -40,15 +66,54 @@ func Listen(addr string, opts Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("http: listen %s: %w", addr, err)
 	}
-	s := &Server{cache: opts.Cache, local: opts.LocalZone, ln: ln}
-	mux := http.NewServeMux()
+	idle := opts.ZoneIdle
+	if idle <= 0 {
+		idle = 10 * time.Minute
+	}
+	s := &Server{
+		cache: opts.Cache,
+		local: opts.LocalZone,
+		want:  opts.Want,
+		// Well within the idle period, and no more often than
+		// cache.Status.Touch records reads.
+		touchEvery: min(max(idle/4, 100*time.Millisecond), 30*time.Second),
+		metrics:    newMetrics(opts.Registerer),
+		mux:        http.NewServeMux(),
+		ln:         ln,
+		closing:    make(chan struct{}),
+	}
+	if s.want == nil {
+		s.want = func(string) {}
+	}
+	s.limits = opts.Subscribe
+	if s.limits.MaxSubscribers == 0 {
+		s.limits = DefaultSubscribeLimits()
+	}
+	s.subMetrics = newSubscribeMetrics(opts.Registerer, opts.Cache.Hub())
+	mux := s.mux
 	mux.Handle("GET /metrics", promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.HandleFunc("GET /readyz", s.readyz)
-	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	// {address...} also matches an empty or slashed address, so that those
+	// get a 400 naming the problem rather than a 404.
+	mux.Handle("GET /v1/lookup/{address...}", s.instrument("lookup", s.lookup))
+	mux.Handle("GET /v1/zones", s.instrument("zones", s.zones))
+	mux.Handle("GET /v1/topology", s.instrument("topology", s.topology))
+	// Not instrumented: the websocket handshake hijacks the connection.
+	mux.HandleFunc("GET /v1/subscribe", s.subscribe)
+	s.srv = &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second}
 	return s, nil
+}
+
+// ServeHTTP routes a request. Requests no pattern matches get the mux's 404
+// or 405 (with its Allow header) as a JSON error.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if _, pattern := s.mux.Handler(r); pattern == "" {
+		w = &jsonErrorWriter{ResponseWriter: w, method: r.Method, path: r.URL.Path}
+	}
+	s.mux.ServeHTTP(w, r)
 }
 
 // Addr returns the bound address.
@@ -63,7 +128,11 @@ func (s *Server) Serve() error {
 }
 
 // Shutdown stops the server, waiting until ctx ends for requests in flight.
-func (s *Server) Shutdown(ctx context.Context) error { return s.srv.Shutdown(ctx) }
+// Long-polls in flight answer at once with the current state.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.closeOnce.Do(func() { close(s.closing) })
+	return s.srv.Shutdown(ctx)
+}
 
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	z := s.cache.Zone(s.local)
@@ -82,4 +151,77 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 
 func writeError(w http.ResponseWriter, code int, msg string) {
 	writeJSON(w, code, map[string]string{"error": msg})
+}
+
+// jsonErrorWriter turns the plain-text error the mux writes for a request
+// no pattern matches (404, 405) into a JSON one. Other statuses (the mux's
+// redirects) pass through.
+type jsonErrorWriter struct {
+	http.ResponseWriter
+	method, path string
+	swallow      bool // the mux's text body is dropped
+}
+
+func (j *jsonErrorWriter) WriteHeader(code int) {
+	if code < 400 {
+		j.ResponseWriter.WriteHeader(code)
+		return
+	}
+	msg := fmt.Sprintf("no such endpoint: %s %s", j.method, j.path)
+	if code == http.StatusMethodNotAllowed {
+		msg = fmt.Sprintf("method %s not allowed on %s; allowed: %s", j.method, j.path, j.Header().Get("Allow"))
+	}
+	j.Header().Del("Content-Length")
+	writeError(j.ResponseWriter, code, msg)
+	j.swallow = true
+}
+
+func (j *jsonErrorWriter) Write(b []byte) (int, error) {
+	if j.swallow {
+		return len(b), nil
+	}
+	return j.ResponseWriter.Write(b)
+}
+
+// metrics are the HTTP API's Prometheus metrics.
+type metrics struct {
+	requests  *prometheus.CounterVec
+	longPolls prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "glimpse_http_requests_total",
+			Help: "HTTP API requests answered, by endpoint and status code.",
+		}, []string{"endpoint", "code"}),
+		longPolls: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "glimpse_http_long_polls",
+			Help: "Lookup long-polls waiting for a change.",
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.requests, m.longPolls)
+	}
+	return m
+}
+
+// instrument counts the answers of an endpoint by status code.
+func (s *Server) instrument(endpoint string, h http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
+		h(sw, r)
+		s.metrics.requests.WithLabelValues(endpoint, strconv.Itoa(sw.code)).Inc()
+	})
+}
+
+// statusWriter records the status code a handler writes.
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	w.code = code
+	w.ResponseWriter.WriteHeader(code)
 }

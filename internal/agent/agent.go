@@ -130,7 +130,7 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Agent, error) {
 		transport.CloseIdleConnections()
 		return nil, err
 	}
-	a.http, err = httpapi.Listen(cfg.HTTPAddr, httpapi.Options{Cache: c, LocalZone: zone, Gatherer: reg})
+	a.http, err = httpapi.Listen(cfg.HTTPAddr, httpapi.Options{Cache: c, LocalZone: zone, Gatherer: reg, Registerer: reg, Want: w.Want, ZoneIdle: cfg.Watch.Idle})
 	if err != nil {
 		a.dns.Close()
 		transport.CloseIdleConnections()

@@ -1,0 +1,209 @@
+package httpapi
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"glimpse/cache"
+)
+
+// SubscribeLimits bound what websocket subscriptions may cost.
+type SubscribeLimits struct {
+	// MaxSubscribers is the most subscriptions open at once.
+	MaxSubscribers int
+	// MaxAddresses is the most addresses one subscription may name.
+	MaxAddresses int
+	// PingEvery is how often the server pings a subscriber.
+	PingEvery time.Duration
+	// WriteTimeout bounds one message's write; a subscriber that does not
+	// take it in time is disconnected (its state is kept by the hub only
+	// while it is connected).
+	WriteTimeout time.Duration
+	// AllowedOrigins are the browser origins allowed besides the server's
+	// own ("*" allows any). Requests without an Origin header (non-browser
+	// clients) are always allowed.
+	AllowedOrigins []string
+}
+
+// DefaultSubscribeLimits are glimpse-agent's defaults.
+func DefaultSubscribeLimits() SubscribeLimits {
+	return SubscribeLimits{MaxSubscribers: 20000, MaxAddresses: 64, PingEvery: 10 * time.Second, WriteTimeout: 10 * time.Second}
+}
+
+// subscribeMetrics are the websocket subscription metrics.
+type subscribeMetrics struct {
+	subscribers *prometheus.GaugeVec
+	sent        prometheus.Counter
+	latency     prometheus.Histogram
+}
+
+func newSubscribeMetrics(reg prometheus.Registerer, hub *cache.Hub) *subscribeMetrics {
+	m := &subscribeMetrics{
+		subscribers: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "glimpse_http_subscribers",
+			Help: "Open subscriptions, by kind (websocket or longpoll).",
+		}, []string{"kind"}),
+		sent: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "glimpse_http_subscription_messages_sent_total",
+			Help: "Snapshot and update messages written to websocket subscribers.",
+		}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "glimpse_http_subscription_delivery_seconds",
+			Help:    "Time from the cache taking a watcher's result to a subscriber's write of it.",
+			Buckets: []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5},
+		}),
+	}
+	merged := prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "glimpse_http_subscription_updates_merged_total",
+		Help: "Pending updates replaced by a newer state of the same address before a slow subscriber took them.",
+	}, func() float64 { return float64(hub.Merged()) })
+	misses := prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "glimpse_http_subscription_history_misses_total",
+		Help: "Resumes whose index was no longer in the change history, answered with snapshots.",
+	}, func() float64 { return float64(hub.HistoryMisses()) })
+	if reg != nil {
+		reg.MustRegister(m.subscribers, m.sent, m.latency, merged, misses)
+	}
+	return m
+}
+
+// message is one websocket message.
+type message struct {
+	Type      string     `json:"type"` // snapshot or update
+	Index     uint64     `json:"index"`
+	Address   string     `json:"address"`
+	Instances []Instance `json:"instances"`
+}
+
+// subscribe serves GET /v1/subscribe?address=A[&address=B…][&index=N][&health=H].
+func (s *Server) subscribe(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	addrs := q["address"]
+	if len(addrs) == 0 {
+		writeError(w, http.StatusBadRequest, "at least one address parameter is required")
+		return
+	}
+	if len(addrs) > s.limits.MaxAddresses {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("%d addresses in one subscription; at most %d", len(addrs), s.limits.MaxAddresses))
+		return
+	}
+	queries := make([]cache.Query, 0, len(addrs))
+	for _, a := range addrs {
+		cq, err := ParseAddress(a)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		queries = append(queries, cq)
+	}
+	keep, err := ParseHealth(q.Get("health"))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	var since uint64
+	if v := q.Get("index"); v != "" {
+		if since, err = strconv.ParseUint(v, 10, 64); err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("index %q is not a non-negative integer", v))
+			return
+		}
+	}
+	hub := s.cache.Hub()
+	if hub.Subscribers() >= s.limits.MaxSubscribers {
+		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("subscriber limit (%d) reached", s.limits.MaxSubscribers))
+		return
+	}
+	up := websocket.Upgrader{CheckOrigin: s.checkOrigin}
+	conn, err := up.Upgrade(w, r, nil) // on failure it has answered with an HTTP error
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	for _, cq := range queries {
+		s.wantZone(cq.Zone)
+	}
+	sub, _ := hub.Subscribe(queries, since)
+	defer sub.Close()
+	s.subMetrics.subscribers.WithLabelValues("websocket").Inc()
+	defer s.subMetrics.subscribers.WithLabelValues("websocket").Dec()
+
+	// The reader only answers pings and notices the client going away;
+	// subscribers send nothing, so anything large closes the connection.
+	conn.SetReadLimit(4096)
+	gone := make(chan struct{})
+	go func() {
+		defer close(gone)
+		for {
+			if _, _, err := conn.NextReader(); err != nil {
+				return
+			}
+		}
+	}()
+
+	ping := time.NewTicker(s.limits.PingEvery)
+	defer ping.Stop()
+	for {
+		select {
+		case <-sub.C():
+			for _, u := range sub.Take() {
+				m := message{Type: "update", Index: u.Address.Index, Address: u.Address.Name(), Instances: Instances([]*cache.Address{u.Address}, keep)}
+				if u.Snapshot {
+					m.Type = "snapshot"
+				}
+				b, err := json.Marshal(&m)
+				if err != nil {
+					return
+				}
+				_ = conn.SetWriteDeadline(time.Now().Add(s.limits.WriteTimeout))
+				if err := conn.WriteMessage(websocket.TextMessage, b); err != nil {
+					return
+				}
+				s.subMetrics.sent.Inc()
+				if !u.Address.Changed.IsZero() {
+					s.subMetrics.latency.Observe(time.Since(u.Address.Changed).Seconds())
+				}
+			}
+		case <-ping.C:
+			if err := conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(s.limits.WriteTimeout)); err != nil {
+				return
+			}
+		case <-gone:
+			return
+		case <-s.closing:
+			_ = conn.WriteControl(websocket.CloseMessage,
+				websocket.FormatCloseMessage(websocket.CloseGoingAway, "glimpse-agent shutting down"),
+				time.Now().Add(time.Second))
+			return
+		}
+	}
+}
+
+// checkOrigin allows clients that send no Origin (not browsers), the
+// server's own origin, and the configured ones.
+func (s *Server) checkOrigin(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	u, err := url.Parse(origin)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(u.Host, r.Host) {
+		return true
+	}
+	for _, o := range s.limits.AllowedOrigins {
+		if o == "*" || strings.EqualFold(o, origin) {
+			return true
+		}
+	}
+	return false
+}
