@@ -39,10 +39,23 @@ type zoneEntry struct {
 	nodeRefs     map[string]int
 }
 
+// Option configures a Cache.
+type Option func(*options)
+
+type options struct{ history int }
+
+// WithHistory sets how many recent address changes the hub keeps for
+// resuming subscribers (default HistorySize).
+func WithHistory(n int) Option { return func(o *options) { o.history = n } }
+
 // New returns an empty cache. b may be nil.
-func New(b Builder) *Cache {
+func New(b Builder, opts ...Option) *Cache {
+	o := options{history: HistorySize}
+	for _, opt := range opts {
+		opt(&o)
+	}
 	c := &Cache{builder: b}
-	c.hub = newHub(c, HistorySize)
+	c.hub = newHub(c, o.history)
 	zones := map[string]*zoneEntry{}
 	c.zones.Store(&zones)
 	ch := make(chan struct{})

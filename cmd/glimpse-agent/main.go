@@ -50,7 +50,11 @@ func run(args []string, stderr io.Writer) error {
 	fs.DurationVar(&cfg.NegativeTTL, "dns.negative-ttl", cfg.NegativeTTL, "SOA minimum: how long resolvers cache NXDOMAIN and NODATA")
 	fs.BoolVar(&cfg.AllowWarning, "dns.allow-warning", cfg.AllowWarning, "answer with instances whose health is warning too")
 	fs.DurationVar(&cfg.RemoteWait, "dns.remote-wait", cfg.RemoteWait, "how long a query for a remote zone waits for its first sync before SERVFAIL")
-	fs.StringVar(&cfg.HTTPAddr, "http.addr", cfg.HTTPAddr, "HTTP address: /metrics, /healthz, /readyz")
+	fs.StringVar(&cfg.HTTPAddr, "http.addr", cfg.HTTPAddr, "HTTP address: API, websocket, /metrics, /healthz, /readyz")
+	fs.IntVar(&cfg.History, "http.history", cfg.History, "recent address changes kept for websocket subscribers resuming from an index")
+	fs.IntVar(&cfg.Subscribe.MaxSubscribers, "http.max-subscribers", cfg.Subscribe.MaxSubscribers, "most websocket subscriptions open at once")
+	fs.IntVar(&cfg.Subscribe.MaxAddresses, "http.max-addresses", cfg.Subscribe.MaxAddresses, "most addresses one websocket subscription may name")
+	origins := fs.String("http.allowed-origins", "", "comma-separated browser origins allowed to open websockets besides the agent's own (* for any)")
 	level := fs.String("log.level", "info", "log level: debug, info, warn or error")
 	format := fs.String("log.format", "json", "log format: json or console")
 
@@ -74,6 +78,16 @@ func run(args []string, stderr io.Writer) error {
 	cfg.Watch.Rate = rate.Limit(*rateLimit)
 	if cfg.Watch.Wait <= 0 || cfg.Watch.MaxBackoff <= 0 || cfg.Watch.Idle <= 0 || cfg.RemoteWait < 0 {
 		return errors.New("-consul.wait, -consul.max-backoff and -zone.idle must be positive, -dns.remote-wait not negative")
+	}
+	if cfg.History < 1 || cfg.Subscribe.MaxSubscribers < 1 || cfg.Subscribe.MaxAddresses < 1 {
+		return errors.New("-http.history, -http.max-subscribers and -http.max-addresses must be at least 1")
+	}
+	if *origins != "" {
+		for _, o := range strings.Split(*origins, ",") {
+			if o = strings.TrimSpace(o); o != "" {
+				cfg.Subscribe.AllowedOrigins = append(cfg.Subscribe.AllowedOrigins, o)
+			}
+		}
 	}
 	if cfg.UDPSockets < 1 {
 		return errors.New("-dns.udp-sockets must be at least 1")

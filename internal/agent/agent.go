@@ -51,6 +51,11 @@ type Config struct {
 	RemoteWait time.Duration
 
 	HTTPAddr string
+	// History is how many recent address changes are kept for websocket
+	// subscribers resuming from an index.
+	History int
+	// Subscribe limits websocket subscriptions.
+	Subscribe httpapi.SubscribeLimits
 
 	Watch watch.Config
 }
@@ -66,6 +71,8 @@ func DefaultConfig() Config {
 		NegativeTTL:        5 * time.Second,
 		RemoteWait:         time.Second,
 		HTTPAddr:           "127.0.0.1:5960",
+		History:            cache.HistorySize,
+		Subscribe:          httpapi.DefaultSubscribeLimits(),
 		Watch:              watch.DefaultConfig(),
 	}
 }
@@ -115,7 +122,7 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Agent, error) {
 		NegativeTTL:  uint32(cfg.NegativeTTL / time.Second),
 		AllowWarning: cfg.AllowWarning,
 	}
-	c := cache.New(dns.NewBuilder(dcfg))
+	c := cache.New(dns.NewBuilder(dcfg), cache.WithHistory(cfg.History))
 	reg.MustRegister(cache.NewCollector(c))
 	w := watch.New(client, c, cfg.Watch, log.Named("watch"), watch.NewMetrics(reg))
 	h := dns.NewHandler(c, dns.HandlerOptions{
@@ -130,7 +137,7 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Agent, error) {
 		transport.CloseIdleConnections()
 		return nil, err
 	}
-	a.http, err = httpapi.Listen(cfg.HTTPAddr, httpapi.Options{Cache: c, LocalZone: zone, Gatherer: reg, Registerer: reg, Want: w.Want, ZoneIdle: cfg.Watch.Idle})
+	a.http, err = httpapi.Listen(cfg.HTTPAddr, httpapi.Options{Cache: c, LocalZone: zone, Gatherer: reg, Registerer: reg, Want: w.Want, ZoneIdle: cfg.Watch.Idle, Subscribe: cfg.Subscribe})
 	if err != nil {
 		a.dns.Close()
 		transport.CloseIdleConnections()
