@@ -185,23 +185,26 @@ func (j *jsonErrorWriter) Write(b []byte) (int, error) {
 
 // metrics are the HTTP API's Prometheus metrics.
 type metrics struct {
-	requests  *prometheus.CounterVec
-	longPolls prometheus.Gauge
+	requests *prometheus.CounterVec
+	// longPolls and websockets are glimpse_http_subscribers by kind.
+	longPolls, websockets prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
+	subscribers := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "glimpse_http_subscribers",
+		Help: "Clients waiting for changes, by kind: longpoll (lookups waiting on an index) or websocket.",
+	}, []string{"kind"})
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "glimpse_http_requests_total",
 			Help: "HTTP API requests answered, by endpoint and status code.",
 		}, []string{"endpoint", "code"}),
-		longPolls: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "glimpse_http_long_polls",
-			Help: "Lookup long-polls waiting for a change.",
-		}),
+		longPolls:  subscribers.WithLabelValues("longpoll"),
+		websockets: subscribers.WithLabelValues("websocket"),
 	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.longPolls)
+		reg.MustRegister(m.requests, subscribers)
 	}
 	return m
 }

@@ -40,17 +40,12 @@ func DefaultSubscribeLimits() SubscribeLimits {
 
 // subscribeMetrics are the websocket subscription metrics.
 type subscribeMetrics struct {
-	subscribers *prometheus.GaugeVec
-	sent        prometheus.Counter
-	latency     prometheus.Histogram
+	sent    prometheus.Counter
+	latency prometheus.Histogram
 }
 
 func newSubscribeMetrics(reg prometheus.Registerer, hub *cache.Hub) *subscribeMetrics {
 	m := &subscribeMetrics{
-		subscribers: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "glimpse_http_subscribers",
-			Help: "Open subscriptions, by kind (websocket or longpoll).",
-		}, []string{"kind"}),
 		sent: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "glimpse_http_subscription_messages_sent_total",
 			Help: "Snapshot and update messages written to websocket subscribers.",
@@ -70,7 +65,7 @@ func newSubscribeMetrics(reg prometheus.Registerer, hub *cache.Hub) *subscribeMe
 		Help: "Resumes whose index was no longer in the change history, answered with snapshots.",
 	}, func() float64 { return float64(hub.HistoryMisses()) })
 	if reg != nil {
-		reg.MustRegister(m.subscribers, m.sent, m.latency, merged, misses)
+		reg.MustRegister(m.sent, m.latency, merged, misses)
 	}
 	return m
 }
@@ -132,8 +127,8 @@ func (s *Server) subscribe(w http.ResponseWriter, r *http.Request) {
 	}
 	sub, _ := hub.Subscribe(queries, since)
 	defer sub.Close()
-	s.subMetrics.subscribers.WithLabelValues("websocket").Inc()
-	defer s.subMetrics.subscribers.WithLabelValues("websocket").Dec()
+	s.metrics.websockets.Inc()
+	defer s.metrics.websockets.Dec()
 
 	// The reader only answers pings and notices the client going away;
 	// subscribers send nothing, so anything large closes the connection.

@@ -356,12 +356,12 @@ func TestHTTPLongPoll(t *testing.T) {
 }
 
 // waitLongPolls waits until n lookups are waiting in long-polls, as the
-// agent's glimpse_http_long_polls gauge says.
+// agent's glimpse_http_subscribers{kind="longpoll"} gauge says.
 func waitLongPolls(t testing.TB, a *Agent, n int) {
 	t.Helper()
 	var got float64
 	testconsul.WaitFor(t, 30*time.Second, func() bool {
-		got = metricValue(scrape(t, a.HTTPAddr()), "glimpse_http_long_polls")
+		got = metricValue(scrape(t, a.HTTPAddr()), `glimpse_http_subscribers{kind="longpoll"}`)
 		return got == float64(n)
 	}, "%v long-polls waiting, want %d", lazy(func() any { return got }), n)
 }
