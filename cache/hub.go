@@ -86,7 +86,7 @@ func (h *Hub) Subscribe(queries []Query, since uint64) (s *Subscriber, resumed b
 		s.resumed = true
 		h.each(func(a *Address) {
 			if a.Index > since && s.matches(a) {
-				s.offer(a, false)
+				s.offer(a, a.Name(), false)
 			}
 		})
 		return s, true
@@ -98,7 +98,7 @@ func (h *Hub) Subscribe(queries []Query, since uint64) (s *Subscriber, resumed b
 	// which waits for h.mu; offer drops the ones the snapshot already has.
 	for _, q := range queries {
 		for _, a := range h.cache.Lookup(q).Addresses {
-			s.offer(a, true)
+			s.offer(a, a.Name(), true)
 		}
 	}
 	return s, false
@@ -135,9 +135,14 @@ func (h *Hub) publish(changes []*Address) {
 			h.history[h.head] = a
 			h.head = (h.head + 1) % len(h.history)
 		}
-		for s := range h.subs[productKey(a.Zone, a.Product)] {
+		subs := h.subs[productKey(a.Zone, a.Product)]
+		if len(subs) == 0 {
+			continue
+		}
+		name := a.Name()
+		for s := range subs {
 			if s.matches(a) {
-				s.offer(a, false)
+				s.offer(a, name, false)
 			}
 		}
 	}
@@ -166,10 +171,9 @@ func (s *Subscriber) matches(a *Address) bool {
 	return false
 }
 
-// offer makes a the pending state of its address unless the subscriber
-// already has that state or a newer one.
-func (s *Subscriber) offer(a *Address, snapshot bool) {
-	name := a.Name()
+// offer makes a the pending state of its address (named name) unless the
+// subscriber already has that state or a newer one.
+func (s *Subscriber) offer(a *Address, name string, snapshot bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed || s.sent[name] >= a.Index {
