@@ -146,7 +146,9 @@ func (h *Handler) serve(req *request, now time.Time) int {
 		case mdns.TypeSOA:
 			return h.reply(req, mdns.RcodeSuccess, []mdns.RR{za.soa}, nil, nil)
 		case mdns.TypeNS:
-			return h.reply(req, mdns.RcodeSuccess, za.ns, nil, za.glue)
+			if len(za.ns) > 0 {
+				return h.reply(req, mdns.RcodeSuccess, za.ns, nil, za.glue)
+			}
 		}
 		return h.nodata(req, za.soa)
 	case kindZoneNS:
@@ -255,7 +257,9 @@ func (h *Handler) serveApex(req *request, n *name) int {
 		case mdns.TypeSOA:
 			return h.reply(req, mdns.RcodeSuccess, []mdns.RR{za.apexSOA}, nil, nil)
 		case mdns.TypeNS:
-			return h.reply(req, mdns.RcodeSuccess, za.apexNS, nil, za.apexGlue)
+			if len(za.apexNS) > 0 {
+				return h.reply(req, mdns.RcodeSuccess, za.apexNS, nil, za.apexGlue)
+			}
 		}
 		return h.nodata(req, za.apexSOA)
 	case kindOne:
@@ -392,7 +396,9 @@ func (h *Handler) serveWire(req *request, wa wire, soa *mdns.SOA) int {
 	if req.opt != nil {
 		size += optLen
 	}
-	if size > req.limit {
+	if size > req.limit || nameLen(wa) != len(req.q.Name)+1 {
+		// The second never holds for a name that parsed (the prepared
+		// name is the query's in lower case); it guards the patching.
 		return h.serveTrimmed(req, wa)
 	}
 	bp := h.bufs.Get().(*[]byte)
@@ -400,6 +406,9 @@ func (h *Handler) serveWire(req *request, wa wire, soa *mdns.SOA) int {
 	binary.BigEndian.PutUint16(buf[0:], req.r.Id)
 	if req.r.RecursionDesired {
 		buf[2] |= 0x01
+	}
+	if req.r.CheckingDisabled {
+		buf[3] |= 0x10 // RFC 4035 §3.1.6: CD is copied
 	}
 	end := putName(buf[12:], req.q.Name) + 12
 	binary.BigEndian.PutUint16(buf[end:], req.q.Qtype)
@@ -431,6 +440,16 @@ func (h *Handler) serveTrimmed(req *request, wa wire) int {
 	}
 	h.write(req, m)
 	return mdns.RcodeSuccess
+}
+
+// nameLen returns the length of the uncompressed question name of a
+// prepared message.
+func nameLen(wa wire) int {
+	off := 12
+	for off < len(wa) && wa[off] != 0 {
+		off += int(wa[off]) + 1
+	}
+	return off - 12 + 1
 }
 
 // putName writes a name in presentation form (plain labels, no escapes) in

@@ -4,6 +4,8 @@ import (
 	"strconv"
 	"strings"
 
+	mdns "github.com/miekg/dns"
+
 	"glimpse/cache"
 )
 
@@ -43,6 +45,16 @@ func (n *name) zone() string { return n.labels[0] }
 func parseName(qname, domain string) name {
 	lower := cache.Lower(qname)
 	var n name
+	if strings.IndexByte(lower, '\\') >= 0 {
+		// Escapes: no glimpse name has them, but an escaped dot can make a
+		// name that looks under the domain lie outside it.
+		if mdns.IsSubDomain(domain, lower) {
+			n.kind = kindInvalid
+		} else {
+			n.kind = kindOutside
+		}
+		return n
+	}
 	if lower == domain {
 		n.kind = kindApex
 		return n

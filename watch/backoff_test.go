@@ -22,14 +22,15 @@ func TestBackoff(t *testing.T) {
 				base *= 2
 			}
 			base = min(base, cfg.MaxBackoff)
-			lo, hi := time.Duration(float64(base)*0.5), time.Duration(float64(base)*1.5)
+			// Jitter scales it by [0.5, 1.5), and MaxBackoff stays a hard cap.
+			lo, hi := time.Duration(float64(base)*0.5), min(time.Duration(float64(base)*1.5), cfg.MaxBackoff+1)
 			for range 200 {
 				d := backoff(cfg, n)
 				if d < lo || d >= hi {
 					t.Fatalf("min %v max %v: backoff(%d) = %v, want in [%v, %v)", cfg.MinBackoff, cfg.MaxBackoff, n, d, lo, hi)
 				}
-				if d >= time.Duration(float64(cfg.MaxBackoff)*1.5) {
-					t.Fatalf("min %v max %v: backoff(%d) = %v, not below 1.5 × MaxBackoff", cfg.MinBackoff, cfg.MaxBackoff, n, d)
+				if d > cfg.MaxBackoff {
+					t.Fatalf("min %v max %v: backoff(%d) = %v, above MaxBackoff", cfg.MinBackoff, cfg.MaxBackoff, n, d)
 				}
 			}
 		}
@@ -48,8 +49,9 @@ func TestBackoffGrows(t *testing.T) {
 		{2, 200 * time.Millisecond},
 		{3, 400 * time.Millisecond},
 		{5, 1600 * time.Millisecond},
-		{6, 3 * time.Second},
-		{1000, 3 * time.Second},
+		// At the cap, base × U[0.5, 1.5) clipped to the cap: mean 7/8 of it.
+		{6, 3 * time.Second * 7 / 8},
+		{1000, 3 * time.Second * 7 / 8},
 	} {
 		var sum time.Duration
 		const runs = 400

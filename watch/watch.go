@@ -148,7 +148,13 @@ func (m *Manager) datacenters(ctx context.Context) {
 	defer m.wg.Done()
 	failures := 0
 	for {
-		dcs, err := m.client.Catalog().Datacenters()
+		var dcs []string
+		rctx, cancel := context.WithTimeout(ctx, requestSlack)
+		_, err := m.client.Raw().Query("/v1/catalog/datacenters", &dcs, (&api.QueryOptions{}).WithContext(rctx))
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
 		m.metrics.request(m.cfg.Local, "datacenters", err)
 		wait := m.cfg.DatacentersEvery
 		if err != nil {
@@ -252,13 +258,17 @@ func (z *zoneWatch) loopCtx(ctx context.Context, endpoint, product string, fn fe
 				log.Debug("watcher stopped")
 				return
 			}
+			// A request gets the wait, Consul's jitter of up to wait/16 and
+			// some slack; a Consul that hangs longer counts as failing.
+			rctx, cancel := context.WithTimeout(ctx, m.cfg.Wait+m.cfg.Wait/16+requestSlack)
 			q := (&api.QueryOptions{
 				Datacenter: z.name,
 				AllowStale: true,
 				WaitIndex:  index,
 				WaitTime:   m.cfg.Wait,
-			}).WithContext(ctx)
+			}).WithContext(rctx)
 			meta, err := fn(ctx, q)
+			cancel()
 			if ctx.Err() != nil {
 				log.Debug("watcher stopped")
 				return
@@ -416,16 +426,20 @@ func (z *zoneWatch) checkSynced() {
 		zap.Int("instances", instances), zap.Duration("took", time.Since(z.started)))
 }
 
+// requestSlack is how long a Consul request may take beyond its blocking
+// wait before it is abandoned as failed.
+const requestSlack = 10 * time.Second
+
 // backoff returns the jittered wait after the n-th consecutive failure:
-// exponential from MinBackoff, capped at MaxBackoff, scaled by a random
-// factor in [0.5, 1.5) so that watchers do not retry in step.
+// exponential from MinBackoff, scaled by a random factor in [0.5, 1.5) so
+// that watchers do not retry in step, and never above MaxBackoff.
 func backoff(cfg Config, n int) time.Duration {
 	d := cfg.MinBackoff
 	for i := 1; i < n && d < cfg.MaxBackoff; i++ {
 		d *= 2
 	}
 	d = min(d, cfg.MaxBackoff)
-	return time.Duration(float64(d) * (0.5 + rand.Float64()))
+	return min(time.Duration(float64(d)*(0.5+rand.Float64())), cfg.MaxBackoff)
 }
 
 // sleep waits d or until ctx ends; it reports whether the wait completed.

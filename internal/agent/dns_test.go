@@ -150,6 +150,8 @@ func TestDNSRows(t *testing.T) {
 	t.Run("REFUSED FORMERR NOTIMP", func(t *testing.T) {
 		m := query(t, dnsAddr, "udp", "www.example.com.", mdns.TypeA, 0)
 		checkHeader(t, m, mdns.RcodeRefused, false)
+		// An escaped dot: labels "x.srv", "glimpse", "io", outside the domain.
+		checkHeader(t, query(t, dnsAddr, "udp", `x\.srv.glimpse.io.`, mdns.TypeA, 0), mdns.RcodeRefused, false)
 
 		two := new(mdns.Msg)
 		two.SetQuestion(addr, mdns.TypeA)
@@ -192,6 +194,13 @@ func TestDNSRows(t *testing.T) {
 			if opt == nil || opt.Version() != 0 {
 				t.Fatalf("%s: no OPT record in the answer to an EDNS query", proto)
 			}
+		}
+		// RD and CD are copied from the query (RFC 1035, RFC 4035 §3.1.6).
+		cd := new(mdns.Msg)
+		cd.SetQuestion(addr, mdns.TypeSRV)
+		cd.CheckingDisabled, cd.RecursionDesired = true, true
+		if m := exchange(t, dnsAddr, "udp", cd); !m.CheckingDisabled || !m.RecursionDesired || len(m.Answer) == 0 {
+			t.Fatalf("CD/RD not copied: %v", m)
 		}
 		// Without EDNS, no OPT comes back.
 		if m := query(t, dnsAddr, "udp", addr, mdns.TypeSRV, 0); m.IsEdns0() != nil {
