@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -36,6 +37,8 @@ type Server struct {
 	closing    chan struct{}
 	limits     SubscribeLimits
 	subMetrics *subscribeMetrics
+	// websockets counts open and opening websockets against the limit.
+	websockets atomic.Int64
 	closeOnce  sync.Once
 }
 
@@ -85,10 +88,7 @@ func Listen(addr string, opts Options) (*Server, error) {
 	if s.want == nil {
 		s.want = func(string) {}
 	}
-	s.limits = opts.Subscribe
-	if s.limits.MaxSubscribers == 0 {
-		s.limits = DefaultSubscribeLimits()
-	}
+	s.limits = opts.Subscribe.withDefaults()
 	s.subMetrics = newSubscribeMetrics(opts.Registerer, opts.Cache.Hub())
 	mux := s.mux
 	mux.Handle("GET /metrics", promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{}))

@@ -38,6 +38,24 @@ func DefaultSubscribeLimits() SubscribeLimits {
 	return SubscribeLimits{MaxSubscribers: 20000, MaxAddresses: 64, PingEvery: 10 * time.Second, WriteTimeout: 10 * time.Second}
 }
 
+// withDefaults returns l with every unset field at its default.
+func (l SubscribeLimits) withDefaults() SubscribeLimits {
+	d := DefaultSubscribeLimits()
+	if l.MaxSubscribers <= 0 {
+		l.MaxSubscribers = d.MaxSubscribers
+	}
+	if l.MaxAddresses <= 0 {
+		l.MaxAddresses = d.MaxAddresses
+	}
+	if l.PingEvery <= 0 {
+		l.PingEvery = d.PingEvery
+	}
+	if l.WriteTimeout <= 0 {
+		l.WriteTimeout = d.WriteTimeout
+	}
+	return l
+}
+
 // subscribeMetrics are the websocket subscription metrics.
 type subscribeMetrics struct {
 	sent    prometheus.Counter
@@ -52,7 +70,7 @@ func newSubscribeMetrics(reg prometheus.Registerer, hub *cache.Hub) *subscribeMe
 		}),
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "glimpse_http_subscription_delivery_seconds",
-			Help:    "Time from the cache taking a watcher's result to a subscriber's write of it.",
+			Help:    "Time from the cache taking a watcher's result to a subscriber's write of it (updates only, not snapshots).",
 			Buckets: []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5},
 		}),
 	}
@@ -112,11 +130,20 @@ func (s *Server) subscribe(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	hub := s.cache.Hub()
-	if hub.Subscribers() >= s.limits.MaxSubscribers {
+	// Reserve the slot before the handshake, so concurrent handshakes
+	// cannot overshoot the limit.
+	if s.websockets.Add(1) > int64(s.limits.MaxSubscribers) {
+		s.websockets.Add(-1)
 		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("subscriber limit (%d) reached", s.limits.MaxSubscribers))
 		return
 	}
-	up := websocket.Upgrader{CheckOrigin: s.checkOrigin}
+	defer s.websockets.Add(-1)
+	up := websocket.Upgrader{
+		CheckOrigin: s.checkOrigin,
+		Error: func(w http.ResponseWriter, r *http.Request, status int, reason error) {
+			writeError(w, status, "websocket handshake: "+reason.Error())
+		},
+	}
 	conn, err := up.Upgrade(w, r, nil) // on failure it has answered with an HTTP error
 	if err != nil {
 		return
@@ -162,7 +189,7 @@ func (s *Server) subscribe(w http.ResponseWriter, r *http.Request) {
 					return
 				}
 				s.subMetrics.sent.Inc()
-				if !u.Address.Changed.IsZero() {
+				if !u.Snapshot && !u.Address.Changed.IsZero() {
 					s.subMetrics.latency.Observe(time.Since(u.Address.Changed).Seconds())
 				}
 			}
