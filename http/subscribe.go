@@ -172,8 +172,18 @@ func (s *Server) subscribe(w http.ResponseWriter, r *http.Request) {
 
 	ping := time.NewTicker(s.limits.PingEvery)
 	defer ping.Stop()
+	// A subscription reads its zones: remote ones stay watched while it is
+	// open.
+	touch := time.NewTicker(s.touchEvery)
+	defer touch.Stop()
 	for {
 		select {
+		case now := <-touch.C:
+			for _, cq := range queries {
+				if st := s.cache.Status(cq.Zone); st != nil {
+					st.Touch(now)
+				}
+			}
 		case <-sub.C():
 			for _, u := range sub.Take() {
 				m := message{Type: "update", Index: u.Address.Index, Address: u.Address.Name(), Instances: Instances([]*cache.Address{u.Address}, keep)}
