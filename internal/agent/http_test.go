@@ -646,17 +646,7 @@ func TestHTTPZonesStale(t *testing.T) {
 // would wake the long-poll with no instances).
 func TestHTTPLongPollKeepsRemoteZone(t *testing.T) {
 	const dc = "dc8"
-	remote := startRemoteZone(t, dc, "127.0.0.8")
-	p := newProduct("httpkeep")
-	register(t, remote.Client(), instance{id: p, product: p, env: "prod", job: "stream", service: "http", address: "127.0.8.1", port: 9001})
-	cfg := remoteConfig()
-	cfg.Watch.Idle = time.Second
-	a := startAgent(t, cfg)
-	testconsul.WaitFor(t, 15*time.Second, func() bool {
-		exists, _ := a.Cache.Datacenter(dc)
-		return exists
-	}, "the agent never learnt of %s", dc)
-	addr := "http.stream.prod." + p + "." + dc
+	a, addr := agentWithRemoteZone(t, dc, "127.0.0.8", "httpkeep", time.Second)
 	var b *lookupBody
 	testconsul.WaitFor(t, 15*time.Second, func() bool {
 		b = lookup(t, a, addr, "")

@@ -43,6 +43,26 @@ func startRemoteZone(t *testing.T, dc, bindAddr string) *testconsul.Agent {
 	return remote
 }
 
+// agentWithRemoteZone starts a remote datacenter with one instance of a new
+// product (on bindAddr's /24 at .1) and an agent with the given idle period
+// that knows the datacenter. It returns the agent and the instance's
+// address in the remote zone.
+func agentWithRemoteZone(t *testing.T, dc, bindAddr, prefix string, idle time.Duration) (*Agent, string) {
+	t.Helper()
+	remote := startRemoteZone(t, dc, bindAddr)
+	p := newProduct(prefix)
+	ip := strings.Replace(bindAddr, "127.0.0.", "127.0.", 1) + ".1"
+	register(t, remote.Client(), instance{id: p, product: p, env: "prod", job: "stream", service: "http", address: ip, port: 9001})
+	cfg := remoteConfig()
+	cfg.Watch.Idle = idle
+	a := startAgent(t, cfg)
+	testconsul.WaitFor(t, 15*time.Second, func() bool {
+		exists, _ := a.Cache.Datacenter(dc)
+		return exists
+	}, "the agent never learnt of %s", dc)
+	return a, "http.stream.prod." + p + "." + dc
+}
+
 // remoteConfig is testConfig with a datacenter list refreshed often enough
 // for a datacenter joined during the test.
 func remoteConfig() Config {

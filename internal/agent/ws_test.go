@@ -178,22 +178,14 @@ func TestSubscribeFanOut(t *testing.T) {
 // dropped once it closes.
 func TestSubscribeKeepsRemoteZone(t *testing.T) {
 	const dc = "dc9"
-	remote := startRemoteZone(t, dc, "127.0.0.9")
-	p := newProduct("wskeep")
-	register(t, remote.Client(), instance{id: p, product: p, env: "prod", job: "stream", service: "http", address: "127.0.9.1", port: 9001})
-	cfg := remoteConfig()
-	cfg.Watch.Idle = time.Second
-	a := startAgent(t, cfg)
-	testconsul.WaitFor(t, 15*time.Second, func() bool {
-		exists, _ := a.Cache.Datacenter(dc)
-		return exists
-	}, "the agent never learnt of %s", dc)
-	conn := dialSubscribe(t, a.HTTPAddr(), url.Values{"address": {"http.stream.prod." + p + "." + dc}})
+	idle := time.Second
+	a, addr := agentWithRemoteZone(t, dc, "127.0.0.9", "wskeep", idle)
+	conn := dialSubscribe(t, a.HTTPAddr(), url.Values{"address": {addr}})
 	last := map[string]uint64{}
 	readUntil(t, conn, last, func(m wsMessage) bool { return len(m.Instances) == 1 })
 
 	// Four idle periods with nothing read but the subscription: still there.
-	deadline := time.Now().Add(4 * cfg.Watch.Idle)
+	deadline := time.Now().Add(4 * idle)
 	for time.Now().Before(deadline) {
 		if z := a.Cache.Zone(dc); z == nil {
 			t.Fatalf("%s dropped while subscribed", dc)
