@@ -93,6 +93,7 @@ func (h *Handler) ServeDNS(w mdns.ResponseWriter, r *mdns.Msg) {
 // serve answers the request and returns the rcode it answered with.
 func (h *Handler) serve(req *request, now time.Time) int {
 	r := req.r
+	req.opt = r.IsEdns0() // error answers echo OPT too
 	if r.Opcode != mdns.OpcodeQuery {
 		return h.fail(req, mdns.RcodeNotImplemented)
 	}
@@ -100,7 +101,6 @@ func (h *Handler) serve(req *request, now time.Time) int {
 		return h.fail(req, mdns.RcodeFormatError)
 	}
 	req.q = r.Question[0]
-	req.opt = r.IsEdns0()
 	switch {
 	case req.tcp:
 		req.limit = mdns.MaxMsgSize
@@ -163,6 +163,12 @@ func (h *Handler) serve(req *request, now time.Time) int {
 			return h.missing(req, z, &n, za.soa)
 		}
 		na := node.Derived.(*nodeAnswers)
+		if req.q.Qtype == mdns.TypeANY { // ANY on a node: its address record
+			if na.a != nil {
+				return h.serveWire(req, na.a, za.soa)
+			}
+			return h.serveWire(req, na.aaaa, za.soa)
+		}
 		return h.serveWire(req, pick(req.q.Qtype, nil, na.a, na.aaaa), za.soa)
 	case kindAddr:
 		ip, ok := parseHexAddr(n.labels[2])
@@ -190,8 +196,8 @@ func (h *Handler) serve(req *request, now time.Time) int {
 	return h.nxdomain(req, za.soa)
 }
 
-// pick returns the prepared answer for qtype: SRV (also for ANY, as RFC 8482
-// allows), A or AAAA; nil for any other type.
+// pick returns the prepared answer for qtype: srv for SRV and ANY (RFC 8482
+// allows answering ANY with one set), A or AAAA; nil for any other type.
 func pick(qtype uint16, srv, a, aaaa wire) wire {
 	switch qtype {
 	case mdns.TypeSRV, mdns.TypeANY:

@@ -90,6 +90,11 @@ func TestDNSRows(t *testing.T) {
 		if got := ips(m.Answer); got != "::1" {
 			t.Fatalf("addr AAAA %s", got)
 		}
+		// ANY on a node answers its address record (RFC 8482); SRV: NODATA.
+		if m := query(t, dnsAddr, "udp", nodeTarget, mdns.TypeANY, 0); ips(m.Answer) != "127.0.0.1" || m.Question[0].Qtype != mdns.TypeANY {
+			t.Fatalf("ANY on the node: %v", m)
+		}
+		checkNodata(t, query(t, dnsAddr, "udp", nodeTarget, mdns.TypeSRV, 0), "dc1."+domain)
 		checkNxdomain(t, query(t, dnsAddr, "udp", "no-such-node.node.dc1."+domain, mdns.TypeA, 0), "dc1."+domain)
 		checkNxdomain(t, query(t, dnsAddr, "udp", "7f00.addr.dc1."+domain, mdns.TypeA, 0), "dc1."+domain)
 	})
@@ -168,7 +173,12 @@ func TestDNSRows(t *testing.T) {
 
 		update := new(mdns.Msg)
 		update.SetUpdate("dc1." + domain)
-		checkHeader(t, exchange(t, dnsAddr, "udp", update), mdns.RcodeNotImplemented, false)
+		update.SetEdns0(1232, false)
+		m = exchange(t, dnsAddr, "udp", update)
+		checkHeader(t, m, mdns.RcodeNotImplemented, false)
+		if m.IsEdns0() == nil {
+			t.Error("NOTIMP answer to an EDNS query without OPT")
+		}
 
 		for _, qt := range []uint16{mdns.TypeAXFR, mdns.TypeIXFR} {
 			checkHeader(t, query(t, dnsAddr, "tcp", "dc1."+domain, qt, 0), mdns.RcodeNotImplemented, false)
