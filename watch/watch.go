@@ -131,9 +131,8 @@ func (m *Manager) startZone(name string, local bool) {
 }
 
 // stopZone stops a remote zone's loops and drops it from the cache.
+// Called with m.mu held.
 func (m *Manager) stopZone(z *zoneWatch, why string) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
 	delete(m.zones, z.name)
 	z.mu.Lock()
 	z.cancel() // under z.mu: see fetchProduct
@@ -181,17 +180,15 @@ func (m *Manager) reapIdle(ctx context.Context) {
 	defer m.wg.Done()
 	every := min(max(m.cfg.Idle/4, 10*time.Millisecond), 30*time.Second)
 	for sleep(ctx, every) {
+		// Checked and stopped under one lock, so a zone is never dropped
+		// on a stale verdict.
 		m.mu.Lock()
-		var idle []*zoneWatch
 		for _, z := range m.zones {
 			if !z.local && time.Since(z.status.LastQuery()) > m.cfg.Idle {
-				idle = append(idle, z)
+				m.stopZone(z, "idle")
 			}
 		}
 		m.mu.Unlock()
-		for _, z := range idle {
-			m.stopZone(z, "idle")
-		}
 	}
 }
 
