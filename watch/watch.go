@@ -213,8 +213,9 @@ type zoneWatch struct {
 	synced                    bool
 }
 
-// fetch runs one Consul request of a loop, applies its result and returns
-// Consul's index and whether the answering server knew a leader.
+// fetch runs one Consul request of a loop with q (which carries the
+// request's deadline), applies its result unless ctx (the loop's) has ended,
+// and returns Consul's query metadata.
 type fetch func(ctx context.Context, q *api.QueryOptions) (*api.QueryMeta, error)
 
 // loop runs fn as a blocking-query loop until the zone's context (or ctx of
