@@ -1,0 +1,263 @@
+package provider
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net"
+	"slices"
+	"strconv"
+	"sync"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// Tags glimpse puts on a provider's registrations (see watch/convert.go for
+// the ones the watchers read).
+const (
+	TagEnv      = "glimpse:env="
+	TagJob      = "glimpse:job="
+	TagService  = "glimpse:service="
+	TagProvider = "glimpse:provider="
+	TagProduct  = "glimpse:product="
+)
+
+// MetaSpec is the service meta key holding a hash of everything glimpse
+// registered for an instance (tags, address, port, check). A registration
+// whose hash differs from the desired one is registered again.
+const MetaSpec = "glimpse-spec"
+
+// idPrefix starts the Consul service ID of every provider registration.
+const idPrefix = "glimpse-"
+
+// ServiceID returns the Consul service ID of an instance of provider: stable
+// for the instance's identity (product, env, job, service, address, port),
+// so that applying the same body again touches nothing. provider and the
+// labels are compared case-insensitively.
+func ServiceID(provider string, in Instance) string {
+	provider = lower(provider)
+	k := in.key()
+	h := sha256.New()
+	for _, s := range []string{provider, k.product, k.env, k.job, k.service, k.address, strconv.Itoa(k.port)} {
+		h.Write([]byte(s))
+		h.Write([]byte{0})
+	}
+	return idPrefix + provider + "-" + hex.EncodeToString(h.Sum(nil)[:8])
+}
+
+func lower(s string) string {
+	n, err := CheckName(s)
+	if err != nil {
+		return s
+	}
+	return n
+}
+
+// Syncer makes the local Consul agent's registrations of a provider equal to
+// that provider's body. Apply calls are serialised, so two bodies of the same
+// provider never interleave. A Syncer is safe for concurrent use.
+type Syncer struct {
+	client *api.Client
+	mu     sync.Mutex
+}
+
+// NewSyncer returns a Syncer registering with the Consul agent of client.
+func NewSyncer(client *api.Client) *Syncer {
+	return &Syncer{client: client}
+}
+
+// Apply makes the local Consul agent's service registrations tagged
+// glimpse:provider=<name> equal to b: it registers the instances that are
+// missing or differ, and deregisters that provider's registrations b no
+// longer holds. Registrations without that exact tag are never touched; an
+// instance whose service ID is taken by such a registration is an error.
+// Apply stops at the first failed Consul call and returns its error; what
+// was done until then stays done, and applying b again completes it. An
+// invalid name or body is a *ValidationError and nothing is done.
+func (s *Syncer) Apply(ctx context.Context, name string, b *Body) error {
+	name, err := CheckName(name)
+	if err != nil {
+		return err
+	}
+	nb := &Body{Instances: slices.Clone(b.Instances)}
+	for i, in := range nb.Instances {
+		if in.Check != nil {
+			c := *in.Check
+			nb.Instances[i].Check = &c
+		}
+	}
+	nb.Normalize()
+	if err := nb.Validate(); err != nil {
+		return err
+	}
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+
+	q := (&api.QueryOptions{}).WithContext(ctx)
+	agent := s.client.Agent()
+	services, err := agent.ServicesWithFilterOpts("", q)
+	if err != nil {
+		return fmt.Errorf("provider %s: list the Consul agent's services: %w", name, err)
+	}
+	checks, err := agent.ChecksWithFilterOpts("", q)
+	if err != nil {
+		return fmt.Errorf("provider %s: list the Consul agent's checks: %w", name, err)
+	}
+	checkCount := map[string]int{}
+	for _, c := range checks {
+		if c.ServiceID != "" {
+			checkCount[c.ServiceID]++
+		}
+	}
+	tag := TagProvider + name
+	owned := map[string]*api.AgentService{}
+	for id, svc := range services {
+		if slices.Contains(svc.Tags, tag) {
+			owned[id] = svc
+		}
+	}
+
+	var nodeAddr string // fetched when a check needs it
+	want := make(map[string]bool, len(nb.Instances))
+	for _, in := range nb.Instances {
+		id := ServiceID(name, in)
+		want[id] = true
+		if in.Address == "" && in.Check != nil && in.Check.Target == "" && in.Check.Type != CheckTTL && nodeAddr == "" {
+			if nodeAddr, err = s.nodeAddress(ctx); err != nil {
+				return fmt.Errorf("provider %s: %w", name, err)
+			}
+		}
+		reg := registration(name, id, in, nodeAddr)
+		cur, mine := owned[id]
+		if !mine {
+			if _, taken := services[id]; taken {
+				return fmt.Errorf("provider %s: service ID %s is registered without the tag %s; not replacing it", name, id, tag)
+			}
+		} else if upToDate(cur, reg, checkCount[id]) {
+			continue
+		}
+		opts := api.ServiceRegisterOpts{ReplaceExistingChecks: true}.WithContext(ctx)
+		if err := agent.ServiceRegisterOpts(reg, opts); err != nil {
+			return fmt.Errorf("provider %s: register %s (%s): %w", name, id, describe(in), err)
+		}
+	}
+	// Deregister in a stable order, so that logs and retries are repeatable.
+	gone := make([]string, 0, len(owned))
+	for id := range owned {
+		if !want[id] {
+			gone = append(gone, id)
+		}
+	}
+	slices.Sort(gone)
+	for _, id := range gone {
+		if err := agent.ServiceDeregisterOpts(id, q); err != nil {
+			return fmt.Errorf("provider %s: deregister %s: %w", name, id, err)
+		}
+	}
+	return nil
+}
+
+// nodeAddress returns the local Consul agent's address, the default target
+// of the checks of instances without an address of their own.
+func (s *Syncer) nodeAddress(ctx context.Context) (string, error) {
+	var self struct {
+		Member struct{ Addr string }
+	}
+	if _, err := s.client.Raw().Query("/v1/agent/self", &self, (&api.QueryOptions{}).WithContext(ctx)); err != nil {
+		return "", fmt.Errorf("read the Consul agent's address: %w", err)
+	}
+	if self.Member.Addr == "" {
+		return "", fmt.Errorf("the Consul agent reports no address")
+	}
+	return self.Member.Addr, nil
+}
+
+// registration builds the Consul registration of in. nodeAddr is the
+// default check target when in has no address.
+func registration(provider, id string, in Instance, nodeAddr string) *api.AgentServiceRegistration {
+	reg := &api.AgentServiceRegistration{
+		ID:      id,
+		Name:    in.Product,
+		Address: in.Address,
+		Port:    in.Port,
+		Tags: []string{
+			TagEnv + in.Env,
+			TagJob + in.Job,
+			TagService + in.Service,
+			TagProvider + provider,
+			TagProduct + in.Product,
+		},
+	}
+	if c := in.Check; c != nil {
+		host := in.Address
+		if host == "" {
+			host = nodeAddr
+		}
+		hostPort := net.JoinHostPort(host, strconv.Itoa(in.Port))
+		ac := &api.AgentServiceCheck{Name: "glimpse " + c.Type + " check"}
+		switch c.Type {
+		case CheckTTL:
+			ac.TTL = c.TTL
+		case CheckTCP, CheckHTTP:
+			ac.Interval, ac.Timeout = c.Interval, c.Timeout
+			if ac.Interval == "" {
+				ac.Interval = DefaultInterval
+			}
+			if c.Type == CheckTCP {
+				ac.TCP = c.Target
+				if ac.TCP == "" {
+					ac.TCP = hostPort
+				}
+			} else {
+				ac.HTTP = c.Target
+				if ac.HTTP == "" {
+					ac.HTTP = "http://" + hostPort + "/"
+				}
+			}
+		}
+		reg.Check = ac
+	}
+	reg.Meta = map[string]string{MetaSpec: specHash(reg)}
+	return reg
+}
+
+// specHash hashes a registration (without its meta).
+func specHash(reg *api.AgentServiceRegistration) string {
+	r := *reg
+	r.Meta = nil
+	data, err := json.Marshal(&r)
+	if err != nil {
+		panic(err) // plain strings and ints always marshal
+	}
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:12])
+}
+
+// upToDate reports whether the agent's service cur, which has checks
+// checks, is what reg would register.
+func upToDate(cur *api.AgentService, reg *api.AgentServiceRegistration, checks int) bool {
+	wantChecks := 0
+	if reg.Check != nil {
+		wantChecks = 1
+	}
+	return cur.Service == reg.Name &&
+		cur.Address == reg.Address &&
+		cur.Port == reg.Port &&
+		slices.Equal(sortedCopy(cur.Tags), sortedCopy(reg.Tags)) &&
+		cur.Meta[MetaSpec] == reg.Meta[MetaSpec] &&
+		len(cur.Meta) == len(reg.Meta) &&
+		checks == wantChecks
+}
+
+func sortedCopy(s []string) []string {
+	s = slices.Clone(s)
+	slices.Sort(s)
+	return s
+}
+
+func describe(in Instance) string {
+	return fmt.Sprintf("%s.%s.%s.%s %s port %d", in.Service, in.Job, in.Env, in.Product, in.Address, in.Port)
+}
