@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"glimpse/cache"
+	"glimpse/provider"
 )
 
 // Server is the agent's HTTP server.
@@ -61,6 +62,10 @@ type Options struct {
 	ZoneIdle time.Duration
 	// Subscribe limits websocket subscriptions; zero: the defaults.
 	Subscribe SubscribeLimits
+	// Providers serves /v1/providers/{provider}; nil: 404.
+	Providers *provider.Manager
+	// ProviderAllowRemote lets non-loopback clients use the providers API.
+	ProviderAllowRemote bool
 }
 
 // Listen binds addr and returns a server ready to Serve.
@@ -103,6 +108,7 @@ func Listen(addr string, opts Options) (*Server, error) {
 	mux.Handle("GET /v1/topology", s.instrument("topology", s.topology))
 	// Not instrumented: the websocket handshake hijacks the connection.
 	mux.HandleFunc("GET /v1/subscribe", s.subscribe)
+	s.registerProviders(opts)
 	s.srv = &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second}
 	return s, nil
 }

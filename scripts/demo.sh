@@ -286,10 +286,10 @@ Ctrl-C stops glimpse-agent and Consul.
 
 EOF
 
-log "starting $AGENT -consul.addr $CONSUL_ADDR -log.format console"
+log "starting $AGENT -consul.addr $CONSUL_ADDR -data.dir $WORKDIR/data -log.format console"
 # In the background so that the traps run as soon as a signal arrives; its
 # output still goes to this terminal.
-"$AGENT" -consul.addr "$CONSUL_ADDR" -log.format console </dev/null &
+"$AGENT" -consul.addr "$CONSUL_ADDR" -data.dir "$WORKDIR/data" -log.format console </dev/null &
 AGENT_PID=$!
 set +e
 wait "$AGENT_PID"

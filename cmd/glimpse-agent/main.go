@@ -55,6 +55,9 @@ func run(args []string, stderr io.Writer) error {
 	fs.IntVar(&cfg.Subscribe.MaxSubscribers, "http.max-subscribers", cfg.Subscribe.MaxSubscribers, "most websocket subscriptions open at once")
 	fs.IntVar(&cfg.Subscribe.MaxAddresses, "http.max-addresses", cfg.Subscribe.MaxAddresses, "most addresses one websocket subscription may name")
 	origins := fs.String("http.allowed-origins", "", "comma-separated browser origins allowed to open websockets besides the agent's own (* for any)")
+	fs.StringVar(&cfg.DataDir, "data.dir", cfg.DataDir, "directory of the agent's durable state (the providers' recorded instances); created if missing")
+	fs.BoolVar(&cfg.ProviderAllowRemote, "providers.allow-remote", cfg.ProviderAllowRemote, "let non-loopback clients use the providers API")
+	fs.DurationVar(&cfg.ReconcileEvery, "providers.reconcile", cfg.ReconcileEvery, "how often the providers' recorded instances are applied to the Consul agent again")
 	level := fs.String("log.level", "info", "log level: debug, info, warn or error")
 	format := fs.String("log.format", "json", "log format: json or console")
 
@@ -88,6 +91,9 @@ func run(args []string, stderr io.Writer) error {
 				cfg.Subscribe.AllowedOrigins = append(cfg.Subscribe.AllowedOrigins, o)
 			}
 		}
+	}
+	if cfg.ReconcileEvery <= 0 || cfg.DataDir == "" {
+		return errors.New("-providers.reconcile must be positive and -data.dir not empty")
 	}
 	if cfg.UDPSockets < 1 {
 		return errors.New("-dns.udp-sockets must be at least 1")

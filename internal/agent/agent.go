@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -22,6 +24,7 @@ import (
 	"glimpse/cache"
 	"glimpse/dns"
 	httpapi "glimpse/http"
+	"glimpse/provider"
 	"glimpse/watch"
 )
 
@@ -58,6 +61,15 @@ type Config struct {
 	Subscribe httpapi.SubscribeLimits
 
 	Watch watch.Config
+
+	// DataDir holds the agent's durable state: the providers' recorded
+	// instances, under DataDir/providers. Created if missing.
+	DataDir string
+	// ProviderAllowRemote lets non-loopback clients use the providers API.
+	ProviderAllowRemote bool
+	// ReconcileEvery is how often the providers' recorded state is applied
+	// to the Consul agent again, repairing drift.
+	ReconcileEvery time.Duration
 }
 
 // DefaultConfig returns glimpse-agent's defaults.
@@ -74,6 +86,8 @@ func DefaultConfig() Config {
 		History:            cache.HistorySize,
 		Subscribe:          httpapi.DefaultSubscribeLimits(),
 		Watch:              watch.DefaultConfig(),
+		DataDir:            "/var/lib/glimpse",
+		ReconcileEvery:     30 * time.Second,
 	}
 }
 
@@ -88,6 +102,7 @@ type Agent struct {
 	http     *httpapi.Server
 	// transport of the Consul client, whose connections Run closes.
 	transport *http.Transport
+	providers *provider.Manager
 }
 
 // New connects to Consul (waiting up to cfg.ConsulStartTimeout), settles the
@@ -133,11 +148,16 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Agent, error) {
 		RemoteWait: cfg.RemoteWait,
 	})
 	a := &Agent{cfg: cfg, log: log, Cache: c, Registry: reg, watch: w, transport: transport}
+	if a.providers, err = newProviders(cfg, client, reg, log); err != nil {
+		transport.CloseIdleConnections()
+		return nil, err
+	}
 	if a.dns, err = dns.Listen(cfg.DNSAddr, cfg.UDPSockets, h); err != nil {
 		transport.CloseIdleConnections()
 		return nil, err
 	}
-	a.http, err = httpapi.Listen(cfg.HTTPAddr, httpapi.Options{Cache: c, LocalZone: zone, Gatherer: reg, Registerer: reg, Want: w.Want, ZoneIdle: cfg.Watch.Idle, Subscribe: cfg.Subscribe})
+	a.http, err = httpapi.Listen(cfg.HTTPAddr, httpapi.Options{Cache: c, LocalZone: zone, Gatherer: reg, Registerer: reg, Want: w.Want, ZoneIdle: cfg.Watch.Idle, Subscribe: cfg.Subscribe,
+		Providers: a.providers, ProviderAllowRemote: cfg.ProviderAllowRemote})
 	if err != nil {
 		a.dns.Close()
 		transport.CloseIdleConnections()
@@ -215,9 +235,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	errs := make(chan error, 2)
+	// Background provider retries must not outlive the agent even when the
+	// manager's Run has not started.
+	defer a.providers.Close()
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { defer wg.Done(); a.watch.Run(ctx) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); a.providers.Run(ctx) }()
 	go func() { errs <- a.dns.Serve() }()
 	go func() { errs <- a.http.Serve() }()
 	a.log.Info("serving", zap.String("dns", a.DNSAddr()), zap.String("http", a.HTTPAddr()), zap.String("zone", a.cfg.Zone), zap.String("domain", a.cfg.Domain))
@@ -238,4 +263,33 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Wait()
 	a.transport.CloseIdleConnections()
 	return err
+}
+
+// newProviders opens the providers' store under cfg.DataDir, which must be
+// writable, and returns their manager.
+func newProviders(cfg Config, client *api.Client, reg prometheus.Registerer, log *zap.Logger) (*provider.Manager, error) {
+	if cfg.DataDir == "" {
+		return nil, errors.New("no data directory configured")
+	}
+	if cfg.ReconcileEvery <= 0 {
+		return nil, errors.New("the providers' reconcile interval must be positive")
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+		return nil, fmt.Errorf("data directory: %w", err)
+	}
+	probe, err := os.CreateTemp(cfg.DataDir, ".write-probe-*")
+	if err != nil {
+		return nil, fmt.Errorf("data directory %s is not writable: %w", cfg.DataDir, err)
+	}
+	probe.Close()
+	os.Remove(probe.Name())
+	store, err := provider.NewStore(filepath.Join(cfg.DataDir, "providers"))
+	if err != nil {
+		return nil, err
+	}
+	return provider.NewManager(store, provider.NewSyncer(client), provider.ManagerOptions{
+		ReconcileEvery: cfg.ReconcileEvery,
+		Registerer:     reg,
+		Log:            log.Named("providers"),
+	}), nil
 }

@@ -29,7 +29,7 @@ func TestDNSRows(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	a := startAgent(t, testConfig(consul.HTTPAddr()))
+	a := startAgent(t, testConfig(t, consul.HTTPAddr()))
 	dnsAddr := a.DNSAddr()
 	addr := "http.stream.prod." + p + ".dc1." + domain
 	waitDNS(t, dnsAddr, addr, mdns.TypeSRV, func(m *mdns.Msg) bool { return len(m.Answer) == 2 }, "both instances")
@@ -231,7 +231,7 @@ func TestDNSRows(t *testing.T) {
 // agent answers SERVFAIL, never a wrong NXDOMAIN, and is not ready.
 func TestDNSServfailBeforeFirstSync(t *testing.T) {
 	proxy := testconsul.NewCountingProxy(t, consul.HTTPAddr())
-	cfg := testConfig(proxy.Addr())
+	cfg := testConfig(t, proxy.Addr())
 	a, err := New(t.Context(), cfg, nopLogger(t))
 	if err != nil {
 		t.Fatal(err)
@@ -262,7 +262,7 @@ func TestDNSFollowsConsul(t *testing.T) {
 	c := consul.Client()
 	p := newProduct("follow")
 	register(t, c, instance{id: p + "-1", product: p, env: "prod", job: "web", service: "http", address: "127.0.1.1", port: 80, ttlCheck: true})
-	a := startAgent(t, testConfig(consul.HTTPAddr()))
+	a := startAgent(t, testConfig(t, consul.HTTPAddr()))
 	name := "http.web.prod." + p + ".dc1." + domain
 	count := func(n int) func(*mdns.Msg) bool {
 		return func(m *mdns.Msg) bool { return m.Rcode == mdns.RcodeSuccess && len(m.Answer) == n }
@@ -300,7 +300,7 @@ func TestDNSNeverCallsConsul(t *testing.T) {
 	p := newProduct("calls")
 	register(t, c, instance{id: p + "-1", product: p, env: "prod", job: "web", service: "http", port: 80})
 	proxy := testconsul.NewCountingProxy(t, consul.HTTPAddr())
-	cfg := testConfig(proxy.Addr())
+	cfg := testConfig(t, proxy.Addr())
 	cfg.Watch.Wait = 10 * time.Minute // no blocking query returns unless Consul changes
 	cfg.Watch.DatacentersEvery = 10 * time.Minute
 	a := startAgent(t, cfg)
@@ -362,7 +362,7 @@ func TestDNSTruncation(t *testing.T) {
 			address: fmt.Sprintf("127.2.%d.%d", i/250, i%250+1), port: 10000 + i,
 		})
 	}
-	a := startAgent(t, testConfig(consul.HTTPAddr()))
+	a := startAgent(t, testConfig(t, consul.HTTPAddr()))
 	name := "http.fleet.prod." + p + ".dc1." + domain
 	waitDNS(t, a.DNSAddr(), name, mdns.TypeSRV, func(m *mdns.Msg) bool {
 		if !m.Truncated {
@@ -477,7 +477,7 @@ func TestDNSProductsNamedLikeKeywords(t *testing.T) {
 	for i, p := range []string{"node", "addr", "ns7"} {
 		register(t, c, instance{id: "kw-" + p, product: p, env: "prod", job: "stream", service: "http", address: fmt.Sprintf("127.0.5.%d", i+1), port: 80})
 	}
-	a := startAgent(t, testConfig(consul.HTTPAddr()))
+	a := startAgent(t, testConfig(t, consul.HTTPAddr()))
 	for _, p := range []string{"node", "addr", "ns7"} {
 		waitDNS(t, a.DNSAddr(), "http.stream.prod."+p+".dc1."+domain, mdns.TypeA, func(m *mdns.Msg) bool { return len(m.Answer) == 1 }, p)
 		for _, above := range []string{"prod." + p, "stream.prod." + p, p} {

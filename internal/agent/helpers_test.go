@@ -46,8 +46,9 @@ func newProduct(prefix string) string {
 }
 
 // testConfig is the agent's config for tests: free ports, short waits.
-func testConfig(consulAddr string) Config {
+func testConfig(t testing.TB, consulAddr string) Config {
 	cfg := DefaultConfig()
+	cfg.DataDir = t.TempDir()
 	cfg.ConsulAddr = consulAddr
 	cfg.DNSAddr = "127.0.0.1:0"
 	cfg.HTTPAddr = "127.0.0.1:0"

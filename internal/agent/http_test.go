@@ -168,7 +168,7 @@ func TestHTTPLookup(t *testing.T) {
 	setTTL(t, c, p+"-warn", api.HealthWarning)
 	setTTL(t, c, p+"-crit", api.HealthCritical)
 
-	a := startAgent(t, testConfig(consul.HTTPAddr()))
+	a := startAgent(t, testConfig(t, consul.HTTPAddr()))
 	addr := "http.stream.prod." + p + ".dc1"
 	want := "http.stream.prod:8001/passing,http.stream.prod:8002/warning,http.stream.prod:8003/critical"
 	var b *lookupBody
@@ -232,7 +232,7 @@ func TestHTTPLookup(t *testing.T) {
 // a message saying what is wrong; wrong methods 405, unknown paths 404, all
 // JSON.
 func TestHTTPLookupMalformed(t *testing.T) {
-	a := startAgent(t, testConfig(consul.HTTPAddr()))
+	a := startAgent(t, testConfig(t, consul.HTTPAddr()))
 	base := "http://" + a.HTTPAddr()
 	for _, tt := range []struct{ path, msg string }{
 		{"/v1/lookup/stream.prod.goku.dc1", "has 4 labels, want 5"},
@@ -290,7 +290,7 @@ func TestHTTPLongPoll(t *testing.T) {
 	c := consul.Client()
 	p := newProduct("httppoll")
 	register(t, c, instance{id: p + "-a", product: p, env: "prod", job: "stream", service: "http", address: "127.0.2.1", port: 8001})
-	a := startAgent(t, testConfig(consul.HTTPAddr()))
+	a := startAgent(t, testConfig(t, consul.HTTPAddr()))
 	addr := "http.stream.prod." + p + ".dc1"
 	var b *lookupBody
 	testconsul.WaitFor(t, 15*time.Second, func() bool {
@@ -373,7 +373,7 @@ func TestHTTPLongPollMany(t *testing.T) {
 	c := consul.Client()
 	p := newProduct("httpmany")
 	register(t, c, instance{id: p + "-a", product: p, env: "prod", job: "stream", service: "http", address: "127.0.3.1", port: 8001})
-	a := startAgent(t, testConfig(consul.HTTPAddr()))
+	a := startAgent(t, testConfig(t, consul.HTTPAddr()))
 	addr := "http.stream.prod." + p + ".dc1"
 	var b *lookupBody
 	testconsul.WaitFor(t, 15*time.Second, func() bool {
@@ -473,7 +473,7 @@ func TestHTTPZonesTopology(t *testing.T) {
 	rp := newProduct("httpremote")
 	register(t, remote.Client(), instance{id: rp, product: rp, env: "prod", job: "stream", service: "http", address: "127.0.7.1", port: 9001})
 
-	a := startAgent(t, remoteConfig())
+	a := startAgent(t, remoteConfig(t))
 	base := "http://" + a.HTTPAddr()
 
 	// Topology of the local zone, by default and by name.
@@ -580,7 +580,7 @@ func TestHTTPZonesStale(t *testing.T) {
 	srv := testconsul.Start(t, testconsul.Options{Server: true, Datacenter: "dc1"})
 	p := newProduct("httpstale")
 	register(t, srv.Client(), instance{id: p, product: p, env: "prod", job: "stream", service: "http", address: "127.0.5.1", port: 8001})
-	cfg := testConfig(srv.HTTPAddr())
+	cfg := testConfig(t, srv.HTTPAddr())
 	cfg.Watch.Wait = 2 * time.Second
 	a := startAgent(t, cfg)
 	base := "http://" + a.HTTPAddr()

@@ -30,7 +30,7 @@ func TestMetrics(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = c.Agent().ServiceDeregister(p + "-untagged") })
 
-	a := startAgent(t, testConfig(consul.HTTPAddr()))
+	a := startAgent(t, testConfig(t, consul.HTTPAddr()))
 	name := "http.web.prod." + p + ".dc1." + domain
 	waitDNS(t, a.DNSAddr(), name, mdns.TypeSRV, func(m *mdns.Msg) bool { return len(m.Answer) == 1 }, "tagged instance only")
 	query(t, a.DNSAddr(), "tcp", name, mdns.TypeA, 0)
@@ -104,7 +104,7 @@ func TestBindFailure(t *testing.T) {
 	}
 	defer busy.Close()
 	for _, field := range []string{"dns", "http"} {
-		cfg := testConfig(consul.HTTPAddr())
+		cfg := testConfig(t, consul.HTTPAddr())
 		if field == "dns" {
 			cfg.DNSAddr = busy.Addr().String()
 		} else {
@@ -120,7 +120,7 @@ func TestBindFailure(t *testing.T) {
 // TestProductWatchersFollowCatalog: a product that appears in Consul gets a
 // health watcher, and one that vanishes loses it (and leaves the cache).
 func TestProductWatchersFollowCatalog(t *testing.T) {
-	a := startAgent(t, testConfig(consul.HTTPAddr()))
+	a := startAgent(t, testConfig(t, consul.HTTPAddr()))
 	watchers := func() float64 {
 		return metricValue(scrape(t, a.HTTPAddr()), `glimpse_watch_watchers{zone="dc1"}`)
 	}

@@ -53,7 +53,7 @@ func agentWithRemoteZone(t *testing.T, dc, bindAddr, prefix string, idle time.Du
 	p := newProduct(prefix)
 	ip := strings.Replace(bindAddr, "127.0.0.", "127.0.", 1) + ".1"
 	register(t, remote.Client(), instance{id: p, product: p, env: "prod", job: "stream", service: "http", address: ip, port: 9001})
-	cfg := remoteConfig()
+	cfg := remoteConfig(t)
 	cfg.Watch.Idle = idle
 	a := startAgent(t, cfg)
 	testconsul.WaitFor(t, 15*time.Second, func() bool {
@@ -65,8 +65,8 @@ func agentWithRemoteZone(t *testing.T, dc, bindAddr, prefix string, idle time.Du
 
 // remoteConfig is testConfig with a datacenter list refreshed often enough
 // for a datacenter joined during the test.
-func remoteConfig() Config {
-	cfg := testConfig(consul.HTTPAddr())
+func remoteConfig(t testing.TB) Config {
+	cfg := testConfig(t, consul.HTTPAddr())
 	cfg.Watch.DatacentersEvery = 200 * time.Millisecond
 	return cfg
 }
@@ -80,7 +80,7 @@ func TestRemoteZone(t *testing.T) {
 	register(t, dc2.Client(), instance{id: p + "-node", product: p, env: "prod", job: "stream", service: "http", port: 9001})
 	register(t, dc2.Client(), instance{id: p + "-own", product: p, env: "prod", job: "stream", service: "http", address: "127.0.0.22", port: 9002})
 
-	a := startAgent(t, remoteConfig())
+	a := startAgent(t, remoteConfig(t))
 	dnsAddr := a.DNSAddr()
 	if z := a.Cache.Zone("dc2"); z != nil {
 		t.Fatalf("dc2 watched before any query for it: %+v", z)
@@ -173,7 +173,7 @@ func TestRemoteZoneIdleDrop(t *testing.T) {
 	p := newProduct("idle")
 	register(t, remote.Client(), instance{id: p, product: p, env: "prod", job: "stream", service: "http", port: 9100})
 
-	cfg := remoteConfig()
+	cfg := remoteConfig(t)
 	cfg.Watch.Idle = 2 * time.Second
 	a := startAgent(t, cfg)
 	dnsAddr := a.DNSAddr()

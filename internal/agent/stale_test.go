@@ -24,7 +24,7 @@ func TestConsulDownServesLastState(t *testing.T) {
 	register(t, c, instance{id: p + "-a", product: p, env: "prod", job: "stream", service: "http", address: "127.0.0.11", port: 8001})
 	register(t, c, instance{id: p + "-b", product: p, env: "prod", job: "stream", service: "http", address: "127.0.0.12", port: 8002})
 
-	cfg := testConfig(srv.HTTPAddr())
+	cfg := testConfig(t, srv.HTTPAddr())
 	// Blocking queries that return every 2s keep the waits below short.
 	cfg.Watch.Wait = 2 * time.Second
 	a := startAgent(t, cfg)

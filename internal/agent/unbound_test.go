@@ -22,7 +22,7 @@ func TestThroughUnbound(t *testing.T) {
 	register(t, c, instance{id: p + "-g", product: p, env: "prod", job: "stream", service: "grpc", address: "127.0.0.10", port: 9000})
 	register(t, c, instance{id: p + "-w", product: p, env: "prod", job: "web", service: "http", address: "127.0.0.11", port: 80})
 
-	a := startAgent(t, testConfig(consul.HTTPAddr()))
+	a := startAgent(t, testConfig(t, consul.HTTPAddr()))
 	zone := "dc1." + domain
 	httpName := "http.stream.prod." + p + "." + zone
 	grpcName := "grpc.stream.prod." + p + "." + zone

@@ -160,7 +160,7 @@ func TestSubscribeSlowReader(t *testing.T) {
 	flipTo(basePort)
 	t.Cleanup(func() { _, _ = c.Catalog().Deregister(&api.CatalogDeregistration{Node: flipNode}, nil) })
 
-	cfg := testConfig(consul.HTTPAddr())
+	cfg := testConfig(t, consul.HTTPAddr())
 	// A short history, so that what the heap holds for resumes is bounded
 	// well below the bound checked (the default keeps 16384 changes).
 	cfg.History = 64
@@ -375,7 +375,7 @@ func TestSubscribeResumeBeyondHistory(t *testing.T) {
 	grpcIn := instance{id: p + "-g", product: p, env: "prod", job: "web", service: "grpc", address: "127.0.9.2", port: 200}
 	register(t, c, httpIn)
 	register(t, c, grpcIn)
-	cfg := testConfig(consul.HTTPAddr())
+	cfg := testConfig(t, consul.HTTPAddr())
 	cfg.History = 8
 	a := startAgent(t, cfg)
 	httpAddr, grpcAddr := "http.web.prod."+p+".dc1", "grpc.web.prod."+p+".dc1"
@@ -467,7 +467,7 @@ func TestSubscribeLimits(t *testing.T) {
 	p := newProduct("lim")
 	in := instance{id: p + "-1", product: p, env: "prod", job: "web", service: "http", address: "127.0.10.1", port: 80}
 	register(t, c, in)
-	cfg := testConfig(consul.HTTPAddr())
+	cfg := testConfig(t, consul.HTTPAddr())
 	cfg.Subscribe.MaxSubscribers = 2
 	cfg.Subscribe.MaxAddresses = 2
 	cfg.Subscribe.PingEvery = 200 * time.Millisecond
@@ -617,7 +617,7 @@ func TestSubscribeShutdownCloseFrame(t *testing.T) {
 	c := consul.Client()
 	p := newProduct("bye")
 	register(t, c, instance{id: p + "-1", product: p, env: "prod", job: "web", service: "http", address: "127.0.11.1", port: 80})
-	a, err := New(context.Background(), testConfig(consul.HTTPAddr()), nopLogger(t))
+	a, err := New(context.Background(), testConfig(t, consul.HTTPAddr()), nopLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -67,7 +67,7 @@ func TestSubscribe(t *testing.T) {
 	c := consul.Client()
 	p := newProduct("ws")
 	register(t, c, instance{id: p + "-1", product: p, env: "prod", job: "web", service: "http", address: "127.0.6.1", port: 80})
-	a := startAgent(t, testConfig(consul.HTTPAddr()))
+	a := startAgent(t, testConfig(t, consul.HTTPAddr()))
 	exact := "http.web.prod." + p + ".dc1"
 	wild := "*.web.prod." + p + ".dc1"
 	ex := dialSubscribe(t, a.HTTPAddr(), url.Values{"address": {exact}})
@@ -131,7 +131,7 @@ func TestSubscribeFanOut(t *testing.T) {
 	c := consul.Client()
 	p := newProduct("fan")
 	register(t, c, instance{id: p + "-1", product: p, env: "prod", job: "web", service: "http", address: "127.0.7.1", port: 80})
-	a := startAgent(t, testConfig(consul.HTTPAddr()))
+	a := startAgent(t, testConfig(t, consul.HTTPAddr()))
 	addr := "http.web.prod." + p + ".dc1"
 	const n = 1000
 	conns := make([]*websocket.Conn, n)

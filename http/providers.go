@@ -1,0 +1,115 @@
+package httpapi
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+
+	"glimpse/provider"
+)
+
+// MaxProviderBody is the largest PUT /v1/providers/{provider} body.
+const MaxProviderBody = 4 << 20
+
+// providersAPI serves /v1/providers/{provider}.
+type providersAPI struct {
+	m           *provider.Manager
+	allowRemote bool
+}
+
+func (s *Server) registerProviders(opts Options) {
+	p := &providersAPI{m: opts.Providers, allowRemote: opts.ProviderAllowRemote}
+	s.mux.Handle("PUT /v1/providers/{provider}", s.instrument("providers", p.guard(p.put)))
+	s.mux.Handle("GET /v1/providers/{provider}", s.instrument("providers", p.guard(p.get)))
+	s.mux.Handle("DELETE /v1/providers/{provider}", s.instrument("providers", p.guard(p.delete)))
+}
+
+// guard answers 403 to non-loopback clients unless allowed, 404 when no
+// manager is configured, and 400 for a bad provider name.
+func (p *providersAPI) guard(h func(w http.ResponseWriter, r *http.Request, name string)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if !p.allowRemote && !loopback(r.RemoteAddr) {
+			writeError(w, http.StatusForbidden, "the providers API only answers loopback clients (see -providers.allow-remote)")
+			return
+		}
+		if p.m == nil {
+			writeError(w, http.StatusNotFound, "the providers API is not configured on this agent")
+			return
+		}
+		name, err := provider.CheckName(r.PathValue("provider"))
+		if err != nil {
+			writeError(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		h(w, r, name)
+	}
+}
+
+func loopback(remote string) bool {
+	host, _, err := net.SplitHostPort(remote)
+	if err != nil {
+		host = remote
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
+}
+
+func (p *providersAPI) put(w http.ResponseWriter, r *http.Request, name string) {
+	b, err := provider.Parse(http.MaxBytesReader(w, r.Body, MaxProviderBody+1), MaxProviderBody)
+	if err != nil {
+		var mbe *http.MaxBytesError
+		switch {
+		case errors.Is(err, provider.ErrTooLarge) || errors.As(err, &mbe):
+			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body larger than %d bytes", MaxProviderBody))
+		default:
+			var ve *provider.ValidationError
+			if errors.As(err, &ve) {
+				writeError(w, http.StatusBadRequest, err.Error())
+			} else {
+				writeError(w, http.StatusBadRequest, "read body: "+err.Error())
+			}
+		}
+		return
+	}
+	if err := p.m.Put(r.Context(), name, b); err != nil {
+		p.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"provider": name, "instances": len(b.Instances)})
+}
+
+func (p *providersAPI) get(w http.ResponseWriter, r *http.Request, name string) {
+	b, err := p.m.Get(name)
+	if err != nil {
+		p.fail(w, err)
+		return
+	}
+	if b.Instances == nil {
+		b.Instances = []provider.Instance{}
+	}
+	writeJSON(w, http.StatusOK, b)
+}
+
+func (p *providersAPI) delete(w http.ResponseWriter, r *http.Request, name string) {
+	if err := p.m.Delete(r.Context(), name); err != nil {
+		p.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"provider": name, "deleted": true})
+}
+
+func (p *providersAPI) fail(w http.ResponseWriter, err error) {
+	var ve *provider.ValidationError
+	switch {
+	case errors.Is(err, provider.ErrNotFound):
+		writeError(w, http.StatusNotFound, err.Error())
+	case errors.As(err, &ve):
+		writeError(w, http.StatusBadRequest, err.Error())
+	case errors.Is(err, provider.ErrConsul):
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+	default:
+		writeError(w, http.StatusInternalServerError, err.Error())
+	}
+}
