@@ -10,7 +10,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 )
@@ -237,16 +236,13 @@ func (m *Manager) reconcileOne(ctx context.Context, name string, p *providerStat
 		m.syncs.WithLabelValues("error").Inc()
 		return false, err
 	}
-	drift, err := m.syncer.Drifted(ctx, name, b)
-	if err == nil {
-		err = m.syncer.Apply(ctx, name, b)
-	}
+	changed, err := m.syncer.Reconcile(ctx, name, b)
 	if err != nil {
 		m.syncs.WithLabelValues("error").Inc()
 		return false, err
 	}
 	m.syncs.WithLabelValues("ok").Inc()
-	if drift {
+	if changed > 0 {
 		m.repaired.Inc()
 	}
 	return true, nil
@@ -296,62 +292,4 @@ func (m *Manager) Close() {
 	m.cancel()
 	m.mu.Unlock()
 	m.wg.Wait()
-}
-
-// Drifted reports whether applying b for name would register or deregister
-// anything in the Consul agent: the comparison Apply makes, without changes.
-func (s *Syncer) Drifted(ctx context.Context, name string, b *Body) (bool, error) {
-	name, err := CheckName(name)
-	if err != nil {
-		return false, err
-	}
-	q := (&api.QueryOptions{}).WithContext(ctx)
-	agent := s.client.Agent()
-	services, err := agent.ServicesWithFilterOpts("", q)
-	if err != nil {
-		return false, err
-	}
-	checks, err := agent.ChecksWithFilterOpts("", q)
-	if err != nil {
-		return false, err
-	}
-	checkCount := map[string]int{}
-	for _, c := range checks {
-		if c.ServiceID != "" {
-			checkCount[c.ServiceID]++
-		}
-	}
-	tag := TagProvider + name
-	owned := map[string]*api.AgentService{}
-	for id, svc := range services {
-		if slices.Contains(svc.Tags, tag) {
-			owned[id] = svc
-		}
-	}
-	nb := &Body{Instances: slices.Clone(b.Instances)}
-	nb.Normalize()
-	var nodeAddr string
-	want := map[string]bool{}
-	for _, in := range nb.Instances {
-		id := ServiceID(name, in)
-		want[id] = true
-		cur, mine := owned[id]
-		if !mine {
-			return true, nil
-		}
-		if in.Address == "" && in.Check != nil && in.Check.Target == "" && in.Check.Type != CheckTTL && nodeAddr == "" {
-			if nodeAddr, err = s.nodeAddress(ctx); err != nil {
-				return false, err
-			}
-		}
-		if !upToDate(cur, registration(name, id, in, nodeAddr), checkCount[id]) {
-			return true, nil
-		}
-	}
-	for id := range owned {
-		if !want[id] {
-			return true, nil
-		}
-	}
-	return false, nil
 }

@@ -59,9 +59,6 @@ func TestProviderManagerRetriesUntilItHolds(t *testing.T) {
 	if err := c.Agent().ServiceDeregister(ServiceID(prov, ins[0])); err != nil {
 		t.Fatal(err)
 	}
-	if d, err := m.syncer.Drifted(ctx, prov, &Body{Instances: ins}); err != nil || !d {
-		t.Fatalf("Drifted: %v %v, want true", d, err)
-	}
 	m.Reconcile(ctx)
 	if g, w := ids(servicesOf(t, c, prov)), wantIDs(prov, ins...); !slices.Equal(g, w) {
 		t.Errorf("after reconcile %v, want %v", g, w)

@@ -77,9 +77,16 @@ func NewSyncer(client *api.Client) *Syncer {
 // was done until then stays done, and applying b again completes it. An
 // invalid name or body is a *ValidationError and nothing is done.
 func (s *Syncer) Apply(ctx context.Context, name string, b *Body) error {
-	name, err := CheckName(name)
+	_, err := s.Reconcile(ctx, name, b)
+	return err
+}
+
+// Reconcile is Apply, also reporting how many registrations and
+// deregistrations it made: 0 when the Consul agent already matched b.
+func (s *Syncer) Reconcile(ctx context.Context, name string, b *Body) (changed int, err error) {
+	name, err = CheckName(name)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	nb := &Body{Instances: slices.Clone(b.Instances)}
 	for i, in := range nb.Instances {
@@ -90,7 +97,7 @@ func (s *Syncer) Apply(ctx context.Context, name string, b *Body) error {
 	}
 	nb.Normalize()
 	if err := nb.Validate(); err != nil {
-		return err
+		return 0, err
 	}
 
 	s.mu.Lock()
@@ -100,11 +107,11 @@ func (s *Syncer) Apply(ctx context.Context, name string, b *Body) error {
 	agent := s.client.Agent()
 	services, err := agent.ServicesWithFilterOpts("", q)
 	if err != nil {
-		return fmt.Errorf("provider %s: list the Consul agent's services: %w", name, err)
+		return changed, fmt.Errorf("provider %s: list the Consul agent's services: %w", name, err)
 	}
 	checks, err := agent.ChecksWithFilterOpts("", q)
 	if err != nil {
-		return fmt.Errorf("provider %s: list the Consul agent's checks: %w", name, err)
+		return changed, fmt.Errorf("provider %s: list the Consul agent's checks: %w", name, err)
 	}
 	checkCount := map[string]int{}
 	for _, c := range checks {
@@ -127,22 +134,23 @@ func (s *Syncer) Apply(ctx context.Context, name string, b *Body) error {
 		want[id] = true
 		if in.Address == "" && in.Check != nil && in.Check.Target == "" && in.Check.Type != CheckTTL && nodeAddr == "" {
 			if nodeAddr, err = s.nodeAddress(ctx); err != nil {
-				return fmt.Errorf("provider %s: %w", name, err)
+				return changed, fmt.Errorf("provider %s: %w", name, err)
 			}
 		}
 		reg := registration(name, id, in, nodeAddr)
 		cur, mine := owned[id]
 		if !mine {
 			if _, taken := services[id]; taken {
-				return fmt.Errorf("provider %s: service ID %s is registered without the tag %s; not replacing it", name, id, tag)
+				return changed, fmt.Errorf("provider %s: service ID %s is registered without the tag %s; not replacing it", name, id, tag)
 			}
 		} else if upToDate(cur, reg, checkCount[id]) {
 			continue
 		}
 		opts := api.ServiceRegisterOpts{ReplaceExistingChecks: true}.WithContext(ctx)
 		if err := agent.ServiceRegisterOpts(reg, opts); err != nil {
-			return fmt.Errorf("provider %s: register %s (%s): %w", name, id, describe(in), err)
+			return changed, fmt.Errorf("provider %s: register %s (%s): %w", name, id, describe(in), err)
 		}
+		changed++
 	}
 	// Deregister in a stable order, so that logs and retries are repeatable.
 	gone := make([]string, 0, len(owned))
@@ -154,10 +162,11 @@ func (s *Syncer) Apply(ctx context.Context, name string, b *Body) error {
 	slices.Sort(gone)
 	for _, id := range gone {
 		if err := agent.ServiceDeregisterOpts(id, q); err != nil {
-			return fmt.Errorf("provider %s: deregister %s: %w", name, id, err)
+			return changed, fmt.Errorf("provider %s: deregister %s: %w", name, id, err)
 		}
+		changed++
 	}
-	return nil
+	return changed, nil
 }
 
 // nodeAddress returns the local Consul agent's address, the default target
