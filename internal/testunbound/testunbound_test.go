@@ -37,15 +37,26 @@ func startAuthServer(t *testing.T, zone string, rrs ...string) (*authServer, str
 		s.records[name] = append(s.records[name], rr)
 	}
 
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := pc.LocalAddr().String()
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
+	// UDP and TCP on one port: the UDP port the kernel picks may be taken
+	// for TCP, so try a few.
+	var (
+		pc   net.PacketConn
+		ln   net.Listener
+		addr string
+	)
+	for try := 0; ; try++ {
+		var err error
+		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		addr = pc.LocalAddr().String()
+		if ln, err = net.Listen("tcp", addr); err == nil {
+			break
+		}
 		pc.Close()
-		t.Fatal(err)
+		if try == 20 {
+			t.Fatal(err)
+		}
 	}
 	mux := dns.NewServeMux()
 	mux.HandleFunc(".", s.serve)
