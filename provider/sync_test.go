@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -23,17 +22,7 @@ import (
 var consul *testconsul.Agent
 
 func TestMain(m *testing.M) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	a, err := testconsul.StartE(ctx, testconsul.Options{Dev: true}, func(string, ...any) {})
-	cancel()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "start consul:", err)
-		os.Exit(1)
-	}
-	consul = a
-	code := m.Run()
-	a.Close()
-	os.Exit(code)
+	testconsul.Main(m, testconsul.Options{Dev: true}, &consul)
 }
 
 var seq atomic.Int64

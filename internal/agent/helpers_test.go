@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
 	"sort"
 	"sync/atomic"
 	"testing"
@@ -24,17 +23,7 @@ import (
 var consul *testconsul.Agent
 
 func TestMain(m *testing.M) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	a, err := testconsul.StartE(ctx, testconsul.Options{Dev: true, Datacenter: "dc1"}, func(f string, args ...any) {})
-	cancel()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "start consul:", err)
-		os.Exit(1)
-	}
-	consul = a
-	code := m.Run()
-	a.Close()
-	os.Exit(code)
+	testconsul.Main(m, testconsul.Options{Dev: true, Datacenter: "dc1"}, &consul)
 }
 
 // productSeq makes product names unique per test, so tests sharing the

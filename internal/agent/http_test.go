@@ -288,15 +288,8 @@ func TestHTTPLookupMalformed(t *testing.T) {
 // when its wait ends, with the same index.
 func TestHTTPLongPoll(t *testing.T) {
 	c := consul.Client()
-	p := newProduct("httppoll")
-	register(t, c, instance{id: p + "-a", product: p, env: "prod", job: "stream", service: "http", address: "127.0.2.1", port: 8001})
-	a := startAgent(t, testConfig(t, consul.HTTPAddr()))
+	a, p, b := agentWithOneInstance(t, "httppoll", "127.0.2.1")
 	addr := "http.stream.prod." + p + ".dc1"
-	var b *lookupBody
-	testconsul.WaitFor(t, 15*time.Second, func() bool {
-		b = lookup(t, a, addr, "")
-		return len(b.Instances) == 1
-	}, "the first instance never showed")
 	first := b.Index
 
 	// Nothing changes: the long-poll returns when its wait ends (plus up to
@@ -371,15 +364,8 @@ func waitLongPolls(t testing.TB, a *Agent, n int) {
 func TestHTTPLongPollMany(t *testing.T) {
 	const polls = 500
 	c := consul.Client()
-	p := newProduct("httpmany")
-	register(t, c, instance{id: p + "-a", product: p, env: "prod", job: "stream", service: "http", address: "127.0.3.1", port: 8001})
-	a := startAgent(t, testConfig(t, consul.HTTPAddr()))
+	a, p, b := agentWithOneInstance(t, "httpmany", "127.0.3.1")
 	addr := "http.stream.prod." + p + ".dc1"
-	var b *lookupBody
-	testconsul.WaitFor(t, 15*time.Second, func() bool {
-		b = lookup(t, a, addr, "")
-		return len(b.Instances) == 1
-	}, "the first instance never showed")
 	first := b.Index
 
 	tr := &http.Transport{MaxConnsPerHost: 0, MaxIdleConns: polls, MaxIdleConnsPerHost: polls}
@@ -666,4 +652,20 @@ func TestHTTPLongPollKeepsRemoteZone(t *testing.T) {
 	}
 	// Unread, it is dropped.
 	testconsul.WaitFor(t, 10*time.Second, func() bool { return a.Cache.Zone(dc) == nil }, "%s never dropped once unread", dc)
+}
+
+// agentWithOneInstance registers http.stream.prod.<new product>.dc1 with one
+// instance at ip:8001, starts an agent and waits until a lookup shows it. It
+// returns the agent, the product and that lookup.
+func agentWithOneInstance(t *testing.T, prefix, ip string) (*Agent, string, *lookupBody) {
+	t.Helper()
+	p := newProduct(prefix)
+	register(t, consul.Client(), instance{id: p + "-a", product: p, env: "prod", job: "stream", service: "http", address: ip, port: 8001})
+	a := startAgent(t, testConfig(t, consul.HTTPAddr()))
+	var b *lookupBody
+	testconsul.WaitFor(t, 15*time.Second, func() bool {
+		b = lookup(t, a, "http.stream.prod."+p+".dc1", "")
+		return len(b.Instances) == 1
+	}, "the first instance never showed")
+	return a, p, b
 }

@@ -1,7 +1,9 @@
 package testconsul
 
 import (
+	"context"
 	"fmt"
+	"os"
 	"testing"
 	"time"
 )
@@ -36,4 +38,21 @@ func WaitFor(tb testing.TB, timeout time.Duration, cond func() bool, msgf string
 			tb.Fatalf("testconsul: gave up after %v waiting for: %s", timeout, fmt.Sprintf(msgf, args...))
 		}
 	}
+}
+
+// Main runs a test binary's tests with one shared agent started from opts,
+// stored in *shared before any test runs, and exits with their status. Use
+// it as the body of TestMain.
+func Main(m *testing.M, opts Options, shared **Agent) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	a, err := StartE(ctx, opts, func(string, ...any) {})
+	cancel()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "start consul:", err)
+		os.Exit(1)
+	}
+	*shared = a
+	code := m.Run()
+	a.Close()
+	os.Exit(code)
 }
