@@ -543,8 +543,14 @@ func TestHTTPZonesTopology(t *testing.T) {
 	if in := b.Instances[0]; in.Address != "127.0.7.1" || in.Port != 9001 || in.Zone != dc || in.Node != remote.NodeName() {
 		t.Errorf("remote instance: %+v", in)
 	}
-	zones = zonesBody{}
-	getJSON(t, nil, base+"/v1/zones", &zones)
+	// The instance can show before the zone's last watcher (its servers)
+	// has delivered: Synced follows within moments.
+	testconsul.WaitFor(t, 5*time.Second, func() bool {
+		zones = zonesBody{}
+		getJSON(t, nil, base+"/v1/zones", &zones)
+		z := zones.zone(dc)
+		return z != nil && z.Synced
+	}, "%s never shown synced in /v1/zones", dc)
 	if z := zones.zone(dc); z == nil || z.Local || !z.Watched || !z.Synced || z.Instances != 1 {
 		t.Errorf("/v1/zones after a lookup in %s: %+v", dc, z)
 	}
