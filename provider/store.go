@@ -1,9 +1,11 @@
 package provider
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -48,17 +50,57 @@ func (s *Store) path(name string) (string, error) {
 	return filepath.Join(s.dir, n+fileSuffix), nil
 }
 
-// Save records b as the desired state of the provider name, replacing what
-// was recorded before. It returns once the new state is durable.
+// Sources of a recorded state.
+const (
+	// SourceHTTP marks a state accepted through PUT /v1/providers/<name>.
+	SourceHTTP = "http"
+	// SourceFile marks a state read from <name>.json in the providers
+	// directory.
+	SourceFile = "file"
+)
+
+// Record is what the store keeps for one provider: its desired state, where
+// that state came from, and whether the provider was deleted. A deleted
+// provider's record (a tombstone, with no instances) stays until its
+// registrations are gone from the Consul agent, so that a deletion that
+// Consul did not accept is still carried out after a restart.
+type Record struct {
+	Body    *Body
+	Source  string // SourceHTTP or SourceFile
+	Deleted bool
+}
+
+// recordFile is a Record on disk: the body's shape, plus "source" when not
+// SourceHTTP and "deleted" for a tombstone, so that a record of a state
+// accepted over HTTP is exactly the body that was sent.
+type recordFile struct {
+	Source    string     `json:"source,omitempty"`
+	Deleted   bool       `json:"deleted,omitempty"`
+	Instances []Instance `json:"instances"`
+}
+
+// Save records b as the desired state of the provider name, accepted over
+// HTTP, replacing what was recorded before. It returns once the new state is
+// durable.
 func (s *Store) Save(name string, b *Body) error {
+	return s.SaveRecord(name, Record{Body: b, Source: SourceHTTP})
+}
+
+// SaveRecord records r for the provider name, replacing what was recorded
+// before. It returns once the new record is durable.
+func (s *Store) SaveRecord(name string, r Record) error {
 	path, err := s.path(name)
 	if err != nil {
 		return err
 	}
-	if b.Instances == nil {
-		b = &Body{Instances: []Instance{}} // "instances": [] rather than null
+	f := recordFile{Deleted: r.Deleted, Instances: []Instance{}} // "instances": [] rather than null
+	if r.Source != SourceHTTP {
+		f.Source = r.Source
 	}
-	data, err := json.MarshalIndent(b, "", "  ")
+	if r.Body != nil && r.Body.Instances != nil && !r.Deleted {
+		f.Instances = r.Body.Instances
+	}
+	data, err := json.MarshalIndent(&f, "", "  ")
 	if err != nil {
 		return fmt.Errorf("provider store: encode %s: %w", name, err)
 	}
@@ -118,24 +160,66 @@ func syncDir(dir string) error {
 }
 
 // Load returns the recorded desired state of the provider name. When none
-// is recorded the error wraps fs.ErrNotExist. The file is parsed and
-// validated like a body from the network, since a provider may have written
-// it itself.
+// is recorded, or the provider was deleted, the error wraps fs.ErrNotExist.
 func (s *Store) Load(name string) (*Body, error) {
-	path, err := s.path(name)
+	r, err := s.LoadRecord(name)
 	if err != nil {
 		return nil, err
 	}
+	if r.Deleted {
+		return nil, fmt.Errorf("provider store: load %s: deleted: %w", name, fs.ErrNotExist)
+	}
+	return r.Body, nil
+}
+
+// LoadRecord returns the record of the provider name, tombstones included.
+// When there is none the error wraps fs.ErrNotExist. The instances are
+// parsed and validated like a body from the network, since the file may
+// have been edited by hand.
+func (s *Store) LoadRecord(name string) (Record, error) {
+	path, err := s.path(name)
+	if err != nil {
+		return Record{}, err
+	}
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("provider store: load %s: %w", name, err)
+		return Record{}, fmt.Errorf("provider store: load %s: %w", name, err)
 	}
 	defer f.Close()
-	b, err := Parse(f, MaxFileSize)
+	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
 	if err != nil {
-		return nil, fmt.Errorf("provider store: load %s: %w", path, err)
+		return Record{}, fmt.Errorf("provider store: load %s: %w", path, err)
 	}
-	return b, nil
+	// The envelope first, then the instances through Parse, which decodes
+	// strictly and names the bad field.
+	var env struct {
+		Source    string          `json:"source"`
+		Deleted   bool            `json:"deleted"`
+		Instances json.RawMessage `json:"instances"`
+	}
+	if int64(len(data)) > MaxFileSize {
+		return Record{}, fmt.Errorf("provider store: load %s: larger than %d bytes", path, MaxFileSize)
+	}
+	if err := decodeStrict(data, &env, ""); err != nil {
+		return Record{}, fmt.Errorf("provider store: load %s: %w", path, err)
+	}
+	if len(env.Instances) == 0 {
+		return Record{}, fmt.Errorf("provider store: load %s: %w", path, invalid("instances", "missing"))
+	}
+	r := Record{Source: env.Source, Deleted: env.Deleted}
+	switch r.Source {
+	case "":
+		r.Source = SourceHTTP
+	case SourceHTTP, SourceFile:
+	default:
+		return Record{}, fmt.Errorf("provider store: load %s: unknown source %q", path, r.Source)
+	}
+	body := make([]byte, 0, len(env.Instances)+16)
+	body = append(append(append(body, `{"instances":`...), env.Instances...), '}')
+	if r.Body, err = Parse(bytes.NewReader(body), MaxFileSize); err != nil {
+		return Record{}, fmt.Errorf("provider store: load %s: %w", path, err)
+	}
+	return r, nil
 }
 
 // Delete removes the recorded state of the provider name, durably. Deleting
@@ -157,7 +241,8 @@ func (s *Store) Delete(name string) error {
 	return nil
 }
 
-// List returns the names of the providers with recorded state, sorted.
+// List returns the names of the providers with a record (tombstones
+// included), sorted.
 // Files that are not <valid name>.json (temporary files among them) are
 // skipped.
 func (s *Store) List() ([]string, error) {

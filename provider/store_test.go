@@ -135,3 +135,57 @@ func TestStoreRejects(t *testing.T) {
 		t.Errorf("Load of an invalid file = %v, want a ValidationError on instances[0].service", err)
 	}
 }
+
+// TestStoreRecords: the source and tombstones survive a round trip; a
+// record accepted over HTTP is exactly a body on disk; a tombstone is not
+// loadable as a state but is listed, so a restart still carries it out.
+func TestStoreRecords(t *testing.T) {
+	s, err := NewStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SaveRecord("fromfile", Record{Body: sampleBody(8000), Source: SourceFile}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SaveRecord("gone", Record{Source: SourceHTTP, Deleted: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Save("plain", sampleBody(9000)); err != nil {
+		t.Fatal(err)
+	}
+	r, err := s.LoadRecord("fromfile")
+	if err != nil || r.Source != SourceFile || r.Deleted || !reflect.DeepEqual(r.Body, sampleBody(8000)) {
+		t.Errorf("file record = %+v, %v", r, err)
+	}
+	r, err = s.LoadRecord("gone")
+	if err != nil || !r.Deleted || len(r.Body.Instances) != 0 {
+		t.Errorf("tombstone = %+v, %v", r, err)
+	}
+	if _, err := s.Load("gone"); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("Load of a tombstone = %v, want fs.ErrNotExist", err)
+	}
+	if names, err := s.List(); err != nil || !reflect.DeepEqual(names, []string{"fromfile", "gone", "plain"}) {
+		t.Errorf("List = %v, %v", names, err)
+	}
+	// An HTTP record on disk is the body itself, readable by Parse.
+	f, err := os.Open(filepath.Join(s.Dir(), "plain.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if b, err := Parse(f, MaxBody); err != nil || !reflect.DeepEqual(b, sampleBody(9000)) {
+		t.Errorf("plain.json parsed as a body: %+v, %v", b, err)
+	}
+	for name, content := range map[string]string{
+		"badsource": `{"source": "ftp", "instances": []}`,
+		"noinst":    `{"source": "file"}`,
+		"unknown":   `{"instances": [], "color": "red"}`,
+	} {
+		if err := os.WriteFile(filepath.Join(s.Dir(), name+".json"), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.LoadRecord(name); err == nil {
+			t.Errorf("LoadRecord(%s) of %s: no error", name, content)
+		}
+	}
+}
