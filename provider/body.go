@@ -16,6 +16,9 @@ import (
 	"glimpse/cache"
 )
 
+// MaxBody is the largest body a provider may send or write to its file.
+const MaxBody = 4 << 20
+
 // MaxInstances is the most instances one provider may state.
 const MaxInstances = 10000
 

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -22,9 +23,18 @@ var ErrConsul = errors.New("consul agent did not accept the registrations")
 // ErrNotFound is returned for a provider with no recorded state.
 var ErrNotFound = errors.New("no such provider")
 
+// ErrFileManaged is returned by Put and Delete for a provider whose state
+// comes from a file in the providers directory: that file is the one place
+// to change it.
+var ErrFileManaged = errors.New("provider is managed by a file in the providers directory")
+
 // DefaultReconcileEvery is how often Run re-applies every recorded provider
 // when ManagerOptions.ReconcileEvery is zero.
 const DefaultReconcileEvery = 30 * time.Second
+
+// DefaultProbeEvery is how often Run checks the Consul agent for a restart
+// when ManagerOptions.ProbeEvery is zero.
+const DefaultProbeEvery = 2 * time.Second
 
 // maxRetryBackoff caps the back-off between background retries.
 const maxRetryBackoff = 3 * time.Second
@@ -33,6 +43,10 @@ const maxRetryBackoff = 3 * time.Second
 type ManagerOptions struct {
 	// ReconcileEvery is how often Run re-applies every recorded provider.
 	ReconcileEvery time.Duration
+	// ProbeEvery is how often Run lists the Consul agent's registrations to
+	// notice a restart of the agent (it was unreachable, or registrations
+	// of a recorded provider vanished or appeared) and reconcile at once.
+	ProbeEvery time.Duration
 	// Registerer, if not nil, receives the manager's metrics.
 	Registerer prometheus.Registerer
 	Log        *zap.Logger
@@ -46,11 +60,13 @@ type Manager struct {
 	store  *Store
 	syncer *Syncer
 	every  time.Duration
+	probe  time.Duration
 	log    *zap.Logger
 
 	syncs    *prometheus.CounterVec
 	repaired prometheus.Counter
 	desired  *prometheus.GaugeVec
+	restarts prometheus.Counter
 
 	mu        sync.Mutex
 	providers map[string]*providerState
@@ -62,8 +78,17 @@ type Manager struct {
 }
 
 type providerState struct {
-	mu       sync.Mutex // serialises Put, Delete, retries and reconciles
-	retrying bool       // guarded by Manager.mu
+	mu sync.Mutex // serialises Put, Delete, retries and reconciles
+
+	// Guarded by Manager.mu:
+	retrying bool
+	// applied holds the service IDs of the last state that held in the
+	// Consul agent; nil until one did.
+	applied map[string]bool
+	// fileManaged is set while <name>.json exists in the providers
+	// directory; fileErr is what is wrong with it, if anything.
+	fileManaged bool
+	fileErr     string
 }
 
 // NewManager returns a manager over store and syncer.
@@ -71,12 +96,15 @@ func NewManager(store *Store, syncer *Syncer, opts ManagerOptions) *Manager {
 	if opts.ReconcileEvery <= 0 {
 		opts.ReconcileEvery = DefaultReconcileEvery
 	}
+	if opts.ProbeEvery <= 0 {
+		opts.ProbeEvery = DefaultProbeEvery
+	}
 	if opts.Log == nil {
 		opts.Log = zap.NewNop()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &Manager{
-		store: store, syncer: syncer, every: opts.ReconcileEvery, log: opts.Log,
+		store: store, syncer: syncer, every: opts.ReconcileEvery, probe: opts.ProbeEvery, log: opts.Log,
 		syncs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "glimpse_provider_syncs_total",
 			Help: "Applications of a provider's recorded state to the Consul agent, by result (ok or error).",
@@ -89,6 +117,10 @@ func NewManager(store *Store, syncer *Syncer, opts ManagerOptions) *Manager {
 			Name: "glimpse_provider_desired_instances",
 			Help: "Instances in a provider's recorded state.",
 		}, []string{"provider"}),
+		restarts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "glimpse_provider_consul_restarts_total",
+			Help: "Times the Consul agent was seen back after being unreachable, or with a recorded provider's registrations changed behind glimpse's back; each triggers a reconcile.",
+		}),
 		providers: map[string]*providerState{},
 		ctx:       ctx,
 		cancel:    cancel,
@@ -96,7 +128,7 @@ func NewManager(store *Store, syncer *Syncer, opts ManagerOptions) *Manager {
 	m.syncs.WithLabelValues("ok")
 	m.syncs.WithLabelValues("error")
 	if opts.Registerer != nil {
-		opts.Registerer.MustRegister(m.syncs, m.repaired, m.desired)
+		opts.Registerer.MustRegister(m.syncs, m.repaired, m.desired, m.restarts)
 	}
 	return m
 }
@@ -114,8 +146,13 @@ func (m *Manager) state(name string) *providerState {
 
 // Put validates b, records it as name's desired state, then applies it. An
 // error wrapping ErrConsul means the state is recorded but the Consul agent
-// failed; it is retried in the background until it holds.
+// failed; it is retried in the background until it holds. A provider whose
+// state comes from the providers directory is ErrFileManaged.
 func (m *Manager) Put(ctx context.Context, name string, b *Body) error {
+	return m.put(ctx, name, b, SourceHTTP)
+}
+
+func (m *Manager) put(ctx context.Context, name string, b *Body, source string) error {
 	name, err := CheckName(name)
 	if err != nil {
 		return err
@@ -131,22 +168,57 @@ func (m *Manager) Put(ctx context.Context, name string, b *Body) error {
 	p := m.state(name)
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if err := m.store.Save(name, nb); err != nil {
+	if source == SourceHTTP && m.isFileManaged(p) {
+		return fmt.Errorf("%w: %s", ErrFileManaged, name)
+	}
+	if err := m.store.SaveRecord(name, Record{Body: nb, Source: source}); err != nil {
 		return err
 	}
 	m.desired.WithLabelValues(name).Set(float64(len(nb.Instances)))
-	return m.apply(ctx, name, nb)
-}
-
-// apply applies b with p.mu held; on failure it schedules a retry.
-func (m *Manager) apply(ctx context.Context, name string, b *Body) error {
-	if err := m.syncer.Apply(ctx, name, b); err != nil {
-		m.syncs.WithLabelValues("error").Inc()
+	if _, err := m.applyRecord(ctx, name, p, Record{Body: nb}); err != nil {
 		m.retry(name)
 		return fmt.Errorf("%w: %v (the state is recorded and will be applied again)", ErrConsul, err)
 	}
-	m.syncs.WithLabelValues("ok").Inc()
 	return nil
+}
+
+// applyRecord makes the Consul agent match r, with p.mu held, counting the
+// sync; it returns how many registrations it changed. Once a tombstone
+// holds, it is removed.
+func (m *Manager) applyRecord(ctx context.Context, name string, p *providerState, r Record) (int, error) {
+	b := r.Body
+	if r.Deleted || b == nil {
+		b = &Body{Instances: []Instance{}}
+	}
+	changed, err := m.syncer.Reconcile(ctx, name, b)
+	if err != nil {
+		m.syncs.WithLabelValues("error").Inc()
+		return changed, err
+	}
+	m.syncs.WithLabelValues("ok").Inc()
+	if r.Deleted {
+		if err := m.store.Delete(name); err != nil {
+			return changed, err
+		}
+	}
+	// What the probe expects to find; nothing once the provider is gone.
+	var applied map[string]bool
+	if !r.Deleted && r.Body != nil {
+		applied = make(map[string]bool, len(b.Instances))
+		for _, in := range b.Instances {
+			applied[ServiceID(name, in)] = true
+		}
+	}
+	m.mu.Lock()
+	p.applied = applied
+	m.mu.Unlock()
+	return changed, nil
+}
+
+func (m *Manager) isFileManaged(p *providerState) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return p.fileManaged
 }
 
 // Get returns name's recorded state, or ErrNotFound.
@@ -163,9 +235,16 @@ func (m *Manager) Get(name string) (*Body, error) {
 }
 
 // Delete forgets name's recorded state and deregisters its instances. It
-// returns ErrNotFound if nothing was recorded, an error wrapping ErrConsul
-// if the deregistration failed (it is retried in the background).
+// returns ErrNotFound if nothing was recorded and nothing was registered,
+// and an error wrapping ErrConsul if the deregistration failed: a tombstone
+// stays recorded and the deregistration is retried, in the background and
+// after a restart, until it holds. A provider whose state comes from the
+// providers directory is ErrFileManaged.
 func (m *Manager) Delete(ctx context.Context, name string) error {
+	return m.delete(ctx, name, SourceHTTP)
+}
+
+func (m *Manager) delete(ctx context.Context, name, source string) error {
 	name, err := CheckName(name)
 	if err != nil {
 		return err
@@ -173,23 +252,31 @@ func (m *Manager) Delete(ctx context.Context, name string) error {
 	p := m.state(name)
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if _, err := m.store.Load(name); errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("%w: %s", ErrNotFound, name)
+	if source == SourceHTTP && m.isFileManaged(p) {
+		return fmt.Errorf("%w: %s", ErrFileManaged, name)
 	}
-	if err := m.store.Delete(name); err != nil {
+	_, err = m.store.Load(name)
+	recorded := err == nil
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	m.desired.DeleteLabelValues(name)
-	return m.apply(ctx, name, &Body{Instances: []Instance{}})
-}
-
-// recorded returns name's recorded state; no record is the empty state.
-func (m *Manager) recorded(name string) (*Body, error) {
-	b, err := m.store.Load(name)
-	if errors.Is(err, fs.ErrNotExist) {
-		return &Body{Instances: []Instance{}}, nil
+	if recorded {
+		if err := m.store.SaveRecord(name, Record{Source: source, Deleted: true}); err != nil {
+			return err
+		}
 	}
-	return b, err
+	m.desired.DeleteLabelValues(name)
+	changed, err := m.applyRecord(ctx, name, p, Record{Deleted: recorded})
+	if err != nil {
+		if recorded {
+			m.retry(name)
+		}
+		return fmt.Errorf("%w: %v (the deletion is recorded and will be applied again)", ErrConsul, err)
+	}
+	if !recorded && changed == 0 {
+		return fmt.Errorf("%w: %s", ErrNotFound, name)
+	}
+	return nil
 }
 
 // retry applies name's recorded state in the background, with jittered
@@ -226,22 +313,23 @@ func (m *Manager) retry(name string) {
 	}()
 }
 
-// reconcileOne applies name's recorded state, counting drift repaired.
-// It does not schedule retries.
+// reconcileOne applies name's record, counting drift repaired. It does not
+// schedule retries. With no record at all there is nothing to do.
 func (m *Manager) reconcileOne(ctx context.Context, name string, p *providerState) (bool, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	b, err := m.recorded(name)
+	r, err := m.store.LoadRecord(name)
+	if errors.Is(err, fs.ErrNotExist) {
+		return true, nil
+	}
 	if err != nil {
 		m.syncs.WithLabelValues("error").Inc()
 		return false, err
 	}
-	changed, err := m.syncer.Reconcile(ctx, name, b)
+	changed, err := m.applyRecord(ctx, name, p, r)
 	if err != nil {
-		m.syncs.WithLabelValues("error").Inc()
 		return false, err
 	}
-	m.syncs.WithLabelValues("ok").Inc()
 	if changed > 0 {
 		m.repaired.Inc()
 	}
@@ -259,8 +347,8 @@ func (m *Manager) Reconcile(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		if b, err := m.store.Load(name); err == nil {
-			m.desired.WithLabelValues(name).Set(float64(len(b.Instances)))
+		if r, err := m.store.LoadRecord(name); err == nil && !r.Deleted {
+			m.desired.WithLabelValues(name).Set(float64(len(r.Body.Instances)))
 		}
 		p := m.state(name)
 		if ok, err := m.reconcileOne(ctx, name, p); !ok {
@@ -271,19 +359,139 @@ func (m *Manager) Reconcile(ctx context.Context) {
 }
 
 // Run reconciles at start and every ReconcileEvery until ctx ends, then
-// stops the background retries.
+// stops the background retries. Every ProbeEvery it lists the Consul agent's
+// registrations: when the agent answers again after failing, or a recorded
+// provider's registrations are not the ones last applied (an agent restarted
+// with an empty state, a registration removed or added by hand), it
+// reconciles at once rather than at the next period.
 func (m *Manager) Run(ctx context.Context) {
 	defer m.Close()
-	t := time.NewTicker(m.every)
-	defer t.Stop()
+	full := time.NewTicker(m.every)
+	defer full.Stop()
+	probe := time.NewTicker(m.probe)
+	defer probe.Stop()
+	m.Reconcile(ctx)
+	reachable := true
 	for {
-		m.Reconcile(ctx)
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-full.C:
+			m.Reconcile(ctx)
+		case <-probe.C:
+			owned, err := m.syncer.Owned(ctx)
+			if err != nil {
+				if reachable && ctx.Err() == nil {
+					m.log.Warn("provider: the Consul agent does not answer; its registrations will be checked when it does", zap.Error(err))
+				}
+				reachable = false
+				continue
+			}
+			if !reachable {
+				reachable = true
+				m.restarts.Inc()
+				m.log.Info("provider: the Consul agent answers again; reconciling every provider")
+				m.Reconcile(ctx)
+				continue
+			}
+			for _, name := range m.drifted(owned) {
+				m.restarts.Inc()
+				m.log.Info("provider: registrations changed in the Consul agent; reconciling", zap.String("provider", name))
+				if ok, err := m.reconcileOne(ctx, name, m.state(name)); !ok {
+					m.log.Warn("provider: applying the recorded state failed", zap.String("provider", name), zap.Error(err))
+					m.retry(name)
+				}
+			}
 		}
 	}
+}
+
+// drifted returns the providers whose registrations in owned (service IDs
+// by provider, from Syncer.Owned) differ from those last applied.
+func (m *Manager) drifted(owned map[string][]string) []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var names []string
+	for name, p := range m.providers {
+		if p.applied == nil || p.retrying {
+			continue
+		}
+		ids := owned[name]
+		same := len(ids) == len(p.applied)
+		for _, id := range ids {
+			same = same && p.applied[id]
+		}
+		if !same {
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names)
+	return names
+}
+
+// setFile records whether name's file exists in the providers directory and
+// what is wrong with it ("" if nothing).
+func (m *Manager) setFile(name string, exists bool, problem string) {
+	p := m.state(name)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	p.fileManaged, p.fileErr = exists, problem
+}
+
+// Summary describes one provider for GET /v1/providers.
+type Summary struct {
+	Provider string `json:"provider"`
+	// Source is "http" or "file": where the recorded state came from.
+	Source string `json:"source"`
+	// Instances in the recorded state.
+	Instances int `json:"instances"`
+	// Deleting is set while a deletion waits for the Consul agent.
+	Deleting bool `json:"deleting,omitempty"`
+	// FileError is what is wrong with the provider's file, whose previous
+	// state is kept meanwhile.
+	FileError string `json:"file_error,omitempty"`
+	// Error is set when the record itself cannot be read.
+	Error string `json:"error,omitempty"`
+}
+
+// List describes every recorded provider, and every provider whose file in
+// the providers directory is malformed, sorted by name.
+func (m *Manager) List() ([]Summary, error) {
+	names, err := m.store.List()
+	if err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	fileErrs := map[string]string{}
+	for name, p := range m.providers {
+		if p.fileManaged && p.fileErr != "" {
+			fileErrs[name] = p.fileErr
+		}
+	}
+	m.mu.Unlock()
+	out := make([]Summary, 0, len(names))
+	for _, name := range names {
+		s := Summary{Provider: name, FileError: fileErrs[name]}
+		delete(fileErrs, name)
+		r, err := m.store.LoadRecord(name)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			continue // deleted since the listing
+		case err != nil:
+			s.Error = err.Error()
+		default:
+			s.Source, s.Deleting = r.Source, r.Deleted
+			if !r.Deleted {
+				s.Instances = len(r.Body.Instances)
+			}
+		}
+		out = append(out, s)
+	}
+	for name, problem := range fileErrs {
+		out = append(out, Summary{Provider: name, Source: SourceFile, FileError: problem})
+	}
+	slices.SortFunc(out, func(a, b Summary) int { return strings.Compare(a.Provider, b.Provider) })
+	return out, nil
 }
 
 // Close stops background retries and waits for them.

@@ -9,6 +9,7 @@ import (
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/hashicorp/consul/api"
@@ -167,6 +168,26 @@ func (s *Syncer) Reconcile(ctx context.Context, name string, b *Body) (changed i
 		changed++
 	}
 	return changed, nil
+}
+
+// Owned lists the local Consul agent's registrations made by glimpse: the
+// service IDs of each provider, by the provider's tag. It is one request to
+// the local agent, which answers from its own state.
+func (s *Syncer) Owned(ctx context.Context) (map[string][]string, error) {
+	q := (&api.QueryOptions{}).WithContext(ctx)
+	services, err := s.client.Agent().ServicesWithFilterOpts("", q)
+	if err != nil {
+		return nil, fmt.Errorf("list the Consul agent's services: %w", err)
+	}
+	owned := map[string][]string{}
+	for id, svc := range services {
+		for _, t := range svc.Tags {
+			if name, ok := strings.CutPrefix(t, TagProvider); ok {
+				owned[name] = append(owned[name], id)
+			}
+		}
+	}
+	return owned, nil
 }
 
 // nodeAddress returns the local Consul agent's address, the default target
