@@ -11,7 +11,7 @@ import (
 )
 
 // MaxProviderBody is the largest PUT /v1/providers/{provider} body.
-const MaxProviderBody = 4 << 20
+const MaxProviderBody = provider.MaxBody
 
 // providersAPI serves /v1/providers/{provider}.
 type providersAPI struct {
@@ -21,6 +21,7 @@ type providersAPI struct {
 
 func (s *Server) registerProviders(opts Options) {
 	p := &providersAPI{m: opts.Providers, allowRemote: opts.ProviderAllowRemote}
+	s.mux.Handle("GET /v1/providers", s.instrument("providers", p.guard(p.list)))
 	s.mux.Handle("PUT /v1/providers/{provider}", s.instrument("providers", p.guard(p.put)))
 	s.mux.Handle("GET /v1/providers/{provider}", s.instrument("providers", p.guard(p.get)))
 	s.mux.Handle("DELETE /v1/providers/{provider}", s.instrument("providers", p.guard(p.delete)))
@@ -38,10 +39,13 @@ func (p *providersAPI) guard(h func(w http.ResponseWriter, r *http.Request, name
 			writeError(w, http.StatusNotFound, "the providers API is not configured on this agent")
 			return
 		}
-		name, err := provider.CheckName(r.PathValue("provider"))
-		if err != nil {
-			writeError(w, http.StatusBadRequest, err.Error())
-			return
+		name := r.PathValue("provider")
+		if name != "" || r.URL.Path != "/v1/providers" {
+			var err error
+			if name, err = provider.CheckName(name); err != nil {
+				writeError(w, http.StatusBadRequest, err.Error())
+				return
+			}
 		}
 		h(w, r, name)
 	}
@@ -92,6 +96,17 @@ func (p *providersAPI) get(w http.ResponseWriter, r *http.Request, name string) 
 	writeJSON(w, http.StatusOK, b)
 }
 
+// list answers GET /v1/providers: every recorded provider, with where its
+// state comes from and what is wrong with its file, if anything.
+func (p *providersAPI) list(w http.ResponseWriter, r *http.Request, _ string) {
+	l, err := p.m.List()
+	if err != nil {
+		p.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, l)
+}
+
 func (p *providersAPI) delete(w http.ResponseWriter, r *http.Request, name string) {
 	if err := p.m.Delete(r.Context(), name); err != nil {
 		p.fail(w, err)
@@ -107,6 +122,8 @@ func (p *providersAPI) fail(w http.ResponseWriter, err error) {
 		writeError(w, http.StatusNotFound, err.Error())
 	case errors.As(err, &ve):
 		writeError(w, http.StatusBadRequest, err.Error())
+	case errors.Is(err, provider.ErrFileManaged):
+		writeError(w, http.StatusConflict, err.Error()+" (change or remove its file instead)")
 	case errors.Is(err, provider.ErrConsul):
 		writeError(w, http.StatusServiceUnavailable, err.Error())
 	default:

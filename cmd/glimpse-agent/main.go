@@ -58,6 +58,9 @@ func run(args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.DataDir, "data.dir", cfg.DataDir, "directory of the agent's durable state (the providers' recorded instances); created if missing")
 	fs.BoolVar(&cfg.ProviderAllowRemote, "providers.allow-remote", cfg.ProviderAllowRemote, "let non-loopback clients use the providers API")
 	fs.DurationVar(&cfg.ReconcileEvery, "providers.reconcile", cfg.ReconcileEvery, "how often the providers' recorded instances are applied to the Consul agent again")
+	fs.DurationVar(&cfg.ProbeEvery, "providers.probe", cfg.ProbeEvery, "how often the Consul agent's registrations are listed to notice its restart and reconcile at once")
+	fs.StringVar(&cfg.ProvidersDir, "providers.dir", cfg.ProvidersDir, "directory of <provider>.json files applied like PUT /v1/providers/<provider> (empty: none); created if missing")
+	fs.DurationVar(&cfg.ProvidersDirPoll, "providers.dir-poll", cfg.ProvidersDirPoll, "how often -providers.dir is checked for changed files")
 	level := fs.String("log.level", "info", "log level: debug, info, warn or error")
 	format := fs.String("log.format", "json", "log format: json or console")
 
@@ -92,8 +95,8 @@ func run(args []string, stderr io.Writer) error {
 			}
 		}
 	}
-	if cfg.ReconcileEvery <= 0 || cfg.DataDir == "" {
-		return errors.New("-providers.reconcile must be positive and -data.dir not empty")
+	if cfg.ReconcileEvery <= 0 || cfg.ProbeEvery <= 0 || cfg.ProvidersDirPoll <= 0 || cfg.DataDir == "" {
+		return errors.New("-providers.reconcile, -providers.probe and -providers.dir-poll must be positive and -data.dir not empty")
 	}
 	if cfg.UDPSockets < 1 {
 		return errors.New("-dns.udp-sockets must be at least 1")

@@ -70,6 +70,14 @@ type Config struct {
 	// ReconcileEvery is how often the providers' recorded state is applied
 	// to the Consul agent again, repairing drift.
 	ReconcileEvery time.Duration
+	// ProbeEvery is how often the Consul agent's registrations are listed
+	// to notice its restart and reconcile at once.
+	ProbeEvery time.Duration
+	// ProvidersDir, if set, is a directory of <provider>.json files applied
+	// like PUT /v1/providers/<provider>; created if missing.
+	ProvidersDir string
+	// ProvidersDirPoll is how often ProvidersDir is checked for changes.
+	ProvidersDirPoll time.Duration
 }
 
 // DefaultConfig returns glimpse-agent's defaults.
@@ -87,7 +95,9 @@ func DefaultConfig() Config {
 		Subscribe:          httpapi.DefaultSubscribeLimits(),
 		Watch:              watch.DefaultConfig(),
 		DataDir:            "/var/lib/glimpse",
-		ReconcileEvery:     30 * time.Second,
+		ReconcileEvery:     provider.DefaultReconcileEvery,
+		ProbeEvery:         provider.DefaultProbeEvery,
+		ProvidersDirPoll:   provider.DefaultDirPoll,
 	}
 }
 
@@ -103,6 +113,8 @@ type Agent struct {
 	// transport of the Consul client, whose connections Run closes.
 	transport *http.Transport
 	providers *provider.Manager
+	// providersDir applies cfg.ProvidersDir; nil when not configured.
+	providersDir *provider.Dir
 }
 
 // New connects to Consul (waiting up to cfg.ConsulStartTimeout), settles the
@@ -151,6 +163,15 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Agent, error) {
 	if a.providers, err = newProviders(cfg, client, reg, log); err != nil {
 		transport.CloseIdleConnections()
 		return nil, err
+	}
+	if cfg.ProvidersDir != "" {
+		a.providersDir, err = provider.NewDir(cfg.ProvidersDir, a.providers, provider.DirOptions{
+			Poll: cfg.ProvidersDirPoll, Registerer: reg, Log: log.Named("providers"),
+		})
+		if err != nil {
+			transport.CloseIdleConnections()
+			return nil, err
+		}
 	}
 	if a.dns, err = dns.Listen(cfg.DNSAddr, cfg.UDPSockets, h); err != nil {
 		transport.CloseIdleConnections()
@@ -242,7 +263,18 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Add(1)
 	go func() { defer wg.Done(); a.watch.Run(ctx) }()
 	wg.Add(1)
-	go func() { defer wg.Done(); a.providers.Run(ctx) }()
+	go func() {
+		defer wg.Done()
+		if a.providersDir != nil {
+			// Apply the files before the recorded state, so that a
+			// provider whose file was removed while the agent was down is
+			// not registered again first.
+			a.providersDir.Scan(ctx)
+			wg.Add(1)
+			go func() { defer wg.Done(); a.providersDir.Run(ctx) }()
+		}
+		a.providers.Run(ctx)
+	}()
 	go func() { errs <- a.dns.Serve() }()
 	go func() { errs <- a.http.Serve() }()
 	a.log.Info("serving", zap.String("dns", a.DNSAddr()), zap.String("http", a.HTTPAddr()), zap.String("zone", a.cfg.Zone), zap.String("domain", a.cfg.Domain))
@@ -271,8 +303,8 @@ func newProviders(cfg Config, client *api.Client, reg prometheus.Registerer, log
 	if cfg.DataDir == "" {
 		return nil, errors.New("no data directory configured")
 	}
-	if cfg.ReconcileEvery <= 0 {
-		return nil, errors.New("the providers' reconcile interval must be positive")
+	if cfg.ReconcileEvery <= 0 || cfg.ProbeEvery <= 0 || cfg.ProvidersDirPoll <= 0 {
+		return nil, errors.New("the providers' reconcile, probe and directory poll intervals must be positive")
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 		return nil, fmt.Errorf("data directory: %w", err)
@@ -289,6 +321,7 @@ func newProviders(cfg Config, client *api.Client, reg prometheus.Registerer, log
 	}
 	return provider.NewManager(store, provider.NewSyncer(client), provider.ManagerOptions{
 		ReconcileEvery: cfg.ReconcileEvery,
+		ProbeEvery:     cfg.ProbeEvery,
 		Registerer:     reg,
 		Log:            log.Named("providers"),
 	}), nil
