@@ -57,11 +57,17 @@ func startAgent(t testing.TB, cfg Config) *Agent {
 		t.Fatalf("agent: %v", err)
 	}
 	runAgent(t, a)
+	waitSynced(t, a)
+	return a
+}
+
+// waitSynced waits for a's local zone's first sync.
+func waitSynced(t testing.TB, a *Agent) {
+	t.Helper()
 	testconsul.WaitFor(t, 20*time.Second, func() bool {
 		z := a.Cache.Zone(a.Zone())
 		return z != nil && z.Synced
 	}, "local zone %s never synced", a.Zone())
-	return a
 }
 
 // instance is one service instance to register with Consul.
