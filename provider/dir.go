@@ -1,9 +1,11 @@
 package provider
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
-	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -31,19 +33,26 @@ type DirOptions struct {
 // Dir applies the providers directory: each file <provider>.json in it, of
 // the same shape as a PUT body, is that provider's desired state, handed to
 // the Manager like a PUT (recorded, then applied). A file that changes is
-// applied again; a file that is removed deletes the provider. A file that
-// does not parse or validate is reported (log, metric, GET /v1/providers)
-// and changes nothing: the provider keeps its previous state until the file
-// is fixed. While its file exists, a provider cannot be changed over HTTP.
+// applied again; a file that is gone (on two scans in a row, so that an
+// editor's save by rename does not delete the provider) deletes the
+// provider. A file that does not parse or validate is reported (log,
+// metric, GET /v1/providers) and changes nothing: the provider keeps its
+// previous state until the file is fixed. While its file exists, a provider
+// cannot be changed over HTTP.
 //
 // Providers should write their file atomically (a temporary file whose name
 // starts with '.', renamed over <provider>.json); files starting with '.'
 // are never read. A partly written file is reported like a malformed one
-// and read again once it changes.
+// and read again once it changes. Symbolic links are followed.
 //
-// Dir polls (stat of each file every Poll) rather than relying on inotify,
-// which misses changes on some file systems and when the directory itself is
-// replaced; a stat of a handful of files per second costs nothing.
+// The directory must exist: a missing or unreadable directory is reported
+// and changes nothing (it is never taken for "every file removed", which
+// would deregister every file provider of the host).
+//
+// Dir polls (a stat of each file every Poll) rather than relying on inotify,
+// which misses changes on some file systems, behind symbolic links and when
+// the directory itself is replaced; a stat of a handful of files per second
+// costs nothing.
 type Dir struct {
 	path string
 	m    *Manager
@@ -53,24 +62,28 @@ type Dir struct {
 
 	seen    map[string]fileSeen // by provider name
 	skipped map[string]fileSeen // files that are not <valid name>.json
-	scanned bool                // a first scan has run
+	scanned bool                // a first complete scan has run
 	dirErr  string              // why the directory could not be listed
 }
 
-// fileSeen is how a file looked when it was last read, and what was wrong
-// with it then ("" if nothing).
+// fileSeen is how a file looked when it was last read, what it held and
+// what was wrong with it then.
 type fileSeen struct {
-	mod  time.Time
-	size int64
-	ino  uint64
-	err  string
+	mod, ctime time.Time
+	size       int64
+	ino        uint64
+	sum        [sha256.Size]byte // of the content last applied
+	err        string            // "" if nothing was wrong
+	retryAt    time.Time         // set when recording failed: read again then
+	missing    int               // consecutive scans that did not find it
 }
 
-// NewDir returns a Dir over path, creating the directory if needed.
+// retryRecord is how long Dir waits before trying again to record a file
+// whose state the data directory refused.
+const retryRecord = 30 * time.Second
+
+// NewDir returns a Dir over path.
 func NewDir(path string, m *Manager, opts DirOptions) (*Dir, error) {
-	if err := os.MkdirAll(path, 0o755); err != nil {
-		return nil, fmt.Errorf("providers directory: %w", err)
-	}
 	if opts.Poll <= 0 {
 		opts.Poll = DefaultDirPoll
 	}
@@ -81,7 +94,7 @@ func NewDir(path string, m *Manager, opts DirOptions) (*Dir, error) {
 		path: path, m: m, poll: opts.Poll, log: opts.Log,
 		errs: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "glimpse_provider_file_errors_total",
-			Help: "Files in the providers directory found malformed or unreadable (each version of a file counts once); the provider keeps its previous state.",
+			Help: "Problems with the providers directory or a file in it (each version of a file counts once); the providers keep their previous state.",
 		}),
 		seen:    map[string]fileSeen{},
 		skipped: map[string]fileSeen{},
@@ -90,6 +103,31 @@ func NewDir(path string, m *Manager, opts DirOptions) (*Dir, error) {
 		opts.Registerer.MustRegister(d.errs)
 	}
 	return d, nil
+}
+
+// Claim marks the providers whose files are in the directory as
+// file-managed, without reading the files or calling Consul, so that HTTP
+// requests for them are refused from the start, before the first Scan.
+func (d *Dir) Claim() {
+	entries, err := os.ReadDir(d.path)
+	if err != nil {
+		return // the first Scan reports it
+	}
+	for _, e := range entries {
+		if name, ok := providerFile(e.Name()); ok {
+			d.m.setFile(name, true, "")
+		}
+	}
+}
+
+// providerFile returns the provider a file name is for, if it is
+// <valid lower-case name>.json; ok is false for files to skip silently.
+func providerFile(base string) (name string, ok bool) {
+	if strings.HasPrefix(base, ".") || !strings.HasSuffix(base, fileSuffix) {
+		return "", false
+	}
+	name = strings.TrimSuffix(base, fileSuffix)
+	return name, ValidName(name) && name == strings.ToLower(name)
 }
 
 // Run scans the directory every Poll until ctx ends, starting at once
@@ -111,59 +149,85 @@ func (d *Dir) Run(ctx context.Context) {
 }
 
 // Scan applies what changed in the directory since the last Scan. The first
-// Scan also deletes the providers recorded from a file that is gone.
+// complete Scan also deletes the providers recorded from a file that is
+// gone.
 func (d *Dir) Scan(ctx context.Context) {
 	entries, err := os.ReadDir(d.path)
 	if err != nil {
-		// Never read a missing or unreadable directory as "every file
-		// removed": that would deregister every file provider.
 		if err.Error() != d.dirErr {
 			d.dirErr = err.Error()
-			d.report("", "providers directory: cannot list it; nothing changed", err)
+			d.report("", "providers directory: cannot list it; nothing changes until it can be listed", err)
 		}
 		return
 	}
-	d.dirErr = ""
+	if d.dirErr != "" {
+		d.dirErr = ""
+		d.log.Info("providers directory: listed again", zap.String("dir", d.path))
+	}
 	present := map[string]bool{}
 	for _, e := range entries {
 		base := e.Name()
-		if strings.HasPrefix(base, ".") || !strings.HasSuffix(base, fileSuffix) || e.IsDir() {
+		if strings.HasPrefix(base, ".") || !strings.HasSuffix(base, fileSuffix) {
 			continue
 		}
-		info, err := e.Info()
+		path := filepath.Join(d.path, base)
+		info, err := os.Stat(path) // follows symbolic links
 		if errors.Is(err, fs.ErrNotExist) {
-			continue // removed since the listing
+			continue // removed since the listing (or a dangling link)
 		}
 		now := stat(info)
-		if err != nil {
+		switch {
+		case err != nil:
 			now.err = err.Error()
+		case !info.Mode().IsRegular():
+			if info.IsDir() {
+				continue
+			}
+			now.err = "not a regular file"
 		}
-		name := strings.TrimSuffix(base, fileSuffix)
-		if !ValidName(name) || name != strings.ToLower(name) {
-			if prev, ok := d.skipped[base]; !ok || prev.changed(now) {
+		name, ok := providerFile(base)
+		if !ok || now.err != "" {
+			if !ok {
+				now.err = "the name is not <provider>.json with a valid lower-case provider name"
+			}
+			if prev, seen := d.skipped[base]; !seen || prev.changed(now) || prev.err != now.err {
 				d.skipped[base] = now
-				d.report(base, "providers directory: ignoring a file whose name is not <provider>.json with a valid lower-case provider name", nil)
+				d.report(base, "providers directory: ignoring a file: "+now.err, nil)
+			}
+			if ok {
+				present[name] = true // keep the provider's state meanwhile
+				d.m.setFile(name, true, now.err)
 			}
 			continue
 		}
+		delete(d.skipped, base)
 		present[name] = true
-		if prev, ok := d.seen[name]; ok && !prev.changed(now) {
+		prev, seen := d.seen[name]
+		if seen {
+			prev.missing = 0
+			d.seen[name] = prev
+		}
+		if seen && !prev.changed(now) && (prev.retryAt.IsZero() || time.Now().Before(prev.retryAt)) {
 			continue
 		}
-		d.apply(ctx, name, filepath.Join(d.path, base), now)
+		d.apply(ctx, name, path, now, prev)
 	}
 	for base := range d.skipped {
 		if _, err := os.Lstat(filepath.Join(d.path, base)); errors.Is(err, fs.ErrNotExist) {
 			delete(d.skipped, base)
 		}
 	}
-	for name := range d.seen {
-		if !present[name] {
-			d.remove(ctx, name)
+	for name, f := range d.seen {
+		if present[name] {
+			continue
 		}
+		if f.missing++; f.missing < 2 {
+			d.seen[name] = f
+			continue
+		}
+		d.remove(ctx, name)
 	}
 	if !d.scanned {
-		d.scanned = true
 		// Files removed while the agent was not running.
 		names, err := d.m.store.List()
 		if err != nil {
@@ -175,25 +239,34 @@ func (d *Dir) Scan(ctx context.Context) {
 				d.remove(ctx, name)
 			}
 		}
+		d.scanned = true
 	}
 }
 
-// apply reads the file of provider name, whose stat is now, and hands it to
-// the manager.
-func (d *Dir) apply(ctx context.Context, name, path string, now fileSeen) {
-	b, err := readBody(path)
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return // removed since the listing; the next scan sees it gone
+// apply reads the file of provider name, whose stat is now (prev is what
+// was seen before, if anything), and hands it to the manager.
+func (d *Dir) apply(ctx context.Context, name, path string, now, prev fileSeen) {
+	data, err := readFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return // removed since the listing; the next scans see it gone
+	}
+	var b *Body
+	if err == nil {
+		now.sum = sha256.Sum256(data)
+		if now.sum == prev.sum && prev.err == "" && prev.retryAt.IsZero() {
+			d.seen[name] = now // touched, same content: nothing to do
+			return
 		}
-		now.err = err.Error()
+		b, err = Parse(bytes.NewReader(data), MaxBody)
+	}
+	if err != nil {
+		now.err, now.sum = err.Error(), prev.sum
 		d.seen[name] = now
 		d.m.setFile(name, true, now.err)
 		d.report(name+fileSuffix, "providers directory: malformed provider file; the provider keeps its previous state", err)
 		return
 	}
-	d.m.setFile(name, true, "")
-	err = d.m.put(ctx, name, b, SourceFile)
+	err = d.m.putFile(ctx, name, b)
 	switch {
 	case err == nil:
 		d.log.Info("providers directory: applied", zap.String("provider", name), zap.Int("instances", len(b.Instances)))
@@ -201,9 +274,11 @@ func (d *Dir) apply(ctx context.Context, name, path string, now fileSeen) {
 		// Recorded; the manager retries until it holds.
 		d.log.Warn("providers directory: recorded, but the Consul agent failed; retrying", zap.String("provider", name), zap.Error(err))
 	default:
-		// Not recorded (the data directory failed): try again next scan.
-		d.log.Error("providers directory: could not record the provider's state", zap.String("provider", name), zap.Error(err))
-		return
+		// Not recorded (the data directory failed): try again later.
+		now.err, now.sum, now.retryAt = err.Error(), prev.sum, time.Now().Add(retryRecord)
+		if prev.err != now.err {
+			d.log.Error("providers directory: could not record the provider's state; trying again every 30s", zap.String("provider", name), zap.Error(err))
+		}
 	}
 	d.seen[name] = now
 }
@@ -211,16 +286,16 @@ func (d *Dir) apply(ctx context.Context, name, path string, now fileSeen) {
 // remove deletes the provider whose file is gone.
 func (d *Dir) remove(ctx context.Context, name string) {
 	delete(d.seen, name)
-	d.m.setFile(name, false, "")
-	err := d.m.delete(ctx, name, SourceFile)
+	err := d.m.deleteFile(ctx, name)
 	switch {
-	case err == nil, errors.Is(err, ErrNotFound):
+	case err == nil:
 		d.log.Info("providers directory: file removed; provider deleted", zap.String("provider", name))
+	case errors.Is(err, ErrNotFound):
 	case errors.Is(err, ErrConsul):
 		d.log.Warn("providers directory: file removed; the deletion is recorded, but the Consul agent failed; retrying", zap.String("provider", name), zap.Error(err))
 	default:
-		d.log.Error("providers directory: file removed, but the deletion could not be recorded", zap.String("provider", name), zap.Error(err))
-		d.seen[name] = fileSeen{err: err.Error()} // try again next scan
+		d.log.Error("providers directory: file removed, but the deletion could not be recorded; trying again", zap.String("provider", name), zap.Error(err))
+		d.seen[name] = fileSeen{err: err.Error(), missing: 1} // deleted again at the next scan
 	}
 }
 
@@ -237,14 +312,15 @@ func (d *Dir) report(file, msg string, err error) {
 	d.log.Error(msg, fields...)
 }
 
-// readBody reads and parses a provider file.
-func readBody(path string) (*Body, error) {
+// readFile reads a provider file of at most MaxBody bytes (one more is read
+// so that Parse reports the size).
+func readFile(path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	return Parse(f, MaxBody)
+	return io.ReadAll(io.LimitReader(f, MaxBody+1))
 }
 
 func stat(info fs.FileInfo) fileSeen {
@@ -254,12 +330,13 @@ func stat(info fs.FileInfo) fileSeen {
 	s := fileSeen{mod: info.ModTime(), size: info.Size()}
 	if st, ok := info.Sys().(*syscall.Stat_t); ok {
 		s.ino = st.Ino
+		s.ctime = time.Unix(st.Ctim.Sec, st.Ctim.Nsec)
 	}
 	return s
 }
 
 // changed reports whether the file now differs from f: another inode (a
-// rename over it), size or modification time.
+// rename over it), size, modification or change time.
 func (f fileSeen) changed(now fileSeen) bool {
-	return f.ino != now.ino || f.size != now.size || !f.mod.Equal(now.mod)
+	return f.ino != now.ino || f.size != now.size || !f.mod.Equal(now.mod) || !f.ctime.Equal(now.ctime)
 }

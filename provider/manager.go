@@ -82,6 +82,8 @@ type providerState struct {
 
 	// Guarded by Manager.mu:
 	retrying bool
+	again    bool   // a failure while retrying: go on even if the loop's last attempt held
+	gen      uint64 // applications that held; the probe ignores a provider whose gen moved
 	// applied holds the service IDs of the last state that held in the
 	// Consul agent; nil until one did.
 	applied map[string]bool
@@ -171,6 +173,11 @@ func (m *Manager) put(ctx context.Context, name string, b *Body, source string) 
 	if source == SourceHTTP && m.isFileManaged(p) {
 		return fmt.Errorf("%w: %s", ErrFileManaged, name)
 	}
+	if source == SourceFile {
+		m.mu.Lock()
+		p.fileManaged, p.fileErr = true, ""
+		m.mu.Unlock()
+	}
 	if err := m.store.SaveRecord(name, Record{Body: nb, Source: source}); err != nil {
 		return err
 	}
@@ -211,6 +218,7 @@ func (m *Manager) applyRecord(ctx context.Context, name string, p *providerState
 	}
 	m.mu.Lock()
 	p.applied = applied
+	p.gen++
 	m.mu.Unlock()
 	return changed, nil
 }
@@ -255,22 +263,31 @@ func (m *Manager) delete(ctx context.Context, name, source string) error {
 	if source == SourceHTTP && m.isFileManaged(p) {
 		return fmt.Errorf("%w: %s", ErrFileManaged, name)
 	}
-	_, err = m.store.Load(name)
-	recorded := err == nil
+	r, err := m.store.LoadRecord(name)
+	recorded := err == nil && !r.Deleted
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	if recorded {
-		if err := m.store.SaveRecord(name, Record{Source: source, Deleted: true}); err != nil {
-			return err
+	if source == SourceFile {
+		m.mu.Lock()
+		p.fileManaged, p.fileErr = false, ""
+		m.mu.Unlock()
+		if !recorded {
+			return fmt.Errorf("%w: %s", ErrNotFound, name)
+		}
+		if r.Source != SourceFile {
+			return nil // the provider moved to HTTP since its file went
 		}
 	}
+	// A tombstone even without a record: registrations carrying the tag
+	// (from a lost data directory) are removed too, and retried.
+	if err := m.store.SaveRecord(name, Record{Source: source, Deleted: true}); err != nil {
+		return err
+	}
 	m.desired.DeleteLabelValues(name)
-	changed, err := m.applyRecord(ctx, name, p, Record{Deleted: recorded})
+	changed, err := m.applyRecord(ctx, name, p, Record{Deleted: true})
 	if err != nil {
-		if recorded {
-			m.retry(name)
-		}
+		m.retry(name)
 		return fmt.Errorf("%w: %v (the deletion is recorded and will be applied again)", ErrConsul, err)
 	}
 	if !recorded && changed == 0 {
@@ -285,7 +302,12 @@ func (m *Manager) delete(ctx context.Context, name, source string) error {
 func (m *Manager) retry(name string) {
 	m.mu.Lock()
 	p := m.providers[name]
-	if p == nil || p.retrying || m.ctx.Err() != nil {
+	if p == nil || m.ctx.Err() != nil {
+		m.mu.Unlock()
+		return
+	}
+	if p.retrying {
+		p.again = true
 		m.mu.Unlock()
 		return
 	}
@@ -294,8 +316,9 @@ func (m *Manager) retry(name string) {
 	m.mu.Unlock()
 	go func() {
 		defer m.wg.Done()
-		defer func() { m.mu.Lock(); p.retrying = false; m.mu.Unlock() }()
+		defer func() { m.mu.Lock(); p.retrying, p.again = false, false; m.mu.Unlock() }()
 		backoff := 100 * time.Millisecond
+		failures, lastErr := 0, ""
 		for {
 			d := backoff/2 + rand.N(backoff/2+1)
 			select {
@@ -304,11 +327,33 @@ func (m *Manager) retry(name string) {
 			case <-time.After(d):
 			}
 			backoff = min(2*backoff, maxRetryBackoff)
+			m.mu.Lock()
+			p.again = false
+			m.mu.Unlock()
 			ok, err := m.reconcileOne(m.ctx, name, p)
 			if ok {
-				return
+				m.mu.Lock()
+				again := p.again
+				if !again {
+					p.retrying = false
+				}
+				m.mu.Unlock()
+				if !again {
+					if failures > 0 {
+						m.log.Info("provider: the recorded state holds again", zap.String("provider", name), zap.Int("failed_attempts", failures))
+					}
+					return
+				}
+				continue
 			}
-			m.log.Warn("provider: applying the recorded state failed; retrying", zap.String("provider", name), zap.Error(err))
+			// Log the first failure and each new kind of failure, not
+			// every attempt: a Consul agent that stays down would
+			// otherwise log every few seconds on every host.
+			failures++
+			if msg := err.Error(); msg != lastErr {
+				lastErr = msg
+				m.log.Warn("provider: applying the recorded state failed; retrying until it holds", zap.String("provider", name), zap.Int("attempt", failures), zap.Error(err))
+			}
 		}
 	}()
 }
@@ -379,6 +424,7 @@ func (m *Manager) Run(ctx context.Context) {
 		case <-full.C:
 			m.Reconcile(ctx)
 		case <-probe.C:
+			gens := m.generations()
 			owned, err := m.syncer.Owned(ctx)
 			if err != nil {
 				if reachable && ctx.Err() == nil {
@@ -394,7 +440,7 @@ func (m *Manager) Run(ctx context.Context) {
 				m.Reconcile(ctx)
 				continue
 			}
-			for _, name := range m.drifted(owned) {
+			for _, name := range m.drifted(owned, gens) {
 				m.restarts.Inc()
 				m.log.Info("provider: registrations changed in the Consul agent; reconciling", zap.String("provider", name))
 				if ok, err := m.reconcileOne(ctx, name, m.state(name)); !ok {
@@ -406,14 +452,27 @@ func (m *Manager) Run(ctx context.Context) {
 	}
 }
 
+// generations returns each provider's count of applications that held.
+func (m *Manager) generations() map[string]uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	gens := make(map[string]uint64, len(m.providers))
+	for name, p := range m.providers {
+		gens[name] = p.gen
+	}
+	return gens
+}
+
 // drifted returns the providers whose registrations in owned (service IDs
-// by provider, from Syncer.Owned) differ from those last applied.
-func (m *Manager) drifted(owned map[string][]string) []string {
+// by provider, from Syncer.Owned) differ from those last applied. Providers
+// applied since gens was taken (before owned was listed) are skipped: owned
+// may show them midway.
+func (m *Manager) drifted(owned map[string][]string, gens map[string]uint64) []string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var names []string
 	for name, p := range m.providers {
-		if p.applied == nil || p.retrying {
+		if g, ok := gens[name]; p.applied == nil || p.retrying || !ok || g != p.gen {
 			continue
 		}
 		ids := owned[name]
@@ -436,6 +495,20 @@ func (m *Manager) setFile(name string, exists bool, problem string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	p.fileManaged, p.fileErr = exists, problem
+}
+
+// putFile is Put for a state read from name's file. The provider becomes
+// file-managed in the same critical section as the application, so that no
+// HTTP request slips in between.
+func (m *Manager) putFile(ctx context.Context, name string, b *Body) error {
+	return m.put(ctx, name, b, SourceFile)
+}
+
+// deleteFile deletes name because its file is gone, unless its record no
+// longer comes from a file (an HTTP PUT accepted since the file went). The
+// provider stops being file-managed in the same critical section.
+func (m *Manager) deleteFile(ctx context.Context, name string) error {
+	return m.delete(ctx, name, SourceFile)
 }
 
 // Summary describes one provider for GET /v1/providers.

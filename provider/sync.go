@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/consul/api"
 )
@@ -54,6 +55,16 @@ func lower(s string) string {
 		return s
 	}
 	return n
+}
+
+// CallTimeout bounds each request to the Consul agent, so that a hung agent
+// fails an application (which is then retried) instead of holding the
+// provider's lock, and the requests queued behind it, forever.
+const CallTimeout = 10 * time.Second
+
+// call returns a context for one request to the Consul agent.
+func call(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, CallTimeout)
 }
 
 // Syncer makes the local Consul agent's registrations of a provider equal to
@@ -104,13 +115,16 @@ func (s *Syncer) Reconcile(ctx context.Context, name string, b *Body) (changed i
 	s.mu.Lock()
 	defer s.mu.Unlock()
 
-	q := (&api.QueryOptions{}).WithContext(ctx)
 	agent := s.client.Agent()
-	services, err := agent.ServicesWithFilterOpts("", q)
+	cctx, cancel := call(ctx)
+	services, err := agent.ServicesWithFilterOpts("", (&api.QueryOptions{}).WithContext(cctx))
+	cancel()
 	if err != nil {
 		return changed, fmt.Errorf("provider %s: list the Consul agent's services: %w", name, err)
 	}
-	checks, err := agent.ChecksWithFilterOpts("", q)
+	cctx, cancel = call(ctx)
+	checks, err := agent.ChecksWithFilterOpts("", (&api.QueryOptions{}).WithContext(cctx))
+	cancel()
 	if err != nil {
 		return changed, fmt.Errorf("provider %s: list the Consul agent's checks: %w", name, err)
 	}
@@ -147,8 +161,10 @@ func (s *Syncer) Reconcile(ctx context.Context, name string, b *Body) (changed i
 		} else if upToDate(cur, reg, checkCount[id]) {
 			continue
 		}
-		opts := api.ServiceRegisterOpts{ReplaceExistingChecks: true}.WithContext(ctx)
-		if err := agent.ServiceRegisterOpts(reg, opts); err != nil {
+		cctx, cancel := call(ctx)
+		err := agent.ServiceRegisterOpts(reg, api.ServiceRegisterOpts{ReplaceExistingChecks: true}.WithContext(cctx))
+		cancel()
+		if err != nil {
 			return changed, fmt.Errorf("provider %s: register %s (%s): %w", name, id, describe(in), err)
 		}
 		changed++
@@ -162,7 +178,10 @@ func (s *Syncer) Reconcile(ctx context.Context, name string, b *Body) (changed i
 	}
 	slices.Sort(gone)
 	for _, id := range gone {
-		if err := agent.ServiceDeregisterOpts(id, q); err != nil {
+		cctx, cancel := call(ctx)
+		err := agent.ServiceDeregisterOpts(id, (&api.QueryOptions{}).WithContext(cctx))
+		cancel()
+		if err != nil {
 			return changed, fmt.Errorf("provider %s: deregister %s: %w", name, id, err)
 		}
 		changed++
@@ -174,8 +193,9 @@ func (s *Syncer) Reconcile(ctx context.Context, name string, b *Body) (changed i
 // service IDs of each provider, by the provider's tag. It is one request to
 // the local agent, which answers from its own state.
 func (s *Syncer) Owned(ctx context.Context) (map[string][]string, error) {
-	q := (&api.QueryOptions{}).WithContext(ctx)
-	services, err := s.client.Agent().ServicesWithFilterOpts("", q)
+	ctx, cancel := call(ctx)
+	defer cancel()
+	services, err := s.client.Agent().ServicesWithFilterOpts("", (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		return nil, fmt.Errorf("list the Consul agent's services: %w", err)
 	}
@@ -193,6 +213,8 @@ func (s *Syncer) Owned(ctx context.Context) (map[string][]string, error) {
 // nodeAddress returns the local Consul agent's address, the default target
 // of the checks of instances without an address of their own.
 func (s *Syncer) nodeAddress(ctx context.Context) (string, error) {
+	ctx, cancel := call(ctx)
+	defer cancel()
 	var self struct {
 		Member struct{ Addr string }
 	}

@@ -59,7 +59,7 @@ func run(args []string, stderr io.Writer) error {
 	fs.BoolVar(&cfg.ProviderAllowRemote, "providers.allow-remote", cfg.ProviderAllowRemote, "let non-loopback clients use the providers API")
 	fs.DurationVar(&cfg.ReconcileEvery, "providers.reconcile", cfg.ReconcileEvery, "how often the providers' recorded instances are applied to the Consul agent again")
 	fs.DurationVar(&cfg.ProbeEvery, "providers.probe", cfg.ProbeEvery, "how often the Consul agent's registrations are listed to notice its restart and reconcile at once")
-	fs.StringVar(&cfg.ProvidersDir, "providers.dir", cfg.ProvidersDir, "directory of <provider>.json files applied like PUT /v1/providers/<provider> (empty: none); created if missing")
+	fs.StringVar(&cfg.ProvidersDir, "providers.dir", cfg.ProvidersDir, "directory of <provider>.json files applied like PUT /v1/providers/<provider> (empty: none); while it is missing nothing changes")
 	fs.DurationVar(&cfg.ProvidersDirPoll, "providers.dir-poll", cfg.ProvidersDirPoll, "how often -providers.dir is checked for changed files")
 	level := fs.String("log.level", "info", "log level: debug, info, warn or error")
 	format := fs.String("log.format", "json", "log format: json or console")

@@ -74,7 +74,8 @@ type Config struct {
 	// to notice its restart and reconcile at once.
 	ProbeEvery time.Duration
 	// ProvidersDir, if set, is a directory of <provider>.json files applied
-	// like PUT /v1/providers/<provider>; created if missing.
+	// like PUT /v1/providers/<provider>. While it is missing nothing changes
+	// (and the problem is reported).
 	ProvidersDir string
 	// ProvidersDirPoll is how often ProvidersDir is checked for changes.
 	ProvidersDirPoll time.Duration
@@ -165,6 +166,10 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Agent, error) {
 		return nil, err
 	}
 	if cfg.ProvidersDir != "" {
+		if err := checkProvidersDir(cfg); err != nil {
+			transport.CloseIdleConnections()
+			return nil, err
+		}
 		a.providersDir, err = provider.NewDir(cfg.ProvidersDir, a.providers, provider.DirOptions{
 			Poll: cfg.ProvidersDirPoll, Registerer: reg, Log: log.Named("providers"),
 		})
@@ -172,6 +177,7 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Agent, error) {
 			transport.CloseIdleConnections()
 			return nil, err
 		}
+		a.providersDir.Claim()
 	}
 	if a.dns, err = dns.Listen(cfg.DNSAddr, cfg.UDPSockets, h); err != nil {
 		transport.CloseIdleConnections()
@@ -295,6 +301,24 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Wait()
 	a.transport.CloseIdleConnections()
 	return err
+}
+
+// checkProvidersDir refuses a providers directory that is, or is inside,
+// the agent's own record of the providers: the agent would read its records
+// as provider files.
+func checkProvidersDir(cfg Config) error {
+	dir, err := filepath.Abs(cfg.ProvidersDir)
+	if err != nil {
+		return fmt.Errorf("providers directory: %w", err)
+	}
+	records, err := filepath.Abs(filepath.Join(cfg.DataDir, "providers"))
+	if err != nil {
+		return fmt.Errorf("data directory: %w", err)
+	}
+	if rel, err := filepath.Rel(records, dir); err == nil && (rel == "." || !strings.HasPrefix(rel, "..")) {
+		return fmt.Errorf("the providers directory %s must not be the agent's own records in %s", cfg.ProvidersDir, records)
+	}
+	return nil
 }
 
 // newProviders opens the providers' store under cfg.DataDir, which must be

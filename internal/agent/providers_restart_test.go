@@ -376,6 +376,47 @@ func TestProviderDirectory(t *testing.T) {
 		"the fixed file was never applied")
 	waitDNS(t, a.DNSAddr(), name, mdns.TypeSRV, func(m *mdns.Msg) bool { return srvPorts(m) == "[8000]" }, "the fixed file's instance")
 
+	// The same content written again is not applied again.
+	syncsOK := func() float64 { return metricValue(scrape(t, a.HTTPAddr()), `glimpse_provider_syncs_total{result="ok"}`) }
+	before := syncsOK()
+	writeAtomic(t, dir, prov+".json", bodyOf(t, ins[:1]...))
+	time.Sleep(300 * time.Millisecond)
+	if v := syncsOK(); v != before {
+		t.Errorf("an unchanged file was applied again: %v syncs", v-before)
+	}
+
+	// The directory vanishes (an unmounted volume): nothing is deleted.
+	errs := errorsSoFar()
+	if err := os.Rename(dir, dir+".away"); err != nil {
+		t.Fatal(err)
+	}
+	testconsul.WaitFor(t, 10*time.Second, func() bool { return errorsSoFar() == errs+1 }, "the missing directory was never reported")
+	time.Sleep(300 * time.Millisecond)
+	if got := ownedIDs(c, prov); !slices.Equal(got, idsOf(prov, ins[:1])) {
+		t.Fatalf("a missing directory changed Consul: %v", got)
+	}
+	if err := os.Rename(dir+".away", dir); err != nil {
+		t.Fatal(err)
+	}
+
+	// A symbolic link to a file elsewhere (a mounted config map): changes
+	// to its target are applied.
+	real := filepath.Join(t.TempDir(), "real.json")
+	if err := os.WriteFile(real, bodyOf(t, ins[:2]...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(real, filepath.Join(dir, ".link")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(filepath.Join(dir, ".link"), filepath.Join(dir, prov+".json")); err != nil {
+		t.Fatal(err)
+	}
+	testconsul.WaitFor(t, 10*time.Second, func() bool { return slices.Equal(ownedIDs(c, prov), idsOf(prov, ins[:2])) },
+		"the linked file was never applied")
+	writeAtomic(t, filepath.Dir(real), "real.json", bodyOf(t, ins...))
+	testconsul.WaitFor(t, 10*time.Second, func() bool { return slices.Equal(ownedIDs(c, prov), idsOf(prov, ins)) },
+		"a change behind the link was never applied")
+
 	// Removed: the provider is deleted, and HTTP may use the name again.
 	if err := os.Remove(filepath.Join(dir, prov+".json")); err != nil {
 		t.Fatal(err)
