@@ -79,7 +79,9 @@ type request struct {
 func (h *Handler) ServeDNS(w mdns.ResponseWriter, r *mdns.Msg) {
 	start := time.Now()
 	req := request{w: w, r: r, limit: mdns.MinMsgSize}
-	_, req.tcp = w.RemoteAddr().(*net.TCPAddr)
+	if _, udp := w.(*udpWriter); !udp {
+		_, req.tcp = w.RemoteAddr().(*net.TCPAddr)
+	}
 	rcode := h.serve(&req, start)
 	if h.metrics != nil {
 		qtype := uint16(0)

@@ -62,3 +62,41 @@ func BenchmarkServeSRV(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkUDPAnswer is one query through the UDP worker's path: unpack,
+// handler, write to a UDP socket.
+func BenchmarkUDPAnswer(b *testing.B) {
+	c, cfg := benchCache(b)
+	h := NewHandler(c, HandlerOptions{Config: cfg, LocalZone: "dc1"})
+	sink, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer sink.Close()
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			if _, _, err := sink.ReadFrom(buf); err != nil {
+				return
+			}
+		}
+	}()
+	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	u := newUDPServer(conn, h)
+	w := &udpWriter{conn: conn, to: sink.LocalAddr().(*net.UDPAddr).AddrPort()}
+	r := new(mdns.Msg)
+	r.SetQuestion("http.stream.prod.goku.dc1.srv.glimpse.io.", mdns.TypeSRV)
+	r.SetEdns0(4096, false)
+	pkt, err := r.Pack()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		u.answer(pkt, w)
+	}
+}

@@ -14,7 +14,7 @@ import (
 // Server serves a handler on one address over UDP, with several UDP sockets
 // bound with SO_REUSEPORT so the kernel spreads queries over them, and TCP.
 type Server struct {
-	udp  []*mdns.Server
+	udp  []*udpServer
 	tcp  *mdns.Server
 	addr *net.UDPAddr
 	errs chan error
@@ -72,7 +72,7 @@ func listen(addr string, sockets int, h mdns.Handler) (*Server, error) {
 		return mdns.MsgAccept // the handler answers everything else
 	}
 	for _, pc := range pcs {
-		s.udp = append(s.udp, &mdns.Server{PacketConn: pc, Handler: h, UDPSize: maxUDPSize, MsgAcceptFunc: accept})
+		s.udp = append(s.udp, newUDPServer(pc.(*net.UDPConn), h))
 	}
 	s.tcp = &mdns.Server{Listener: ln, Handler: h, MsgAcceptFunc: accept}
 	return s, nil
@@ -82,7 +82,7 @@ func listen(addr string, sockets int, h mdns.Handler) (*Server, error) {
 func (s *Server) Close() {
 	_ = s.tcp.Listener.Close()
 	for _, u := range s.udp {
-		_ = u.PacketConn.Close()
+		_ = u.conn.Close()
 	}
 }
 
@@ -91,8 +91,9 @@ func (s *Server) Addr() string { return s.addr.String() }
 
 // Serve serves until Shutdown; it returns the first error of any socket.
 func (s *Server) Serve() error {
-	for _, srv := range append([]*mdns.Server{s.tcp}, s.udp...) {
-		go func() { s.errs <- srv.ActivateAndServe() }()
+	go func() { s.errs <- s.tcp.ActivateAndServe() }()
+	for _, u := range s.udp {
+		go func() { s.errs <- u.serve() }()
 	}
 	return <-s.errs
 }
@@ -100,19 +101,33 @@ func (s *Server) Serve() error {
 // Shutdown stops accepting queries and waits, until ctx ends, for the
 // answers being written.
 func (s *Server) Shutdown(ctx context.Context) error {
-	var errs []error
-	for _, srv := range append([]*mdns.Server{s.tcp}, s.udp...) {
-		if err := srv.ShutdownContext(ctx); err != nil {
-			errs = append(errs, err)
+	errs := make(chan error, len(s.udp)+1)
+	go func() { errs <- s.tcp.ShutdownContext(ctx) }()
+	for _, u := range s.udp {
+		go func() { errs <- u.shutdown(ctx) }()
+	}
+	var all []error
+	for range len(s.udp) + 1 {
+		if err := <-errs; err != nil {
+			all = append(all, err)
 		}
 	}
-	return errors.Join(errs...)
+	return errors.Join(all...)
 }
+
+// udpReceiveBuffer is the receive buffer asked for each UDP socket, so that
+// a burst of queries (a resolver's cache expiring at once) waits in the
+// kernel rather than being dropped; Linux caps it at net.core.rmem_max.
+const udpReceiveBuffer = 4 << 20
 
 func reusePort(network, address string, c syscall.RawConn) error {
 	var serr error
 	err := c.Control(func(fd uintptr) {
 		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+		if serr == nil && network[:3] == "udp" {
+			// Best effort: a smaller buffer is not a reason to fail.
+			_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, udpReceiveBuffer)
+		}
 	})
 	if err != nil {
 		return err
