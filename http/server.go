@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -48,6 +49,8 @@ type Options struct {
 	Cache *cache.Cache
 	// LocalZone is the zone whose first sync makes the agent ready.
 	LocalZone string
+	// Pprof serves Go's profiles under /debug/pprof/.
+	Pprof bool
 	// Gatherer serves /metrics.
 	Gatherer prometheus.Gatherer
 	// Registerer, if not nil, receives the HTTP API's metrics.
@@ -97,6 +100,13 @@ func Listen(addr string, opts Options) (*Server, error) {
 	s.subMetrics = newSubscribeMetrics(opts.Registerer, opts.Cache.Hub())
 	mux := s.mux
 	mux.Handle("GET /metrics", promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{}))
+	if opts.Pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})

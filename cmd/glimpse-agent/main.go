@@ -55,6 +55,7 @@ func run(args []string, stderr io.Writer) error {
 	fs.IntVar(&cfg.Subscribe.MaxSubscribers, "http.max-subscribers", cfg.Subscribe.MaxSubscribers, "most websocket subscriptions open at once")
 	fs.IntVar(&cfg.Subscribe.MaxAddresses, "http.max-addresses", cfg.Subscribe.MaxAddresses, "most addresses one websocket subscription may name")
 	origins := fs.String("http.allowed-origins", "", "comma-separated browser origins allowed to open websockets besides the agent's own (* for any)")
+	fs.BoolVar(&cfg.Pprof, "http.pprof", cfg.Pprof, "serve Go's profiles under /debug/pprof/ on -http.addr (off by default: profiles cost CPU and show internals)")
 	fs.StringVar(&cfg.DataDir, "data.dir", cfg.DataDir, "directory of the agent's durable state (the providers' recorded instances); created if missing")
 	fs.BoolVar(&cfg.ProviderAllowRemote, "providers.allow-remote", cfg.ProviderAllowRemote, "let non-loopback clients use the providers API")
 	fs.DurationVar(&cfg.ReconcileEvery, "providers.reconcile", cfg.ReconcileEvery, "how often the providers' recorded instances are applied to the Consul agent again")

@@ -54,6 +54,8 @@ type Config struct {
 	RemoteWait time.Duration
 
 	HTTPAddr string
+	// Pprof serves Go's profiles under /debug/pprof/ on HTTPAddr.
+	Pprof bool
 	// History is how many recent address changes are kept for websocket
 	// subscribers resuming from an index.
 	History int
@@ -183,7 +185,7 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Agent, error) {
 		transport.CloseIdleConnections()
 		return nil, err
 	}
-	a.http, err = httpapi.Listen(cfg.HTTPAddr, httpapi.Options{Cache: c, LocalZone: zone, Gatherer: reg, Registerer: reg, Want: w.Want, ZoneIdle: cfg.Watch.Idle, Subscribe: cfg.Subscribe,
+	a.http, err = httpapi.Listen(cfg.HTTPAddr, httpapi.Options{Cache: c, LocalZone: zone, Gatherer: reg, Registerer: reg, Want: w.Want, ZoneIdle: cfg.Watch.Idle, Subscribe: cfg.Subscribe, Pprof: cfg.Pprof,
 		Providers: a.providers, ProviderAllowRemote: cfg.ProviderAllowRemote})
 	if err != nil {
 		a.dns.Close()
