@@ -229,36 +229,63 @@ func (c *Cache) SetServers(zone string, servers []Server) {
 // the instances Consul returned without the glimpse tags. It reports whether
 // anything a reader can see changed.
 func (c *Cache) SetProduct(zone, product string, instances []Instance, ignored int) bool {
-	changed := false
+	return c.SetProducts(zone, []ProductUpdate{{Product: product, Instances: instances, Ignored: ignored}}) > 0
+}
+
+// ProductUpdate is the new state of one product, for SetProducts.
+type ProductUpdate struct {
+	Product   string
+	Instances []Instance
+	Ignored   int
+}
+
+// SetProducts is SetProduct for several products at once, in one new
+// snapshot of the zone (one copy of its product and node tables, however
+// many products): a zone's first sync, where thousands of products arrive
+// together, costs time linear in its size. It returns how many products
+// changed.
+func (c *Cache) SetProducts(zone string, ups []ProductUpdate) int {
+	changed := 0
 	c.update(zone, func(e *zoneEntry, z *Zone, idx uint64) []*Address {
-		old := z.Products[product]
-		p, addrs := c.buildProduct(zone, product, instances, ignored, old)
-		if p == nil {
-			return nil
-		}
-		p.Index = idx
+		var all []*Address
+		copied, nodesCopied := false, false
 		now := time.Now()
-		for _, a := range addrs {
-			a.Index, a.Changed = idx, now
-			if c.builder != nil {
-				a.Derived = c.builder.BuildAddress(a)
+		for _, u := range ups {
+			old := z.Products[u.Product]
+			p, addrs := c.buildProduct(zone, u.Product, u.Instances, u.Ignored, old)
+			if p == nil {
+				continue
 			}
-		}
-		if old != nil {
-			for key, a := range old.Addresses {
-				if p.Addresses[key] == nil {
-					addrs = append(addrs, removed(a, idx, now))
+			p.Index = idx
+			for _, a := range addrs {
+				a.Index, a.Changed = idx, now
+				if c.builder != nil {
+					a.Derived = c.builder.BuildAddress(a)
 				}
 			}
+			if old != nil {
+				for key, a := range old.Addresses {
+					if p.Addresses[key] == nil {
+						addrs = append(addrs, removed(a, idx, now))
+					}
+				}
+			}
+			if !copied {
+				z.Products = copyMap(z.Products)
+				copied = true
+			}
+			z.Products[u.Product] = p
+			c.updateNodes(e, z, u.Product, u.Instances, &nodesCopied)
+			changed++
+			all = append(all, addrs...)
 		}
-		z.Products = copyMap(z.Products)
-		z.Products[product] = p
-		c.updateNodes(e, z, product, instances)
-		changed = true
-		if len(addrs) == 0 {
-			return []*Address{} // only the ignored count changed
+		if changed == 0 {
+			return nil
 		}
-		return addrs
+		if all == nil {
+			return []*Address{} // only ignored counts changed
+		}
+		return all
 	})
 	return changed
 }
@@ -272,7 +299,7 @@ func (c *Cache) RemoveProduct(zone, product string) {
 		}
 		z.Products = copyMap(z.Products)
 		delete(z.Products, product)
-		c.updateNodes(e, z, product, nil)
+		c.updateNodes(e, z, product, nil, new(bool))
 		gone := []*Address{}
 		now := time.Now()
 		for _, a := range p.Addresses {
@@ -371,8 +398,9 @@ func lookup(p *Product, key string) *Address {
 
 // updateNodes keeps a zone's node table in step with the instances of one
 // product: nodes are counted by the products that refer to them, so a node
-// leaves the table only when no product has an instance on it.
-func (c *Cache) updateNodes(e *zoneEntry, z *Zone, product string, instances []Instance) {
+// leaves the table only when no product has an instance on it. *copied
+// tells whether z.Nodes is already this update's own copy.
+func (c *Cache) updateNodes(e *zoneEntry, z *Zone, product string, instances []Instance, copied *bool) {
 	next := map[string]Node{}
 	for i := range instances {
 		in := &instances[i]
@@ -391,7 +419,11 @@ func (c *Cache) updateNodes(e *zoneEntry, z *Zone, product string, instances []I
 	} else {
 		e.productNodes[product] = next
 	}
-	nodes := copyMap(z.Nodes)
+	nodes := z.Nodes
+	if !*copied {
+		nodes = copyMap(z.Nodes)
+		*copied = true
+	}
 	for name := range prev {
 		if _, ok := next[name]; !ok {
 			if e.nodeRefs[name]--; e.nodeRefs[name] == 0 {

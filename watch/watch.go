@@ -122,6 +122,7 @@ func (m *Manager) startZone(name string, local bool) {
 		status:   m.cache.Status(name),
 		products: map[string]context.CancelFunc{},
 		pending:  map[string]bool{},
+		queued:   map[string]cache.ProductUpdate{},
 		started:  time.Now(),
 	}
 	m.zones[name] = z
@@ -211,6 +212,13 @@ type zoneWatch struct {
 	pending                   map[string]bool
 	haveServices, haveServers bool
 	synced                    bool
+
+	// queued holds product results not yet in the cache. A loop queues its
+	// result, then takes z.mu and applies everything queued: while one
+	// loop applies, the others' results pile up and go into the cache
+	// together, in one snapshot (see cache.SetProducts).
+	qmu    sync.Mutex
+	queued map[string]cache.ProductUpdate
 }
 
 // fetch runs one Consul request of a loop with q (which carries the
@@ -335,7 +343,10 @@ func (z *zoneWatch) fetchServices(ctx context.Context, q *api.QueryOptions) (*ap
 	}
 	for name, cancel := range z.products {
 		if !want[name] {
+			z.qmu.Lock()
 			cancel()
+			delete(z.queued, name)
+			z.qmu.Unlock()
 			delete(z.products, name)
 			delete(z.pending, name)
 			z.m.cache.RemoveProduct(z.name, name)
@@ -373,17 +384,34 @@ func (z *zoneWatch) fetchProduct(ctx context.Context, product string, q *api.Que
 		return nil, err
 	}
 	in, ignored := instances(entries)
-	z.mu.Lock()
-	if ctx.Err() != nil { // stopped under z.mu, so this check is exact
-		z.mu.Unlock()
+	z.qmu.Lock()
+	if ctx.Err() != nil { // stopped under z.qmu, so this check is exact
+		z.qmu.Unlock()
 		return meta, nil
 	}
-	z.m.cache.SetProduct(z.name, product, in, ignored)
-	if z.pending[product] {
-		delete(z.pending, product)
-		z.checkSynced()
+	z.queued[product] = cache.ProductUpdate{Product: product, Instances: in, Ignored: ignored}
+	z.qmu.Unlock()
+
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	z.qmu.Lock()
+	batch := z.queued
+	if len(batch) > 0 {
+		z.queued = map[string]cache.ProductUpdate{}
 	}
-	z.mu.Unlock()
+	z.qmu.Unlock()
+	if len(batch) == 0 {
+		return meta, nil // applied by another loop's batch
+	}
+	ups := make([]cache.ProductUpdate, 0, len(batch))
+	for _, u := range batch {
+		ups = append(ups, u)
+	}
+	z.m.cache.SetProducts(z.name, ups)
+	for p := range batch {
+		delete(z.pending, p)
+	}
+	z.checkSynced()
 	return meta, nil
 }
 
