@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -139,7 +140,12 @@ func (s *Server) subscribe(w http.ResponseWriter, r *http.Request) {
 	}
 	defer s.websockets.Add(-1)
 	up := websocket.Upgrader{
-		CheckOrigin: s.checkOrigin,
+		// An idle subscriber holds no write buffer (one is taken from
+		// the pool for each write) and a small read buffer (clients send
+		// only control frames): thousands of subscribers stay cheap.
+		ReadBufferSize:  512,
+		WriteBufferPool: &wsWriteBuffers,
+		CheckOrigin:     s.checkOrigin,
 		Error: func(w http.ResponseWriter, r *http.Request, status int, reason error) {
 			writeError(w, status, "websocket handshake: "+reason.Error())
 		},
@@ -173,12 +179,19 @@ func (s *Server) subscribe(w http.ResponseWriter, r *http.Request) {
 	ping := time.NewTicker(s.limits.PingEvery)
 	defer ping.Stop()
 	// A subscription reads its zones: remote ones stay watched while it is
-	// open.
-	touch := time.NewTicker(s.touchEvery)
-	defer touch.Stop()
+	// open. Only a subscription to a remote zone needs the timer.
+	var touchC <-chan time.Time
+	for _, cq := range queries {
+		if cq.Zone != s.local {
+			touch := time.NewTicker(s.touchEvery)
+			defer touch.Stop()
+			touchC = touch.C
+			break
+		}
+	}
 	for {
 		select {
-		case now := <-touch.C:
+		case now := <-touchC:
 			for _, cq := range queries {
 				if st := s.cache.Status(cq.Zone); st != nil {
 					st.Touch(now)
@@ -217,6 +230,10 @@ func (s *Server) subscribe(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 }
+
+// wsWriteBuffers lends websocket connections their write buffers for the
+// time of a write.
+var wsWriteBuffers sync.Pool
 
 // checkOrigin allows clients that send no Origin (not browsers), the
 // server's own origin, and the configured ones.
