@@ -130,7 +130,6 @@ func (s *Server) subscribe(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	hub := s.cache.Hub()
 	// Reserve the slot before the handshake, so concurrent handshakes
 	// cannot overshoot the limit.
 	if s.websockets.Add(1) > int64(s.limits.MaxSubscribers) {
@@ -138,7 +137,12 @@ func (s *Server) subscribe(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("subscriber limit (%d) reached", s.limits.MaxSubscribers))
 		return
 	}
-	defer s.websockets.Add(-1)
+	handedOff := false
+	defer func() {
+		if !handedOff {
+			s.websockets.Add(-1)
+		}
+	}()
 	up := websocket.Upgrader{
 		// An idle subscriber holds no write buffer (one is taken from
 		// the pool for each write) and a small read buffer (clients send
@@ -154,7 +158,22 @@ func (s *Server) subscribe(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return
 	}
-	defer conn.Close()
+	// The subscription lives on in goroutines of its own: returning frees
+	// the HTTP server's connection state (its goroutine's stack, its
+	// buffers, the request), which would otherwise be held as long as the
+	// subscriber stays, doubling what an idle subscriber costs.
+	handedOff = true
+	go func() {
+		defer s.websockets.Add(-1)
+		defer conn.Close()
+		s.serveSubscriber(conn, queries, since, keep)
+	}()
+}
+
+// serveSubscriber sends a subscriber its snapshots and updates until it goes
+// away, a write fails or the server shuts down.
+func (s *Server) serveSubscriber(conn *websocket.Conn, queries []cache.Query, since uint64, keep HealthFilter) {
+	hub := s.cache.Hub()
 	for _, cq := range queries {
 		s.wantZone(cq.Zone)
 	}
