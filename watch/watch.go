@@ -18,6 +18,7 @@ package watch
 import (
 	"context"
 	"math/rand/v2"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -441,6 +442,12 @@ func (z *zoneWatch) checkSynced() {
 	}
 	z.synced = true
 	z.m.cache.SetSynced(z.name)
+	if z.local {
+		// The first sync decoded the whole catalog: hand the garbage of
+		// that back to the system now rather than over many minutes, so
+		// that the agent's footprint is its steady state from the start.
+		go debug.FreeOSMemory()
+	}
 	zone := z.m.cache.Zone(z.name)
 	instances := 0
 	if zone != nil {

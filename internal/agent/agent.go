@@ -211,9 +211,11 @@ func ConsulClient(addr, token string) (*api.Client, *http.Transport, error) {
 	// products): never close one for lack of room in the idle pool.
 	cc.Transport.MaxIdleConnsPerHost = 1 << 16
 	cc.Transport.MaxIdleConns = 1 << 16
-	// Requests are a few hundred bytes: a small write buffer per
-	// connection (4 KiB by default) saves memory across thousands.
+	// Requests are a few hundred bytes and responses are decoded as they
+	// stream: small buffers per connection (4 KiB each by default) save
+	// memory across thousands.
 	cc.Transport.WriteBufferSize = 1024
+	cc.Transport.ReadBufferSize = 2048
 	client, err := api.NewClient(cc)
 	if err != nil {
 		return nil, nil, fmt.Errorf("consul client for %s: %w", cc.Address, err)
