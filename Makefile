@@ -3,6 +3,8 @@
 #   make            build bin/glimpse-agent
 #   make test       install test deps, build Consul, go test -race ./...
 #   make run        local demo: Consul dev agent + demo topology + glimpse-agent
+#   make bench      benchmark against Consul's DNS and a ceiling; writes
+#                   bench/RESULTS.md and its charts (BENCHFLAGS='-help' lists flags)
 #
 # Overrides: CONSUL_BIN=/path/to/consul (skip building Consul), PKG=./dns/...,
 # TESTFLAGS='-run TestX -v', TEST_TIMEOUT=18m, GO=go.
@@ -19,7 +21,8 @@ CONSUL_LOCAL := bin/consul
 CONSUL := $(if $(strip $(CONSUL_BIN)),$(CONSUL_BIN),$(CURDIR)/$(CONSUL_LOCAL))
 
 .DEFAULT_GOAL := build
-.PHONY: build consul deps test vet fmt run clean distclean
+.PHONY: build consul deps test vet fmt run bench clean distclean
+BENCHFLAGS ?=
 
 build:
 	@mkdir -p bin
@@ -54,10 +57,15 @@ fmt:
 run: deps consul build
 	CONSUL_BIN="$(CONSUL)" GLIMPSE_AGENT_BIN="$(CURDIR)/$(AGENT_BIN)" bash scripts/demo.sh
 
+bench: consul build
+	@bash scripts/install-deps.sh bench
+	$(GO) build -o bin/glimpse-bench ./bench
+	bin/glimpse-bench -consul "$(CONSUL)" -agent $(AGENT_BIN) $(BENCHFLAGS)
+
 # Removes the agent binary and cached test results; keeps bin/consul, which is
 # slow to rebuild (use distclean for that).
 clean:
-	rm -f $(AGENT_BIN)
+	rm -f $(AGENT_BIN) bin/glimpse-bench
 	$(GO) clean -testcache
 
 distclean: clean

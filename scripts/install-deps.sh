@@ -6,6 +6,9 @@
 #   dnsutils  dig, used by `make run` (scripts/demo.sh prints dig commands)
 #   curl      scripts/demo.sh talks to Consul's HTTP API with it
 #   gcc       cgo, which `go test -race` needs
+# With the argument "bench" (`make bench`), also:
+#   dnsperf     the DNS load generator of bench/
+#   util-linux  taskset, which pins servers and load generators to CPUs
 # Run by `make deps`. As non-root it only reports what is missing.
 set -euo pipefail
 
@@ -16,9 +19,13 @@ if ! have unbound && [ ! -x /usr/sbin/unbound ]; then missing+=(unbound); fi
 if ! have dig; then missing+=(dnsutils); fi
 if ! have curl; then missing+=(curl); fi
 if ! have gcc; then missing+=(gcc libc6-dev); fi
+if [ "${1:-}" = bench ]; then
+	if ! have dnsperf; then missing+=(dnsperf); fi
+	if ! have taskset; then missing+=(util-linux); fi
+fi
 
 if [ "${#missing[@]}" -eq 0 ]; then
-	echo "deps: unbound, dig, curl and gcc are installed"
+	echo "deps: unbound, dig, curl and gcc${1:+ and the $1 tools} are installed"
 	exit 0
 fi
 

@@ -401,6 +401,17 @@ func (a *Agent) Token() string { return a.opts.ACLInitialManagementToken }
 // keeps the output of all the runs of the agent (Restart appends).
 func (a *Agent) LogPath() string { return a.logPath }
 
+// PID returns the process id of the running agent, or 0 when it is not
+// running.
+func (a *Agent) PID() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.proc == nil {
+		return 0
+	}
+	return a.proc.cmd.Process.Pid
+}
+
 // DataDir returns a non-dev agent's data directory, or "" for a dev agent.
 func (a *Agent) DataDir() string { return a.dataDir }
 

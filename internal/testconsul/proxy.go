@@ -76,7 +76,8 @@ func NewCountingProxyE(target string) (*CountingProxy, error) {
 		return nil, fmt.Errorf("counting proxy: %w", err)
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.MaxIdleConnsPerHost = 64
+	// An agent holds one blocking request per product: keep them all pooled.
+	tr.MaxIdleConnsPerHost = 4096
 	p := &CountingProxy{
 		ln:     ln,
 		tr:     tr,

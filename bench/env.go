@@ -1,0 +1,291 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// proc is a child process: a server or a load generator.
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	done chan struct{}
+	err  error
+	log  string
+}
+
+// startProc starts bin with args, on cpus (a taskset list, "" for any),
+// its output going to the file logPath.
+func startProc(name, cpus, logPath, bin string, args ...string) (*proc, error) {
+	if cpus != "" {
+		args = append([]string{"-c", cpus, bin}, args...)
+		bin = "taskset"
+	}
+	out, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		out.Close()
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	p := &proc{name: name, cmd: cmd, done: make(chan struct{}), log: logPath}
+	go func() {
+		p.err = cmd.Wait()
+		out.Close()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+// pid is the process id (of the program itself: taskset execs it).
+func (p *proc) pid() int { return p.cmd.Process.Pid }
+
+// running reports whether the process has not exited.
+func (p *proc) running() bool {
+	select {
+	case <-p.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// stop sends SIGTERM and waits up to 10 s, then kills.
+func (p *proc) stop() {
+	if !p.running() {
+		return
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// tail returns the last lines of the process's output, for errors.
+func (p *proc) tail(n int) string {
+	data, err := os.ReadFile(p.log)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// rssKiB returns a process's resident set size in KiB.
+func rssKiB(pid int) (int64, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			return strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+		}
+	}
+	return 0, errors.New("no VmRSS")
+}
+
+// pin moves every thread of pid onto cpus.
+func pin(pid int, cpus string) error {
+	if cpus == "" {
+		return nil
+	}
+	if out, err := exec.Command("taskset", "-a", "-p", "-c", cpus, strconv.Itoa(pid)).CombinedOutput(); err != nil {
+		return fmt.Errorf("taskset %d: %v: %s", pid, err, out)
+	}
+	return nil
+}
+
+// cpuCount returns how many CPUs a taskset list names ("" is every CPU).
+func cpuCount(list string) int {
+	if list == "" {
+		return runtime.NumCPU()
+	}
+	n := 0
+	for _, part := range strings.Split(list, ",") {
+		lo, hi, isRange := strings.Cut(part, "-")
+		a, _ := strconv.Atoi(lo)
+		b := a
+		if isRange {
+			b, _ = strconv.Atoi(hi)
+		}
+		n += b - a + 1
+	}
+	return n
+}
+
+// resolveCPUs fills in "auto" CPU sets: on 2+ CPUs, the servers get CPU 0
+// and the load generators the others; on one CPU nothing is pinned.
+func resolveCPUs(cfg *config) {
+	n := runtime.NumCPU()
+	if cfg.serverCPUs == "auto" {
+		cfg.serverCPUs = ""
+		if n >= 2 {
+			cfg.serverCPUs = "0"
+		}
+	}
+	if cfg.clientCPUs == "auto" {
+		cfg.clientCPUs = ""
+		if n >= 2 {
+			cfg.clientCPUs = fmt.Sprintf("1-%d", n-1)
+			if n == 2 {
+				cfg.clientCPUs = "1"
+			}
+		}
+	}
+}
+
+// freeAddr returns a 127.0.0.1 address whose port is free for both TCP and
+// UDP at the time of the call.
+func freeAddr() (string, error) {
+	for range 50 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return "", err
+		}
+		addr := l.Addr().String()
+		u, err := net.ListenPacket("udp", addr)
+		l.Close()
+		if err == nil {
+			u.Close()
+			return addr, nil
+		}
+	}
+	return "", errors.New("no free port for TCP and UDP")
+}
+
+// waitHTTP waits until url answers 200, or the process exits, or timeout.
+func waitHTTP(ctx context.Context, p *proc, url string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if !p.running() {
+			return fmt.Errorf("%s exited: %v\n%s", p.name, p.err, p.tail(20))
+		}
+		resp, err := http.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("%s: %s not ready after %v\n%s", p.name, url, timeout, p.tail(20))
+}
+
+// consulWait is glimpse-agent's blocking-query wait (its default), on which
+// the bound of its own Consul requests rests.
+const consulWait = time.Minute
+
+// settledRSS returns g's RSS after a garbage collection (asked through
+// /debug/pprof/heap?gc=1) and a pause for the runtime to return freed
+// memory: the memory the agent holds in a steady state, without the garbage
+// of what just happened.
+func settledRSS(g *glimpse) (int64, error) {
+	if resp, err := http.Get("http://" + g.httpAddr + "/debug/pprof/heap?gc=1"); err == nil {
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	time.Sleep(3 * time.Second)
+	return rssKiB(g.pid())
+}
+
+// glimpse is a running glimpse-agent.
+type glimpse struct {
+	*proc
+	dnsAddr, httpAddr string
+}
+
+// startGlimpse starts glimpse-agent against consulAddr and waits until it
+// listens (not until it is synced: the caller decides what to wait for).
+func (b *bench) startGlimpse(ctx context.Context, consulAddr, tag string) (*glimpse, error) {
+	dnsAddr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	httpAddr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	data := filepath.Join(b.work, "glimpse-"+tag)
+	p, err := startProc("glimpse-agent", "", data+".log", b.cfg.agentBin,
+		"-consul.addr", consulAddr,
+		"-dns.addr", dnsAddr,
+		"-http.addr", httpAddr,
+		"-dns.udp-sockets", strconv.Itoa(b.udpSockets()),
+		"-data.dir", data,
+		"-http.max-subscribers", strconv.Itoa(b.cfg.subscribers+1000),
+		"-consul.start-timeout", "60s",
+		"-http.pprof",
+		"-consul.wait", consulWait.String(),
+	)
+	if err != nil {
+		return nil, err
+	}
+	g := &glimpse{proc: p, dnsAddr: dnsAddr, httpAddr: httpAddr}
+	if err := waitHTTP(ctx, p, "http://"+httpAddr+"/healthz", 90*time.Second); err != nil {
+		p.stop()
+		return nil, err
+	}
+	return g, nil
+}
+
+// allCPUs is the taskset list of every CPU.
+func allCPUs() string { return fmt.Sprintf("0-%d", runtime.NumCPU()-1) }
+
+// placeForDNS pins Consul and glimpse-agent to the server CPUs and this
+// program to the client CPUs, for DNS throughput runs; placeFree lets them
+// all use every CPU, as they would on a host, for the other measurements.
+func (b *bench) placeForDNS(g *glimpse) error {
+	for _, pid := range []int{b.consul.PID(), g.pid()} {
+		if err := pin(pid, b.cfg.serverCPUs); err != nil {
+			return err
+		}
+	}
+	return pin(os.Getpid(), b.cfg.clientCPUs)
+}
+
+func (b *bench) placeFree(g *glimpse) error {
+	if b.cfg.serverCPUs == "" && b.cfg.clientCPUs == "" {
+		return nil
+	}
+	for _, pid := range []int{b.consul.PID(), g.pid(), os.Getpid()} {
+		if err := pin(pid, allCPUs()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// udpSockets is the UDP socket count of every DNS server in the run:
+// glimpse-agent's default, one per CPU it may use.
+func (b *bench) udpSockets() int { return cpuCount(b.cfg.serverCPUs) }

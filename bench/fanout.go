@@ -1,0 +1,129 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/hashicorp/consul/api"
+)
+
+// fanoutSection opens cfg.subscribers websocket subscriptions on one
+// address, measures glimpse-agent's memory per idle subscriber, then makes
+// one change and times until the last subscriber has it.
+func (b *bench) fanoutSection(ctx context.Context) error {
+	n := b.cfg.subscribers
+	p, j := b.topo.products-1, min(1, b.topo.jobs-1)
+	addr := fmt.Sprintf("http.%s.prod.%s.dc1", jobName(j), productName(p))
+	u := "ws://" + b.g.httpAddr + "/v1/subscribe?" + url.Values{"address": {addr}}.Encode()
+
+	before, err := settledRSS(b.g)
+	if err != nil {
+		return err
+	}
+	conns := make([]*websocket.Conn, n)
+	got := make([]atomic.Int64, n) // unix nanoseconds of the update, 0 until then
+	var snapshots sync.WaitGroup
+	snapshots.Add(n)
+	var errs onceErr
+	dialer := &websocket.Dialer{HandshakeTimeout: 30 * time.Second, ReadBufferSize: 1024, WriteBufferSize: 1024}
+	began := time.Now()
+	sem := make(chan struct{}, 64)
+	var dials sync.WaitGroup
+	for i := range conns {
+		sem <- struct{}{}
+		dials.Add(1)
+		go func() {
+			defer dials.Done()
+			defer func() { <-sem }()
+			c, _, err := dialer.DialContext(ctx, u, nil)
+			if err != nil {
+				errs.set(fmt.Errorf("subscriber %d: %w", i, err))
+				snapshots.Done()
+				return
+			}
+			conns[i] = c
+			go func() {
+				snap := false
+				for {
+					var m wsMsg
+					if err := c.ReadJSON(&m); err != nil {
+						if !snap {
+							snapshots.Done()
+						}
+						return
+					}
+					if m.Type == "snapshot" && !snap {
+						snap = true
+						snapshots.Done()
+					}
+					if m.Type == "update" && len(m.Instances) == b.topo.perJob-1 {
+						got[i].Store(time.Now().UnixNano())
+					}
+				}
+			}()
+		}()
+	}
+	dials.Wait()
+	snapshots.Wait()
+	defer func() {
+		for _, c := range conns {
+			if c != nil {
+				c.Close()
+			}
+		}
+	}()
+	if err := errs.get(); err != nil {
+		return err
+	}
+	logf("fan-out: %d subscribers connected with their snapshots in %v", n, time.Since(began).Round(time.Millisecond))
+	after, err := settledRSS(b.g)
+	if err != nil {
+		return err
+	}
+	perSub := float64(after-before) / float64(n)
+
+	ops := b.topo.serviceOps(p, j, 0, api.HealthCritical)[1:]
+	t0 := time.Now()
+	if err := txn(ctx, b.capi, ops); err != nil {
+		return err
+	}
+	deadline := t0.Add(10 * time.Second)
+	var last time.Duration
+	received := 0
+	var lats []float64
+	for time.Now().Before(deadline) {
+		received, last, lats = 0, 0, lats[:0]
+		for i := range got {
+			if t := got[i].Load(); t != 0 {
+				received++
+				d := time.Duration(t - t0.UnixNano())
+				last = max(last, d)
+				lats = append(lats, float64(d.Microseconds())/1000)
+			}
+		}
+		if received == n {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// Back to passing, for the sections after this one.
+	if err := txn(ctx, b.capi, b.topo.serviceOps(p, j, 0, api.HealthPassing)[1:]); err != nil {
+		return err
+	}
+	logf("fan-out: %d of %d notified, last after %v; RSS %d → %d KiB: %.1f KiB per idle subscriber", received, n, last.Round(time.Millisecond), before, after, perSub)
+	var s strings.Builder
+	fmt.Fprintf(&s, "## 4. Fan-out\n\n")
+	fmt.Fprintf(&s, "%d websocket subscribers (gorilla/websocket clients in the harness) on `%s`. glimpse-agent's RSS went from %d KiB before they connected to %d KiB with all of them connected and idle (each figure after a garbage collection and a 3 s pause): "+
+		"**%.1f KiB per idle subscriber**. Then one check went critical in Consul: %d of %d subscribers had the update; the first after %.1f ms, half after %.1f ms, **the last after %.1f ms** (from the start of the Consul write).\n",
+		n, addr, before, after, perSub, received, n, pct(lats, 0), pct(lats, 50), float64(last.Microseconds())/1000)
+	b.rep.add("%s", s.String())
+	b.rep.check(fmt.Sprintf("%d subscribers notified", n), "all within 1 s", fmt.Sprintf("%d in %.0f ms", received, float64(last.Microseconds())/1000), received == n && last <= time.Second)
+	b.rep.check("RSS per idle subscriber", "≤ 16 KiB", fmt.Sprintf("%.1f KiB", perSub), perSub <= 16)
+	return nil
+}

@@ -1,0 +1,284 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Markers around the generated part of RESULTS.md: what lies outside them
+// (history, profiles, notes written by hand) is kept when the file is
+// written again.
+const (
+	beginMarker = "<!-- bench:generated:begin -->"
+	endMarker   = "<!-- bench:generated:end -->"
+)
+
+// target is one of the issue's targets, met or missed.
+type target struct {
+	what, goal, got string
+	met             bool
+}
+
+// report collects the sections of RESULTS.md.
+type report struct {
+	cfg        *config
+	profileTop string // glimpse-agent's CPU profile during its first max-rate DNS run
+	sections   []string
+	targets    []target
+	charts     map[string][]byte
+}
+
+func newReport(cfg *config) *report { return &report{cfg: cfg, charts: map[string][]byte{}} }
+
+func (r *report) add(format string, args ...any) {
+	r.sections = append(r.sections, fmt.Sprintf(format, args...))
+}
+
+func (r *report) check(what, goal, got string, met bool) {
+	r.targets = append(r.targets, target{what, goal, got, met})
+	state := "MET   "
+	if !met {
+		state = "MISSED"
+	}
+	fmt.Printf("target %s  %s: %s (goal %s)\n", state, what, got, goal)
+}
+
+func ms(v float64) string {
+	if v < 0 {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.3f ms", v)
+}
+
+// dns reports section 1.
+func (r *report) dns(systems []system, sizes map[string][2]int, maxRuns, halfRuns map[string][]perfResult, half int) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "## 1. DNS throughput and latency\n\n")
+	fmt.Fprintf(&b, "dnsperf, %d runs of %v per system and load, alternating between the systems (the order rotates each round); medians. "+
+		"Query mix: an SRV and an A query for each of the %d job addresses, each answered with %d instances.\n\n",
+		r.cfg.runs, r.cfg.duration, r.cfg.products*r.cfg.jobs, r.cfg.perJob)
+	b.WriteString("| system | names queried | response bytes (SRV / A) | max qps | avg latency | p99 latency | lost | p99 at " + fmt.Sprint(half) + " qps (50 % of glimpse's max) |\n|---|---|---|---|---|---|---|---|\n")
+	med := map[string]float64{}
+	var bars []Bar
+	for _, s := range systems {
+		mr, hr := maxRuns[s.name], halfRuns[s.name]
+		qps := median(field(mr, func(p perfResult) float64 { return p.qps }))
+		med[s.name] = qps
+		names := "`http.<job>.prod.<product>.dc1." + domain + "`"
+		switch s.name {
+		case "consul":
+			names = "`<job>.<product>.service.dc1.consul`"
+		case "ceiling", "miekg-stock":
+			names = "same as glimpse, fixed answer"
+		}
+		lost := 0.0
+		for _, p := range mr {
+			lost += float64(p.lost)
+		}
+		fmt.Fprintf(&b, "| %s | %s | %d / %d | %.0f | %s | %s | %.0f | %s |\n", s.name, names, sizes[s.name][0], sizes[s.name][1], qps,
+			ms(median(field(mr, func(p perfResult) float64 { return p.avgMs }))),
+			ms(median(field(mr, func(p perfResult) float64 { return p.p99Ms }))), lost,
+			ms(median(field(hr, func(p perfResult) float64 { return p.p99Ms }))))
+		bars = append(bars, Bar{Label: s.name, Value: qps})
+	}
+	vsCeil, vsConsul := med["glimpse"]/med["ceiling"], med["glimpse"]/med["consul"]
+	fmt.Fprintf(&b, "\nglimpse/ceiling = **%.2f**, glimpse/Consul = **%.1f**.\n\n", vsCeil, vsConsul)
+	fmt.Fprintf(&b, "Every run, max qps per system: ")
+	for _, s := range systems {
+		fmt.Fprintf(&b, "%s %s; ", s.name, joinf(field(maxRuns[s.name], func(p perfResult) float64 { return p.qps }), "%.0f"))
+	}
+	b.WriteString("\n\n![DNS queries per second](dns.svg)\n")
+	if r.profileTop != "" {
+		b.WriteString("\n<details><summary>glimpse-agent's CPU profile at its maximum rate, from a run of its own (dns-glimpse.pprof)</summary>\n\n```\n" + r.profileTop + "```\n</details>\n")
+	}
+	bars[0].Note = fmt.Sprintf("%.2f× ceiling", vsCeil)
+	bars[1].Note = fmt.Sprintf("glimpse is %.1f×", vsConsul)
+	b.WriteString("\n`ceiling` is a handler that copies a fixed answer of glimpse's size (SRV or A) and patches the ID, served by glimpse's own DNS server code " +
+		"(dns.Listen: the same TCP listener and UDP sockets and the same UDP worker loop). `miekg-stock` is the same handler on miekg/dns's stock `Server` " +
+		"(a goroutine per query), which glimpse used before this benchmark showed its cost (see the history below).\n")
+	r.charts["dns.svg"] = barChartSVG("DNS queries per second (median of "+fmt.Sprint(r.cfg.runs)+" runs)", "queries/s", bars)
+	r.add("%s", b.String())
+	halfP99 := median(field(halfRuns["glimpse"], func(p perfResult) float64 { return p.p99Ms }))
+	r.check("DNS qps vs ceiling", "≥ 0.9×", fmt.Sprintf("%.2f×", vsCeil), vsCeil >= 0.9)
+	r.check("DNS qps vs Consul DNS", "≥ 15×", fmt.Sprintf("%.1f×", vsConsul), vsConsul >= 15)
+	r.check("DNS p99 at 50 % load", "≤ 1 ms", ms(halfP99), halfP99 >= 0 && halfP99 <= 1)
+}
+
+// floor reports the p99 of the UDP echo at the half-load rate, next to
+// glimpse's and the ceiling's.
+func (r *report) floor(halfRuns map[string][]perfResult, half int) {
+	p99 := func(name string) float64 {
+		return median(field(halfRuns[name], func(p perfResult) float64 { return p.p99Ms }))
+	}
+	r.add("At %d qps, the p99 latency of a UDP echo that does no DNS work at all (it only sets the response bit; same sockets, same CPU) is **%s**: "+
+		"the floor of this machine, its loopback and dnsperf. glimpse: %s; ceiling: %s; miekg-stock: %s. "+
+		"Runs, p99 each: glimpse %s; ceiling %s; udp-echo %s.\n",
+		half, ms(p99("udp-echo")), ms(p99("glimpse")), ms(p99("ceiling")), ms(p99("miekg-stock")),
+		joinf(field(halfRuns["glimpse"], func(p perfResult) float64 { return p.p99Ms }), "%.3f"),
+		joinf(field(halfRuns["ceiling"], func(p perfResult) float64 { return p.p99Ms }), "%.3f"),
+		joinf(field(halfRuns["udp-echo"], func(p perfResult) float64 { return p.p99Ms }), "%.3f"))
+}
+
+func joinf(vs []float64, f string) string {
+	s := make([]string, len(vs))
+	for i, v := range vs {
+		s[i] = fmt.Sprintf(f, v)
+	}
+	return strings.Join(s, ", ")
+}
+
+// consulRequests reports section 2.
+//
+// glimpse's own requests are bounded whatever the DNS load: with nothing
+// changing, each blocking-query loop (one per product, plus the services
+// and servers loops) returns at most once per consulWait, the datacenters
+// are listed every 30 s and the providers' probe lists the local agent's
+// services every 2 s. A request caused by DNS would come per query.
+func (r *report) consulRequests(byPath map[string]int64, during, queries int64, window, dnsTime time.Duration, products int) {
+	cycles := int64(window/consulWait) + 2 // returns at the wait, plus the one in flight at each end
+	allowed := int64(products+2)*cycles + int64(window/(2*time.Second)) + 1 + int64(window/(30*time.Second)) + 1
+	kinds := map[string]int64{}
+	maxPerProduct := int64(0)
+	for path, n := range byPath {
+		kind := path
+		if strings.HasPrefix(path, "/v1/health/service/") {
+			kind = "/v1/health/service/<product>"
+			maxPerProduct = max(maxPerProduct, n)
+		}
+		kinds[kind] += n
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "## 2. Consul requests during the DNS runs\n\n")
+	fmt.Fprintf(&b, "glimpse-agent reaches Consul through a counting proxy. Over the %v of the DNS runs of all systems, glimpse answered %d queries in its own runs (%v of load); "+
+		"its watchers and the providers' probe made **%d** requests to Consul. With nothing changing in Consul, they make at most %d in that time whatever the DNS load: "+
+		"each of the %d product loops and the services and servers loops returns at most once per %v blocking wait (%d cycles counting both ends), the datacenters are listed every 30 s, "+
+		"the local agent's services every 2 s. No product had more than %d requests; a request caused by DNS would come once per query.\n\n",
+		window.Round(time.Second), queries, dnsTime.Round(time.Second), during, allowed, products, consulWait, cycles, maxPerProduct)
+	b.WriteString("| Consul endpoint | requests during the DNS runs |\n|---|---|\n")
+	names := make([]string, 0, len(kinds))
+	for k := range kinds {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		fmt.Fprintf(&b, "| `%s` | %d |\n", k, kinds[k])
+	}
+	b.WriteString("\n")
+	r.add("%s", b.String())
+	r.check("Consul requests caused by DNS", "0",
+		fmt.Sprintf("%d requests during %d queries, within the watchers' own bound of %d; at most %d per product", during, queries, allowed, maxPerProduct),
+		during <= allowed && maxPerProduct <= cycles)
+}
+
+// write writes RESULTS.md and the charts.
+func (r *report) write(b *bench) error {
+	for name, data := range r.charts {
+		if err := os.WriteFile(filepath.Join(r.cfg.chartDir, name), data, 0o644); err != nil {
+			return err
+		}
+	}
+	var g strings.Builder
+	g.WriteString(beginMarker + "\n")
+	fmt.Fprintf(&g, "## Latest run: %s\n\n", b.began.UTC().Format("2006-01-02 15:04 MST"))
+	fmt.Fprintf(&g, "- Command: `make bench`, which ran `%s`\n", commandLine())
+	fmt.Fprintf(&g, "- Machine: %d CPUs (%s), %s RAM, Linux %s; %s\n", runtime.NumCPU(), cpuModel(), memTotal(), kernel(), runtime.Version())
+	fmt.Fprintf(&g, "- CPUs: servers (Consul, glimpse-agent, ceiling) on %q, load generators (dnsperf, the harness's clients) on %q\n", orAll(r.cfg.serverCPUs), orAll(r.cfg.clientCPUs))
+	t := topology{products: r.cfg.products, jobs: r.cfg.jobs, perJob: r.cfg.perJob}
+	fmt.Fprintf(&g, "- Topology: %d products × %d jobs × %d instances = %d instances on %d nodes (sections 1–4; section 5 adds products); Consul dev agent (tools/consul)\n",
+		t.products, t.jobs, t.perJob, t.size(), t.nodes())
+	fmt.Fprintf(&g, "- Took %v\n\n", time.Since(b.began).Round(time.Second))
+	g.WriteString("### Targets\n\n| target | goal | measured | |\n|---|---|---|---|\n")
+	for _, t := range r.targets {
+		state := "met"
+		if !t.met {
+			state = "**missed**"
+		}
+		fmt.Fprintf(&g, "| %s | %s | %s | %s |\n", t.what, t.goal, t.got, state)
+	}
+	g.WriteString("\n")
+	for _, s := range r.sections {
+		g.WriteString(strings.Replace(s, "## ", "### ", 1))
+		g.WriteString("\n")
+	}
+	g.WriteString(endMarker + "\n")
+
+	old, err := os.ReadFile(r.cfg.out)
+	if err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	s := string(old)
+	i, j := strings.Index(s, beginMarker), strings.Index(s, endMarker)
+	switch {
+	case i >= 0 && j > i:
+		s = s[:i] + g.String() + s[j+len(endMarker)+1:]
+	case s == "":
+		s = "# Benchmark results\n\n`make bench` writes the part between the markers below; the rest is kept.\n\n" + g.String()
+	default:
+		s += "\n" + g.String()
+	}
+	if err := os.WriteFile(r.cfg.out, []byte(s), 0o644); err != nil {
+		return err
+	}
+	logf("wrote %s", r.cfg.out)
+	return nil
+}
+
+// commandLine is this program's command line with paths under the working
+// directory made relative, so the results do not name the machine's paths.
+func commandLine() string {
+	wd, _ := os.Getwd()
+	args := []string{"bin/glimpse-bench"}
+	for _, a := range os.Args[1:] {
+		if filepath.IsAbs(a) && wd != "" {
+			if rel, err := filepath.Rel(wd, a); err == nil && !strings.HasPrefix(rel, "..") {
+				a = rel
+			}
+		}
+		args = append(args, a)
+	}
+	return strings.Join(args, " ")
+}
+
+func orAll(s string) string {
+	if s == "" {
+		return "any"
+	}
+	return s
+}
+
+func procLine(path, prefix string) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return "?"
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), prefix); ok {
+			return strings.TrimSpace(strings.TrimLeft(strings.TrimSpace(v), ":"))
+		}
+	}
+	return "?"
+}
+
+func cpuModel() string { return procLine("/proc/cpuinfo", "model name") }
+
+func memTotal() string {
+	var kb int64
+	fmt.Sscan(strings.TrimSuffix(procLine("/proc/meminfo", "MemTotal:"), " kB"), &kb)
+	return fmt.Sprintf("%.0f GiB", float64(kb)/(1<<20))
+}
+
+func kernel() string {
+	data, err := os.ReadFile("/proc/sys/kernel/osrelease")
+	if err != nil {
+		return "?"
+	}
+	return strings.TrimSpace(string(data))
+}

@@ -1,0 +1,399 @@
+package main
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	mdns "github.com/miekg/dns"
+
+	"glimpse/internal/testconsul"
+)
+
+// bench is one run of the benchmark.
+type bench struct {
+	cfg    *config
+	work   string
+	consul *testconsul.Agent
+	capi   *api.Client
+	proxy  *testconsul.CountingProxy
+	topo   topology
+	g      *glimpse // the agent of the dns, propagation and fanout sections
+	rep    *report
+	began  time.Time
+}
+
+func run(ctx context.Context, cfg *config) error {
+	resolveCPUs(cfg)
+	if _, err := exec.LookPath("dnsperf"); err != nil {
+		return fmt.Errorf("dnsperf not found (make bench installs it): %w", err)
+	}
+	if cfg.serverCPUs != "" || cfg.clientCPUs != "" {
+		if _, err := exec.LookPath("taskset"); err != nil {
+			return fmt.Errorf("taskset not found; run with -server-cpus= -client-cpus= to not pin: %w", err)
+		}
+	}
+	raiseFDLimit()
+	work, err := os.MkdirTemp("", "glimpse-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	b := &bench{cfg: cfg, work: work, rep: newReport(cfg), began: time.Now(),
+		topo: topology{products: cfg.products, jobs: cfg.jobs, perJob: cfg.perJob}}
+	os.Setenv("CONSUL_BIN", cfg.consulBin)
+
+	logf("starting a Consul dev agent (servers on CPUs %q, load generators on %q)", cfg.serverCPUs, cfg.clientCPUs)
+	b.consul, err = testconsul.StartE(ctx, testconsul.Options{
+		Dev: true, Datacenter: "dc1", DNS: true,
+		// glimpse-agent holds one blocking request per product; Consul's
+		// default of 200 connections per client is for the open internet.
+		ExtraArgs: []string{"-hcl", "limits { http_max_conns_per_client = 16384 }", "-log-level", "warn"},
+	}, logf)
+	if err != nil {
+		return err
+	}
+	defer b.consul.Close()
+	b.capi = b.consul.Client()
+	began := time.Now()
+	if err := b.topo.register(ctx, b.capi, 0); err != nil {
+		return err
+	}
+	logf("registered %d instances (%d products × %d jobs × %d) on %d nodes in %v",
+		b.topo.size(), b.topo.products, b.topo.jobs, b.topo.perJob, b.topo.nodes(), time.Since(began).Round(time.Millisecond))
+	if b.proxy, err = testconsul.NewCountingProxyE(b.consul.HTTPAddr()); err != nil {
+		return err
+	}
+	defer b.proxy.Close()
+
+	if cfg.sections["dns"] || cfg.sections["propagation"] || cfg.sections["fanout"] {
+		b.g, err = b.startGlimpse(ctx, b.proxy.Addr(), "main")
+		if err != nil {
+			return err
+		}
+		if _, err := b.waitSynced(ctx, b.g, b.topo.size(), 120*time.Second); err != nil {
+			b.g.stop()
+			return err
+		}
+		for _, s := range []struct {
+			name string
+			run  func(context.Context) error
+		}{{"dns", b.dnsSection}, {"propagation", b.propagationSection}, {"fanout", b.fanoutSection}} {
+			if !cfg.sections[s.name] {
+				continue
+			}
+			logf("--- %s", s.name)
+			place := b.placeFree
+			if s.name == "dns" {
+				place = b.placeForDNS
+			}
+			if err := place(b.g); err != nil {
+				b.g.stop()
+				return err
+			}
+			if err := s.run(ctx); err != nil {
+				b.g.stop()
+				return fmt.Errorf("%s: %w", s.name, err)
+			}
+		}
+		b.g.stop()
+	}
+	if cfg.sections["scale"] {
+		logf("--- scale")
+		if err := b.scaleSection(ctx); err != nil {
+			return fmt.Errorf("scale: %w", err)
+		}
+	}
+	return b.rep.write(b)
+}
+
+func logf(format string, args ...any) {
+	fmt.Printf("%s %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
+}
+
+// raiseFDLimit raises the soft open-files limit to the hard one: the
+// fan-out test holds a connection per subscriber, on both sides.
+func raiseFDLimit() {
+	var l syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err == nil && l.Cur < l.Max {
+		l.Cur = l.Max
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {
+			logf("could not raise the open-files limit: %v", err)
+		}
+	}
+}
+
+// zoneStatus is dc1's entry in /v1/zones.
+type zoneStatus struct {
+	Zone      string `json:"zone"`
+	Synced    bool   `json:"synced"`
+	Instances int    `json:"instances"`
+}
+
+// waitSynced waits until g's local zone is synced with n instances, and
+// returns when that was first seen.
+func (b *bench) waitSynced(ctx context.Context, g *glimpse, n int, timeout time.Duration) (time.Time, error) {
+	deadline := time.Now().Add(timeout)
+	last := zoneStatus{}
+	for time.Now().Before(deadline) {
+		if !g.running() {
+			return time.Time{}, fmt.Errorf("glimpse-agent exited: %v\n%s", g.err, g.tail(20))
+		}
+		var zones struct {
+			Zones []zoneStatus `json:"zones"`
+		}
+		if err := getJSON("http://"+g.httpAddr+"/v1/zones", &zones); err == nil {
+			for _, z := range zones.Zones {
+				if z.Zone == "dc1" {
+					last = z
+					if z.Synced && z.Instances == n {
+						return time.Now(), nil
+					}
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return time.Time{}, ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	return time.Time{}, fmt.Errorf("glimpse-agent not synced with %d instances after %v (last: %+v)\n%s", n, timeout, last, g.tail(20))
+}
+
+func getJSON(url string, v any) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	return json.NewDecoder(resp.Body).Decode(v)
+}
+
+// exchange sends one query over UDP with EDNS (4096 bytes), like dnsperf -e
+// and like Unbound.
+func exchange(addr, name string, qtype uint16) (*mdns.Msg, error) {
+	m := new(mdns.Msg)
+	m.SetQuestion(mdns.Fqdn(name), qtype)
+	m.SetEdns0(4096, false)
+	c := &mdns.Client{Timeout: 2 * time.Second}
+	r, _, err := c.Exchange(m, addr)
+	return r, err
+}
+
+// system is one DNS server of the comparison.
+type system struct {
+	name, addr, queries string
+}
+
+// dnsSection compares glimpse-agent, Consul's DNS and the ceiling.
+func (b *bench) dnsSection(ctx context.Context) error {
+	gq := filepath.Join(b.work, "glimpse.queries")
+	cq := filepath.Join(b.work, "consul.queries")
+	if err := os.WriteFile(gq, []byte(b.topo.queryLines(glimpseName)), 0o644); err != nil {
+		return err
+	}
+	if err := os.WriteFile(cq, []byte(b.topo.queryLines(consulName)), 0o644); err != nil {
+		return err
+	}
+	// Each system answers the same 4 instances for the same job.
+	sizes := map[string][2]int{}
+	var answers strings.Builder
+	for _, s := range []system{{"glimpse", b.g.dnsAddr, ""}, {"consul", b.consul.DNSAddr(), ""}} {
+		name := glimpseName(0, 0)
+		if s.name == "consul" {
+			name = consulName(0, 0)
+		}
+		var sz [2]int
+		for i, qt := range []uint16{mdns.TypeSRV, mdns.TypeA} {
+			r, err := exchange(s.addr, name, qt)
+			if err != nil {
+				return fmt.Errorf("%s %s: %w", s.name, name, err)
+			}
+			if r.Rcode != mdns.RcodeSuccess || len(r.Answer) != b.topo.perJob {
+				return fmt.Errorf("%s %s %s: %s with %d answers, want %d", s.name, mdns.TypeToString[qt], name, mdns.RcodeToString[r.Rcode], len(r.Answer), b.topo.perJob)
+			}
+			wire, err := r.Pack()
+			if err != nil {
+				return err
+			}
+			sz[i] = len(wire)
+			if s.name == "glimpse" {
+				fmt.Fprintf(&answers, "%s %s\n", mdns.TypeToString[qt], hex.EncodeToString(wire))
+			}
+		}
+		sizes[s.name] = sz
+	}
+	sizes["ceiling"] = sizes["glimpse"]
+	af := filepath.Join(b.work, "ceiling.answers")
+	if err := os.WriteFile(af, []byte(answers.String()), 0o644); err != nil {
+		return err
+	}
+	// The ceiling on glimpse's own DNS server code, and the same handler on
+	// miekg/dns's stock Server for reference.
+	var ceilAddrs [2]string
+	var err error
+	for i, name := range []string{"ceiling", "miekg-stock"} {
+		if ceilAddrs[i], err = freeAddr(); err != nil {
+			return err
+		}
+		args := []string{"ceiling", "-addr", ceilAddrs[i], "-sockets", fmt.Sprint(b.udpSockets()), "-answers", af}
+		if name == "miekg-stock" {
+			args = append(args, "-stock")
+		}
+		p, err := startProc(name, b.cfg.serverCPUs, filepath.Join(b.work, name+".log"), b.cfg.selfBin, args...)
+		if err != nil {
+			return err
+		}
+		defer p.stop()
+		if err := waitDNS(ctx, p, ceilAddrs[i]); err != nil {
+			return err
+		}
+	}
+	sizes["miekg-stock"] = sizes["glimpse"]
+	echoAddr, err := freeAddr()
+	if err != nil {
+		return err
+	}
+	echo, err := startProc("udp-echo", b.cfg.serverCPUs, filepath.Join(b.work, "echo.log"), b.cfg.selfBin,
+		"echo", "-addr", echoAddr, "-sockets", fmt.Sprint(b.udpSockets()))
+	if err != nil {
+		return err
+	}
+	defer echo.stop()
+	if err := waitDNS(ctx, echo, echoAddr); err != nil {
+		return err
+	}
+	systems := []system{{"glimpse", b.g.dnsAddr, gq}, {"consul", b.consul.DNSAddr(), cq}, {"ceiling", ceilAddrs[0], gq}, {"miekg-stock", ceilAddrs[1], gq}}
+
+	// Maximum rate: runs alternate between the systems, the order
+	// rotating each round.
+	maxRuns := map[string][]perfResult{}
+	b.proxy.ResetCounts()
+	var glimpseCompleted int64
+	dnsBegan := time.Now()
+	var glimpseDNS time.Duration
+	for r := 0; r < b.cfg.runs; r++ {
+		for i := range systems {
+			s := systems[(i+r)%len(systems)]
+			t0 := time.Now()
+			res, err := b.dnsperf(ctx, s.addr, s.queries, b.cfg.duration, 0, b.cfg.perQuery)
+			if err != nil {
+				return fmt.Errorf("%s: %w", s.name, err)
+			}
+			if s.name == "glimpse" {
+				glimpseCompleted += res.completed
+				glimpseDNS += time.Since(t0)
+			}
+			logf("max rate  %-8s run %d: %8.0f qps  avg %.3f ms  p99 %.3f ms  lost %d  %s", s.name, r+1, res.qps, res.avgMs, res.p99Ms, res.lost, res.rcodes)
+			maxRuns[s.name] = append(maxRuns[s.name], res)
+		}
+	}
+	dnsWindow := time.Since(dnsBegan)
+	duringDNS := b.proxy.CountByPath()
+	totalDuring := b.proxy.Count()
+
+	// A CPU profile of glimpse-agent at its maximum rate, in a run of its
+	// own (the profiler's cost would bias a measured run).
+	prof := make(chan string, 1)
+	go func() { prof <- b.profile(ctx, b.cfg.duration-2*time.Second) }()
+	if _, err := b.dnsperf(ctx, b.g.dnsAddr, gq, b.cfg.duration, 0, false); err != nil {
+		return err
+	}
+	b.rep.profileTop = <-prof
+
+	// p99 at half of glimpse's maximum rate, every system at that rate.
+	// The UDP echo shows the floor of the machine and dnsperf at that rate.
+	half := int(median(field(maxRuns["glimpse"], func(r perfResult) float64 { return r.qps })) / 2)
+	halfRuns := map[string][]perfResult{}
+	halfSystems := append(systems[:len(systems):len(systems)], system{"udp-echo", echoAddr, gq})
+	for r := 0; r < b.cfg.runs; r++ {
+		for i := range halfSystems {
+			s := halfSystems[(i+r)%len(halfSystems)]
+			res, err := b.dnsperf(ctx, s.addr, s.queries, b.cfg.duration, half, b.cfg.perQuery)
+			if err != nil {
+				return fmt.Errorf("%s at %d qps: %w", s.name, half, err)
+			}
+			logf("%d qps %-8s run %d: %8.0f qps  avg %.3f ms  p99 %.3f ms  lost %d", half, s.name, r+1, res.qps, res.avgMs, res.p99Ms, res.lost)
+			halfRuns[s.name] = append(halfRuns[s.name], res)
+		}
+	}
+	b.rep.dns(systems, sizes, maxRuns, halfRuns, half)
+	b.rep.floor(halfRuns, half)
+	b.rep.consulRequests(duringDNS, totalDuring, glimpseCompleted, dnsWindow, glimpseDNS, b.topo.products)
+	return nil
+}
+
+// profile takes a CPU profile of the main glimpse-agent for d, saves it
+// next to the charts and returns the top of it as text.
+func (b *bench) profile(ctx context.Context, d time.Duration) string {
+	return b.pprof(ctx, b.g, fmt.Sprintf("profile?seconds=%d", max(1, int(d.Seconds()))), "dns-glimpse.pprof", "")
+}
+
+// pprof fetches /debug/pprof/<what> from g, saves it under name next to
+// the charts and returns `go tool pprof -top` of it (with extra flags).
+func (b *bench) pprof(ctx context.Context, g *glimpse, what, name, extra string) string {
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+g.httpAddr+"/debug/pprof/"+what, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "profile: " + err.Error()
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		return fmt.Sprintf("profile: %s %v", resp.Status, err)
+	}
+	path := filepath.Join(b.cfg.chartDir, name)
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		return "profile: " + err.Error()
+	}
+	args := []string{"tool", "pprof", "-top", "-nodecount=25"}
+	if extra != "" {
+		args = append(args, extra)
+	}
+	out, err := exec.Command("go", append(args, b.cfg.agentBin, path)...).CombinedOutput()
+	if err != nil {
+		return fmt.Sprintf("go tool pprof: %v: %s", err, out)
+	}
+	return string(out)
+}
+
+func field(rs []perfResult, f func(perfResult) float64) []float64 {
+	out := make([]float64, len(rs))
+	for i, r := range rs {
+		out[i] = f(r)
+	}
+	return out
+}
+
+// waitDNS waits until a DNS server answers on addr.
+func waitDNS(ctx context.Context, p *proc, addr string) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if !p.running() {
+			return fmt.Errorf("%s exited: %v\n%s", p.name, p.err, p.tail(20))
+		}
+		if _, err := exchange(addr, glimpseName(0, 0), mdns.TypeSRV); err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("%s: no DNS answer on %s\n%s", p.name, addr, p.tail(20))
+}

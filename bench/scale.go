@@ -1,0 +1,180 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"golang.org/x/sync/errgroup"
+
+	"glimpse/internal/testconsul"
+)
+
+// scaleRow is one size of the scale section.
+type scaleRow struct {
+	instances, products int
+	sync                time.Duration
+	rssKiB              int64
+	perInstance         float64 // KiB above the empty agent's RSS
+	qps                 []float64
+	consulRead          time.Duration // a plain client reading every product's health
+	syncProfile         string        // CPU during the first sync (largest size only)
+	heapProfile         string        // heap in use after it
+}
+
+// scaleSection starts a fresh glimpse-agent at each size and measures the
+// time to its first full sync, its memory per cached instance and its DNS
+// rate at that size.
+func (b *bench) scaleSection(ctx context.Context) error {
+	base, err := b.emptyRSS(ctx)
+	if err != nil {
+		return err
+	}
+	logf("scale: an agent with no instances holds %d KiB", base)
+	var rows []scaleRow
+	for _, size := range b.cfg.scale {
+		products := size / (b.topo.jobs * b.topo.perJob)
+		if products < b.topo.products {
+			logf("scale: %d instances is below the registered %d; skipped", size, b.topo.size())
+			continue
+		}
+		if products > b.topo.products {
+			from := b.topo.products
+			b.topo.products = products
+			began := time.Now()
+			if err := b.topo.register(ctx, b.capi, from); err != nil {
+				return err
+			}
+			logf("scale: registered up to %d instances in %v", b.topo.size(), time.Since(began).Round(time.Millisecond))
+		}
+		row := scaleRow{instances: size, products: products}
+		if row.consulRead, err = b.readAll(ctx, products); err != nil {
+			return err
+		}
+		began := time.Now()
+		g, err := b.startGlimpse(ctx, b.consul.HTTPAddr(), fmt.Sprint("scale-", size))
+		if err != nil {
+			return err
+		}
+		// The CPU profile of the first sync, at the largest size.
+		var syncProf chan string
+		if size == b.cfg.scale[len(b.cfg.scale)-1] {
+			syncProf = make(chan string, 1)
+			go func() {
+				syncProf <- b.pprof(ctx, g, "profile?seconds=10", fmt.Sprintf("scale-%d-sync.pprof", size), "")
+			}()
+		}
+		synced, err := b.waitSynced(ctx, g, size, 300*time.Second)
+		if err != nil {
+			g.stop()
+			return err
+		}
+		row.sync = synced.Sub(began)
+		if syncProf != nil {
+			row.syncProfile = <-syncProf
+		}
+		if row.rssKiB, err = settledRSS(g); err != nil {
+			g.stop()
+			return err
+		}
+		if syncProf != nil {
+			row.heapProfile = b.pprof(ctx, g, "heap", fmt.Sprintf("scale-%d-heap.pprof", size), "-sample_index=inuse_space")
+		}
+		row.perInstance = float64(row.rssKiB-base) / float64(size)
+		qf := filepath.Join(b.work, fmt.Sprint("scale-", size, ".queries"))
+		if err := os.WriteFile(qf, []byte(b.topo.queryLines(glimpseName)), 0o644); err != nil {
+			g.stop()
+			return err
+		}
+		if err := b.placeForDNS(g); err != nil {
+			g.stop()
+			return err
+		}
+		// Consul's own background work grows with the catalog; paused
+		// for these runs, it does not share glimpse's CPU. glimpse
+		// answers from memory either way.
+		syscall.Kill(b.consul.PID(), syscall.SIGSTOP)
+		for r := 0; r < b.cfg.runs; r++ {
+			res, err := b.dnsperf(ctx, g.dnsAddr, qf, b.cfg.duration, 0, false)
+			if err != nil {
+				syscall.Kill(b.consul.PID(), syscall.SIGCONT)
+				g.stop()
+				return err
+			}
+			row.qps = append(row.qps, res.qps)
+		}
+		syscall.Kill(b.consul.PID(), syscall.SIGCONT)
+		g.stop()
+		if err := pin(b.consul.PID(), allCPUs()); err != nil {
+			return err
+		}
+		logf("scale: %d instances: Consul serves every product's health in %v; first sync %v, RSS %d KiB (%.2f KiB per instance), %.0f qps", size, row.consulRead.Round(time.Millisecond), row.sync.Round(time.Millisecond), row.rssKiB, row.perInstance, median(row.qps))
+		rows = append(rows, row)
+	}
+	var s strings.Builder
+	fmt.Fprintf(&s, "## 5. Scale\n\n")
+	fmt.Fprintf(&s, "A fresh glimpse-agent per size, against the same Consul dev agent. First sync: from starting the process until `/v1/zones` shows the local zone synced with every instance. "+
+		"For reference, the time Consul takes to answer the same reads to a plain client (this harness, 64 requests at a time, "+
+		"`/v1/health/service/<product>?stale` for every product), with no glimpse-agent running. "+
+		"RSS after that (after a garbage collection and a 3 s pause), less the %d KiB of an agent synced on an empty Consul, per instance. DNS: the same query mix as section 1 over every job address of that size, median of %d runs, with glimpse-agent on the server CPUs and Consul paused (SIGSTOP) meanwhile, so that its background work at this size does not share glimpse's CPU.\n\n", base, b.cfg.runs)
+	s.WriteString("| instances | products | first sync | Consul's reads alone | RSS | RSS per instance | DNS qps |\n|---|---|---|---|---|---|---|\n")
+	for _, r := range rows {
+		fmt.Fprintf(&s, "| %d | %d | %.2f s | %.2f s | %.1f MiB | %.2f KiB | %.0f |\n", r.instances, r.products, r.sync.Seconds(), r.consulRead.Seconds(), float64(r.rssKiB)/1024, r.perInstance, median(r.qps))
+	}
+	for _, r := range rows {
+		for _, p := range []struct{ what, top string }{{"CPU profile of the first sync", r.syncProfile}, {"heap in use after the sync", r.heapProfile}} {
+			if p.top != "" {
+				fmt.Fprintf(&s, "\n<details><summary>%d instances: %s</summary>\n\n```\n%s```\n</details>\n", r.instances, p.what, p.top)
+			}
+		}
+	}
+	b.rep.add("%s", s.String())
+	if len(rows) > 0 {
+		r := rows[len(rows)-1]
+		b.rep.check(fmt.Sprintf("RSS per cached instance at %d", r.instances), "≤ 2 KiB", fmt.Sprintf("%.2f KiB", r.perInstance), r.perInstance <= 2)
+		b.rep.check(fmt.Sprintf("first sync of %d instances", r.instances), "≤ 10 s", fmt.Sprintf("%.2f s", r.sync.Seconds()), r.sync <= 10*time.Second)
+	}
+	return nil
+}
+
+// readAll reads every product's health from Consul as a plain client
+// would, 64 requests at a time, and returns how long that took.
+func (b *bench) readAll(ctx context.Context, products int) (time.Duration, error) {
+	began := time.Now()
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(64)
+	for p := 0; p < products; p++ {
+		g.Go(func() error {
+			_, _, err := b.capi.Health().Service(productName(p), "", false, (&api.QueryOptions{AllowStale: true}).WithContext(gctx))
+			return err
+		})
+	}
+	err := g.Wait()
+	return time.Since(began), err
+}
+
+// emptyRSS returns the RSS of a glimpse-agent synced on an empty Consul.
+func (b *bench) emptyRSS(ctx context.Context) (int64, error) {
+	empty, err := testconsul.StartE(ctx, testconsul.Options{Dev: true, Datacenter: "dc1", ExtraArgs: []string{"-log-level", "warn"}}, logf)
+	if err != nil {
+		return 0, err
+	}
+	defer empty.Close()
+	if err := pin(empty.PID(), b.cfg.serverCPUs); err != nil {
+		return 0, err
+	}
+	g, err := b.startGlimpse(ctx, empty.HTTPAddr(), "empty")
+	if err != nil {
+		return 0, err
+	}
+	defer g.stop()
+	if _, err := b.waitSynced(ctx, g, 0, 60*time.Second); err != nil {
+		return 0, err
+	}
+	return settledRSS(g)
+}
