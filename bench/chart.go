@@ -273,7 +273,12 @@ func cdfChartSVG(title string, series []Series, targetMs float64) []byte {
 	if hasTarget {
 		tx := x(target)
 		c.line(tx, top, tx, top+ph, "#000000", 1.5, "6,4")
-		c.text(tx+4, top+12, "start", 11, "#000000", "", "target")
+		// Left of the line when it is at the right edge, so it stays inside.
+		if tx > left+pw-60 {
+			c.text(tx-4, top+12, "end", 11, "#000000", "", "target")
+		} else {
+			c.text(tx+4, top+12, "start", 11, "#000000", "", "target")
+		}
 	}
 
 	// Legend below the x axis title, in columns: name, p50, p99, n. The name

@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,6 +25,7 @@ type scaleRow struct {
 	perInstance         float64 // KiB above the empty agent's RSS
 	qps                 []float64
 	consulRead          time.Duration // a plain client reading every product's health
+	memStats            string        // the Go runtime's own account of the RSS
 	syncProfile         string        // CPU during the first sync (largest size only)
 	heapProfile         string        // heap in use after it
 }
@@ -85,6 +88,7 @@ func (b *bench) scaleSection(ctx context.Context) error {
 		if syncProf != nil {
 			row.heapProfile = b.pprof(ctx, g, "heap", fmt.Sprintf("scale-%d-heap.pprof", size), "-sample_index=inuse_space")
 		}
+		row.memStats = memBreakdown(g)
 		row.perInstance = float64(row.rssKiB-base) / float64(size)
 		qf := filepath.Join(b.work, fmt.Sprint("scale-", size, ".queries"))
 		if err := os.WriteFile(qf, []byte(b.topo.queryLines(glimpseName)), 0o644); err != nil {
@@ -127,6 +131,11 @@ func (b *bench) scaleSection(ctx context.Context) error {
 		fmt.Fprintf(&s, "| %d | %d | %.2f s | %.2f s | %.1f MiB | %.2f KiB | %.0f |\n", r.instances, r.products, r.sync.Seconds(), r.consulRead.Seconds(), float64(r.rssKiB)/1024, r.perInstance, median(r.qps))
 	}
 	for _, r := range rows {
+		if r.memStats != "" {
+			fmt.Fprintf(&s, "\n%d instances, the Go runtime's account: %s.\n", r.instances, r.memStats)
+		}
+	}
+	for _, r := range rows {
 		for _, p := range []struct{ what, top string }{{"CPU profile of the first sync", r.syncProfile}, {"heap in use after the sync", r.heapProfile}} {
 			if p.top != "" {
 				fmt.Fprintf(&s, "\n<details><summary>%d instances: %s</summary>\n\n```\n%s```\n</details>\n", r.instances, p.what, p.top)
@@ -156,6 +165,38 @@ func (b *bench) readAll(ctx context.Context, products int) (time.Duration, error
 	}
 	err := g.Wait()
 	return time.Since(began), err
+}
+
+// memBreakdown returns the heap in use, the goroutine stacks and the
+// goroutine count of g, from /debug/pprof/heap?debug=1 and
+// /debug/pprof/goroutine?debug=1.
+func memBreakdown(g *glimpse) string {
+	get := func(path string) string {
+		resp, err := http.Get("http://" + g.httpAddr + path)
+		if err != nil {
+			return ""
+		}
+		defer resp.Body.Close()
+		data, _ := io.ReadAll(resp.Body)
+		return string(data)
+	}
+	heap := get("/debug/pprof/heap?debug=1")
+	field := func(name string) string {
+		for _, line := range strings.Split(heap, "\n") {
+			if v, ok := strings.CutPrefix(line, "# "+name+" = "); ok {
+				var n int64
+				fmt.Sscan(v, &n)
+				return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+			}
+		}
+		return "?"
+	}
+	goroutines := "?"
+	if gr := get("/debug/pprof/goroutine?debug=1"); gr != "" {
+		line, _, _ := strings.Cut(gr, "\n")
+		goroutines = strings.TrimPrefix(line, "goroutine profile: total ")
+	}
+	return fmt.Sprintf("heap in use %s, goroutine stacks %s, %s goroutines", field("HeapInuse"), field("Stack"), goroutines)
 }
 
 // emptyRSS returns the RSS of a glimpse-agent synced on an empty Consul.
