@@ -14,6 +14,9 @@ import (
 	"time"
 )
 
+// timeoutSeconds is dnsperf's query timeout.
+const timeoutSeconds = 2
+
 // perfResult is one dnsperf run.
 type perfResult struct {
 	sent, completed, lost int64
@@ -43,7 +46,7 @@ func (b *bench) dnsperf(ctx context.Context, addr, file string, d time.Duration,
 	host, port, _ := strings.Cut(addr, ":")
 	args := []string{"-s", host, "-p", port, "-d", file, "-l", strconv.Itoa(int(d.Seconds())),
 		"-c", strconv.Itoa(b.cfg.clients), "-q", strconv.Itoa(b.cfg.outstanding),
-		"-T", strconv.Itoa(cpuCount(b.cfg.clientCPUs)), "-t", "2", "-e"}
+		"-T", strconv.Itoa(cpuCount(b.cfg.clientCPUs)), "-t", strconv.Itoa(timeoutSeconds), "-e"}
 	if rate > 0 {
 		args = append(args, "-Q", strconv.Itoa(rate))
 	}
@@ -69,7 +72,16 @@ func (b *bench) dnsperf(ctx context.Context, addr, file string, d time.Duration,
 		data, _ := os.ReadFile(outPath)
 		return perfResult{}, fmt.Errorf("dnsperf: %v: %s", err, tailLines(string(data), 10))
 	}
-	return parsePerf(outPath, perQuery)
+	r, err := parsePerf(outPath, perQuery)
+	if err != nil {
+		return r, err
+	}
+	// Every answer must be a real one: an error rcode is cheap to send and
+	// would inflate the rate.
+	if !strings.HasPrefix(r.rcodes, "NOERROR ") || !strings.Contains(r.rcodes, "(100.00%)") {
+		return r, fmt.Errorf("dnsperf against %s: not every answer was NOERROR: %s", addr, r.rcodes)
+	}
+	return r, nil
 }
 
 // parsePerf reads dnsperf's output file.
@@ -132,6 +144,11 @@ func parsePerf(path string, perQuery bool) (perfResult, error) {
 		}
 	}
 	if perQuery && len(lat) > 0 {
+		// A lost query counts as the timeout, so that dropping queries
+		// does not make a system's tail look better.
+		for range r.lost {
+			lat = append(lat, timeoutSeconds*1000)
+		}
 		slices.Sort(lat)
 		r.p50Ms, r.p99Ms = percentile(lat, 50), percentile(lat, 99)
 	}

@@ -63,14 +63,25 @@ func (b *bench) fanoutSection(ctx context.Context) error {
 						snapshots.Done()
 					}
 					if m.Type == "update" && len(m.Instances) == b.topo.perJob-1 {
-						got[i].Store(time.Now().UnixNano())
+						got[i].CompareAndSwap(0, time.Now().UnixNano()) // the first one
 					}
 				}
 			}()
 		}()
 	}
 	dials.Wait()
-	snapshots.Wait()
+	snapDone := make(chan struct{})
+	go func() { snapshots.Wait(); close(snapDone) }()
+	select {
+	case <-snapDone:
+	case <-time.After(60 * time.Second):
+		for _, c := range conns {
+			if c != nil {
+				c.Close()
+			}
+		}
+		return fmt.Errorf("fan-out: not every subscriber had its snapshot after 60 s")
+	}
 	defer func() {
 		for _, c := range conns {
 			if c != nil {

@@ -177,7 +177,7 @@ func (b *bench) propagationSection(ctx context.Context) error {
 				if !ok {
 					break wait
 				}
-				if e.msg.Address == addr && e.msg.Type == "update" && len(e.msg.Instances) == want {
+				if e.msg.Address == addr && e.msg.Type == "update" && len(e.msg.Instances) == want && e.at.After(t0) {
 					wsAt = e.at
 					break wait
 				}

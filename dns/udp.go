@@ -112,11 +112,14 @@ func (u *udpServer) work() error {
 			if u.closing.Load() {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
+			if errors.Is(err, net.ErrClosed) {
+				return err
 			}
-			return err
+			// Anything else (a timeout, a transient error such as
+			// ENOBUFS) must not stop this worker: the socket would be
+			// served by fewer and fewer of them.
+			time.Sleep(time.Millisecond)
+			continue
 		}
 		pkt := buf[:n]
 		if u.busy.Add(1) >= u.workers {
@@ -153,6 +156,8 @@ func (u *udpServer) answer(pkt []byte, w *udpWriter) {
 		m := new(mdns.Msg)
 		m.SetRcodeFormatError(hdr)
 		m.Zero = false
+		m.RecursionDesired = pkt[2]&0x01 != 0
+		m.CheckingDisabled = pkt[3]&0x10 != 0
 		_ = w.WriteMsg(m)
 		return
 	}
