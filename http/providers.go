@@ -22,14 +22,14 @@ type providersAPI struct {
 func (s *Server) registerProviders(opts Options) {
 	p := &providersAPI{m: opts.Providers, allowRemote: opts.ProviderAllowRemote}
 	s.mux.Handle("GET /v1/providers", s.instrument("providers", p.guard(p.list)))
-	s.mux.Handle("PUT /v1/providers/{provider}", s.instrument("providers", p.guard(p.put)))
-	s.mux.Handle("GET /v1/providers/{provider}", s.instrument("providers", p.guard(p.get)))
-	s.mux.Handle("DELETE /v1/providers/{provider}", s.instrument("providers", p.guard(p.delete)))
+	s.mux.Handle("PUT /v1/providers/{provider}", s.instrument("providers", p.guard(named(p.put))))
+	s.mux.Handle("GET /v1/providers/{provider}", s.instrument("providers", p.guard(named(p.get))))
+	s.mux.Handle("DELETE /v1/providers/{provider}", s.instrument("providers", p.guard(named(p.delete))))
 }
 
-// guard answers 403 to non-loopback clients unless allowed, 404 when no
-// manager is configured, and 400 for a bad provider name.
-func (p *providersAPI) guard(h func(w http.ResponseWriter, r *http.Request, name string)) http.HandlerFunc {
+// guard answers 403 to non-loopback clients unless allowed and 404 when no
+// manager is configured.
+func (p *providersAPI) guard(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if !p.allowRemote && !loopback(r.RemoteAddr) {
 			writeError(w, http.StatusForbidden, "the providers API only answers loopback clients (see -providers.allow-remote)")
@@ -39,13 +39,17 @@ func (p *providersAPI) guard(h func(w http.ResponseWriter, r *http.Request, name
 			writeError(w, http.StatusNotFound, "the providers API is not configured on this agent")
 			return
 		}
-		name := r.PathValue("provider")
-		if name != "" || r.URL.Path != "/v1/providers" {
-			var err error
-			if name, err = provider.CheckName(name); err != nil {
-				writeError(w, http.StatusBadRequest, err.Error())
-				return
-			}
+		h(w, r)
+	}
+}
+
+// named passes h the request's provider name, or answers 400 for a bad one.
+func named(h func(w http.ResponseWriter, r *http.Request, name string)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		name, err := provider.CheckName(r.PathValue("provider"))
+		if err != nil {
+			writeError(w, http.StatusBadRequest, err.Error())
+			return
 		}
 		h(w, r, name)
 	}
@@ -98,7 +102,7 @@ func (p *providersAPI) get(w http.ResponseWriter, r *http.Request, name string) 
 
 // list answers GET /v1/providers: every recorded provider, with where its
 // state comes from and what is wrong with its file, if anything.
-func (p *providersAPI) list(w http.ResponseWriter, r *http.Request, _ string) {
+func (p *providersAPI) list(w http.ResponseWriter, r *http.Request) {
 	l, err := p.m.List()
 	if err != nil {
 		p.fail(w, err)

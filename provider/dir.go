@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -60,10 +61,11 @@ type Dir struct {
 	log  *zap.Logger
 	errs prometheus.Counter
 
-	seen    map[string]fileSeen // by provider name
-	skipped map[string]fileSeen // files that are not <valid name>.json
-	scanned bool                // a first complete scan has run
-	dirErr  string              // why the directory could not be listed
+	seen    map[string]fileSeen          // by provider name
+	applied map[string][sha256.Size]byte // content last handed to the manager, by provider
+	skipped map[string]fileSeen          // files reported and ignored, by file name
+	scanned bool                         // a first complete scan has run
+	dirErr  string                       // why the directory could not be listed
 }
 
 // fileSeen is how a file looked when it was last read, what it held and
@@ -72,18 +74,29 @@ type fileSeen struct {
 	mod, ctime time.Time
 	size       int64
 	ino        uint64
-	sum        [sha256.Size]byte // of the content last applied
-	err        string            // "" if nothing was wrong
-	retryAt    time.Time         // set when recording failed: read again then
-	missing    int               // consecutive scans that did not find it
+	err        string    // "" if nothing was wrong
+	retryAt    time.Time // set when recording failed: read again then
+	missing    int       // consecutive scans that did not find it
 }
 
 // retryRecord is how long Dir waits before trying again to record a file
 // whose state the data directory refused.
 const retryRecord = 30 * time.Second
 
-// NewDir returns a Dir over path.
+// NewDir returns a Dir over path. path may not be, or be inside, the
+// directory of m's own records: those would be read as provider files.
 func NewDir(path string, m *Manager, opts DirOptions) (*Dir, error) {
+	dir, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("providers directory: %w", err)
+	}
+	records, err := filepath.Abs(m.store.Dir())
+	if err != nil {
+		return nil, fmt.Errorf("providers directory: %w", err)
+	}
+	if rel, err := filepath.Rel(records, dir); err == nil && !strings.HasPrefix(rel, "..") {
+		return nil, fmt.Errorf("the providers directory %s must not be the agent's own records in %s", path, records)
+	}
 	if opts.Poll <= 0 {
 		opts.Poll = DefaultDirPoll
 	}
@@ -97,6 +110,7 @@ func NewDir(path string, m *Manager, opts DirOptions) (*Dir, error) {
 			Help: "Problems with the providers directory or a file in it (each version of a file counts once); the providers keep their previous state.",
 		}),
 		seen:    map[string]fileSeen{},
+		applied: map[string][sha256.Size]byte{},
 		skipped: map[string]fileSeen{},
 	}
 	if opts.Registerer != nil {
@@ -114,20 +128,21 @@ func (d *Dir) Claim() {
 		return // the first Scan reports it
 	}
 	for _, e := range entries {
-		if name, ok := providerFile(e.Name()); ok {
+		if name, read, valid := providerFile(e.Name()); read && valid {
 			d.m.setFile(name, true, "")
 		}
 	}
 }
 
-// providerFile returns the provider a file name is for, if it is
-// <valid lower-case name>.json; ok is false for files to skip silently.
-func providerFile(base string) (name string, ok bool) {
+// providerFile tells what a file name in the directory is: read is false
+// for files to skip silently (starting with '.', not ending in .json);
+// valid is whether name, the provider, is a valid lower-case name.
+func providerFile(base string) (name string, read, valid bool) {
 	if strings.HasPrefix(base, ".") || !strings.HasSuffix(base, fileSuffix) {
-		return "", false
+		return "", false, false
 	}
 	name = strings.TrimSuffix(base, fileSuffix)
-	return name, ValidName(name) && name == strings.ToLower(name)
+	return name, true, ValidName(name) && name == strings.ToLower(name)
 }
 
 // Run scans the directory every Poll until ctx ends, starting at once
@@ -164,12 +179,15 @@ func (d *Dir) Scan(ctx context.Context) {
 		d.dirErr = ""
 		d.log.Info("providers directory: listed again", zap.String("dir", d.path))
 	}
-	present := map[string]bool{}
+	present := map[string]bool{} // providers whose file is there
+	listed := map[string]bool{}  // file names read this scan
 	for _, e := range entries {
 		base := e.Name()
-		if strings.HasPrefix(base, ".") || !strings.HasSuffix(base, fileSuffix) {
+		name, read, ok := providerFile(base)
+		if !read {
 			continue
 		}
+		listed[base] = true
 		path := filepath.Join(d.path, base)
 		info, err := os.Stat(path) // follows symbolic links
 		if errors.Is(err, fs.ErrNotExist) {
@@ -185,7 +203,6 @@ func (d *Dir) Scan(ctx context.Context) {
 			}
 			now.err = "not a regular file"
 		}
-		name, ok := providerFile(base)
 		if !ok || now.err != "" {
 			if !ok {
 				now.err = "the name is not <provider>.json with a valid lower-case provider name"
@@ -213,7 +230,7 @@ func (d *Dir) Scan(ctx context.Context) {
 		d.apply(ctx, name, path, now, prev)
 	}
 	for base := range d.skipped {
-		if _, err := os.Lstat(filepath.Join(d.path, base)); errors.Is(err, fs.ErrNotExist) {
+		if !listed[base] {
 			delete(d.skipped, base)
 		}
 	}
@@ -229,14 +246,14 @@ func (d *Dir) Scan(ctx context.Context) {
 	}
 	if !d.scanned {
 		// Files removed while the agent was not running.
-		names, err := d.m.store.List()
+		recorded, err := d.m.List()
 		if err != nil {
 			d.log.Error("providers directory: list recorded providers", zap.Error(err))
 			return
 		}
-		for _, name := range names {
-			if r, err := d.m.store.LoadRecord(name); err == nil && r.Source == SourceFile && !r.Deleted && !present[name] {
-				d.remove(ctx, name)
+		for _, r := range recorded {
+			if r.Source == SourceFile && !r.Deleting && r.Error == "" && !present[r.Provider] {
+				d.remove(ctx, r.Provider)
 			}
 		}
 		d.scanned = true
@@ -251,22 +268,26 @@ func (d *Dir) apply(ctx context.Context, name, path string, now, prev fileSeen) 
 		return // removed since the listing; the next scans see it gone
 	}
 	var b *Body
+	var sum [sha256.Size]byte
 	if err == nil {
-		now.sum = sha256.Sum256(data)
-		if now.sum == prev.sum && prev.err == "" && prev.retryAt.IsZero() {
+		sum = sha256.Sum256(data)
+		if last, ok := d.applied[name]; ok && sum == last && prev.err == "" && prev.retryAt.IsZero() {
 			d.seen[name] = now // touched, same content: nothing to do
 			return
 		}
 		b, err = Parse(bytes.NewReader(data), MaxBody)
 	}
 	if err != nil {
-		now.err, now.sum = err.Error(), prev.sum
+		now.err = err.Error()
 		d.seen[name] = now
 		d.m.setFile(name, true, now.err)
 		d.report(name+fileSuffix, "providers directory: malformed provider file; the provider keeps its previous state", err)
 		return
 	}
-	err = d.m.putFile(ctx, name, b)
+	err = d.m.put(ctx, name, b, SourceFile)
+	if err == nil || errors.Is(err, ErrConsul) {
+		d.applied[name] = sum
+	}
 	switch {
 	case err == nil:
 		d.log.Info("providers directory: applied", zap.String("provider", name), zap.Int("instances", len(b.Instances)))
@@ -275,7 +296,7 @@ func (d *Dir) apply(ctx context.Context, name, path string, now, prev fileSeen) 
 		d.log.Warn("providers directory: recorded, but the Consul agent failed; retrying", zap.String("provider", name), zap.Error(err))
 	default:
 		// Not recorded (the data directory failed): try again later.
-		now.err, now.sum, now.retryAt = err.Error(), prev.sum, time.Now().Add(retryRecord)
+		now.err, now.retryAt = err.Error(), time.Now().Add(retryRecord)
 		if prev.err != now.err {
 			d.log.Error("providers directory: could not record the provider's state; trying again every 30s", zap.String("provider", name), zap.Error(err))
 		}
@@ -286,7 +307,8 @@ func (d *Dir) apply(ctx context.Context, name, path string, now, prev fileSeen) 
 // remove deletes the provider whose file is gone.
 func (d *Dir) remove(ctx context.Context, name string) {
 	delete(d.seen, name)
-	err := d.m.deleteFile(ctx, name)
+	delete(d.applied, name)
+	err := d.m.delete(ctx, name, SourceFile)
 	switch {
 	case err == nil:
 		d.log.Info("providers directory: file removed; provider deleted", zap.String("provider", name))

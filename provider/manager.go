@@ -170,23 +170,44 @@ func (m *Manager) put(ctx context.Context, name string, b *Body, source string) 
 	p := m.state(name)
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if source == SourceHTTP && m.isFileManaged(p) {
-		return fmt.Errorf("%w: %s", ErrFileManaged, name)
-	}
-	if source == SourceFile {
-		m.mu.Lock()
-		p.fileManaged, p.fileErr = true, ""
-		m.mu.Unlock()
+	if err := m.own(p, name, source, true); err != nil {
+		return err
 	}
 	if err := m.store.SaveRecord(name, Record{Body: nb, Source: source}); err != nil {
 		return err
 	}
 	m.desired.WithLabelValues(name).Set(float64(len(nb.Instances)))
-	if _, err := m.applyRecord(ctx, name, p, Record{Body: nb}); err != nil {
-		m.retry(name)
-		return fmt.Errorf("%w: %v (the state is recorded and will be applied again)", ErrConsul, err)
+	_, err = m.applyOrRetry(ctx, name, p, Record{Body: nb}, "state")
+	return err
+}
+
+// own checks, with p.mu held, that source may change the provider: HTTP may
+// not while its file exists. A change from the file (exists: it is there or
+// gone) makes the provider file-managed or not, in the same critical
+// section as the change itself, so that no HTTP request slips in between.
+func (m *Manager) own(p *providerState, name, source string, exists bool) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if source == SourceHTTP {
+		if p.fileManaged {
+			return fmt.Errorf("%w: %s", ErrFileManaged, name)
+		}
+		return nil
 	}
+	p.fileManaged, p.fileErr = exists, ""
 	return nil
+}
+
+// applyOrRetry is applyRecord; when the Consul agent fails, it schedules a
+// retry and returns an error wrapping ErrConsul that says what (the state or
+// the deletion) is recorded and will be applied again.
+func (m *Manager) applyOrRetry(ctx context.Context, name string, p *providerState, r Record, what string) (int, error) {
+	changed, err := m.applyRecord(ctx, name, p, r)
+	if err != nil {
+		m.retry(name)
+		return changed, fmt.Errorf("%w: %v (the %s is recorded and will be applied again)", ErrConsul, err, what)
+	}
+	return changed, nil
 }
 
 // applyRecord makes the Consul agent match r, with p.mu held, counting the
@@ -197,7 +218,7 @@ func (m *Manager) applyRecord(ctx context.Context, name string, p *providerState
 	if r.Deleted || b == nil {
 		b = &Body{Instances: []Instance{}}
 	}
-	changed, err := m.syncer.Reconcile(ctx, name, b)
+	changed, ids, err := m.syncer.reconcile(ctx, name, b)
 	if err != nil {
 		m.syncs.WithLabelValues("error").Inc()
 		return changed, err
@@ -209,24 +230,15 @@ func (m *Manager) applyRecord(ctx context.Context, name string, p *providerState
 		}
 	}
 	// What the probe expects to find; nothing once the provider is gone.
-	var applied map[string]bool
-	if !r.Deleted && r.Body != nil {
-		applied = make(map[string]bool, len(b.Instances))
-		for _, in := range b.Instances {
-			applied[ServiceID(name, in)] = true
-		}
+	applied := ids
+	if r.Deleted || r.Body == nil {
+		applied = nil
 	}
 	m.mu.Lock()
 	p.applied = applied
 	p.gen++
 	m.mu.Unlock()
 	return changed, nil
-}
-
-func (m *Manager) isFileManaged(p *providerState) bool {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return p.fileManaged
 }
 
 // Get returns name's recorded state, or ErrNotFound.
@@ -260,8 +272,8 @@ func (m *Manager) delete(ctx context.Context, name, source string) error {
 	p := m.state(name)
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if source == SourceHTTP && m.isFileManaged(p) {
-		return fmt.Errorf("%w: %s", ErrFileManaged, name)
+	if err := m.own(p, name, source, false); err != nil {
+		return err
 	}
 	r, err := m.store.LoadRecord(name)
 	recorded := err == nil && !r.Deleted
@@ -269,9 +281,6 @@ func (m *Manager) delete(ctx context.Context, name, source string) error {
 		return err
 	}
 	if source == SourceFile {
-		m.mu.Lock()
-		p.fileManaged, p.fileErr = false, ""
-		m.mu.Unlock()
 		if !recorded {
 			return fmt.Errorf("%w: %s", ErrNotFound, name)
 		}
@@ -285,10 +294,9 @@ func (m *Manager) delete(ctx context.Context, name, source string) error {
 		return err
 	}
 	m.desired.DeleteLabelValues(name)
-	changed, err := m.applyRecord(ctx, name, p, Record{Deleted: true})
+	changed, err := m.applyOrRetry(ctx, name, p, Record{Deleted: true}, "deletion")
 	if err != nil {
-		m.retry(name)
-		return fmt.Errorf("%w: %v (the deletion is recorded and will be applied again)", ErrConsul, err)
+		return err
 	}
 	if !recorded && changed == 0 {
 		return fmt.Errorf("%w: %s", ErrNotFound, name)
@@ -371,6 +379,9 @@ func (m *Manager) reconcileOne(ctx context.Context, name string, p *providerStat
 		m.syncs.WithLabelValues("error").Inc()
 		return false, err
 	}
+	if !r.Deleted {
+		m.desired.WithLabelValues(name).Set(float64(len(r.Body.Instances)))
+	}
 	changed, err := m.applyRecord(ctx, name, p, r)
 	if err != nil {
 		return false, err
@@ -391,9 +402,6 @@ func (m *Manager) Reconcile(ctx context.Context) {
 	for _, name := range names {
 		if ctx.Err() != nil {
 			return
-		}
-		if r, err := m.store.LoadRecord(name); err == nil && !r.Deleted {
-			m.desired.WithLabelValues(name).Set(float64(len(r.Body.Instances)))
 		}
 		p := m.state(name)
 		if ok, err := m.reconcileOne(ctx, name, p); !ok {
@@ -495,20 +503,6 @@ func (m *Manager) setFile(name string, exists bool, problem string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	p.fileManaged, p.fileErr = exists, problem
-}
-
-// putFile is Put for a state read from name's file. The provider becomes
-// file-managed in the same critical section as the application, so that no
-// HTTP request slips in between.
-func (m *Manager) putFile(ctx context.Context, name string, b *Body) error {
-	return m.put(ctx, name, b, SourceFile)
-}
-
-// deleteFile deletes name because its file is gone, unless its record no
-// longer comes from a file (an HTTP PUT accepted since the file went). The
-// provider stops being file-managed in the same critical section.
-func (m *Manager) deleteFile(ctx context.Context, name string) error {
-	return m.delete(ctx, name, SourceFile)
 }
 
 // Summary describes one provider for GET /v1/providers.

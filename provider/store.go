@@ -105,15 +105,18 @@ func (s *Store) SaveRecord(name string, r Record) error {
 		return fmt.Errorf("provider store: encode %s: %w", name, err)
 	}
 	data = append(data, '\n')
-	if err := writeFileAtomic(path, data); err != nil {
+	if err := WriteFileAtomic(path, data); err != nil {
 		return fmt.Errorf("provider store: save %s: %w", name, err)
 	}
 	return nil
 }
 
-// writeFileAtomic replaces path with data: temp file in the same directory,
-// fsync, rename, fsync of the directory.
-func writeFileAtomic(path string, data []byte) (err error) {
+// WriteFileAtomic replaces path with data: a temporary file in the same
+// directory (its name starts with '.', so neither a Store nor the providers
+// directory reads it), fsync, rename, fsync of the directory. A reader sees
+// the old file or the new one, never a part; providers written in Go can
+// use it for their <provider>.json.
+func WriteFileAtomic(path string, data []byte) (err error) {
 	dir, base := filepath.Split(path)
 	f, err := os.CreateTemp(dir, "."+base+".tmp-*")
 	if err != nil {

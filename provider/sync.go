@@ -96,9 +96,16 @@ func (s *Syncer) Apply(ctx context.Context, name string, b *Body) error {
 // Reconcile is Apply, also reporting how many registrations and
 // deregistrations it made: 0 when the Consul agent already matched b.
 func (s *Syncer) Reconcile(ctx context.Context, name string, b *Body) (changed int, err error) {
+	changed, _, err = s.reconcile(ctx, name, b)
+	return changed, err
+}
+
+// reconcile is Reconcile, also returning the service IDs of b's instances:
+// what the provider's registrations are once it holds.
+func (s *Syncer) reconcile(ctx context.Context, name string, b *Body) (changed int, want map[string]bool, err error) {
 	name, err = CheckName(name)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	nb := &Body{Instances: slices.Clone(b.Instances)}
 	for i, in := range nb.Instances {
@@ -109,7 +116,7 @@ func (s *Syncer) Reconcile(ctx context.Context, name string, b *Body) (changed i
 	}
 	nb.Normalize()
 	if err := nb.Validate(); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 
 	s.mu.Lock()
@@ -120,13 +127,13 @@ func (s *Syncer) Reconcile(ctx context.Context, name string, b *Body) (changed i
 	services, err := agent.ServicesWithFilterOpts("", (&api.QueryOptions{}).WithContext(cctx))
 	cancel()
 	if err != nil {
-		return changed, fmt.Errorf("provider %s: list the Consul agent's services: %w", name, err)
+		return changed, nil, fmt.Errorf("provider %s: list the Consul agent's services: %w", name, err)
 	}
 	cctx, cancel = call(ctx)
 	checks, err := agent.ChecksWithFilterOpts("", (&api.QueryOptions{}).WithContext(cctx))
 	cancel()
 	if err != nil {
-		return changed, fmt.Errorf("provider %s: list the Consul agent's checks: %w", name, err)
+		return changed, nil, fmt.Errorf("provider %s: list the Consul agent's checks: %w", name, err)
 	}
 	checkCount := map[string]int{}
 	for _, c := range checks {
@@ -143,20 +150,20 @@ func (s *Syncer) Reconcile(ctx context.Context, name string, b *Body) (changed i
 	}
 
 	var nodeAddr string // fetched when a check needs it
-	want := make(map[string]bool, len(nb.Instances))
+	want = make(map[string]bool, len(nb.Instances))
 	for _, in := range nb.Instances {
 		id := ServiceID(name, in)
 		want[id] = true
 		if in.Address == "" && in.Check != nil && in.Check.Target == "" && in.Check.Type != CheckTTL && nodeAddr == "" {
 			if nodeAddr, err = s.nodeAddress(ctx); err != nil {
-				return changed, fmt.Errorf("provider %s: %w", name, err)
+				return changed, nil, fmt.Errorf("provider %s: %w", name, err)
 			}
 		}
 		reg := registration(name, id, in, nodeAddr)
 		cur, mine := owned[id]
 		if !mine {
 			if _, taken := services[id]; taken {
-				return changed, fmt.Errorf("provider %s: service ID %s is registered without the tag %s; not replacing it", name, id, tag)
+				return changed, nil, fmt.Errorf("provider %s: service ID %s is registered without the tag %s; not replacing it", name, id, tag)
 			}
 		} else if upToDate(cur, reg, checkCount[id]) {
 			continue
@@ -165,7 +172,7 @@ func (s *Syncer) Reconcile(ctx context.Context, name string, b *Body) (changed i
 		err := agent.ServiceRegisterOpts(reg, api.ServiceRegisterOpts{ReplaceExistingChecks: true}.WithContext(cctx))
 		cancel()
 		if err != nil {
-			return changed, fmt.Errorf("provider %s: register %s (%s): %w", name, id, describe(in), err)
+			return changed, nil, fmt.Errorf("provider %s: register %s (%s): %w", name, id, describe(in), err)
 		}
 		changed++
 	}
@@ -182,11 +189,11 @@ func (s *Syncer) Reconcile(ctx context.Context, name string, b *Body) (changed i
 		err := agent.ServiceDeregisterOpts(id, (&api.QueryOptions{}).WithContext(cctx))
 		cancel()
 		if err != nil {
-			return changed, fmt.Errorf("provider %s: deregister %s: %w", name, id, err)
+			return changed, nil, fmt.Errorf("provider %s: deregister %s: %w", name, id, err)
 		}
 		changed++
 	}
-	return changed, nil
+	return changed, want, nil
 }
 
 // Owned lists the local Consul agent's registrations made by glimpse: the

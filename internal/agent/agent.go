@@ -168,10 +168,6 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Agent, error) {
 		return nil, err
 	}
 	if cfg.ProvidersDir != "" {
-		if err := checkProvidersDir(cfg); err != nil {
-			transport.CloseIdleConnections()
-			return nil, err
-		}
 		a.providersDir, err = provider.NewDir(cfg.ProvidersDir, a.providers, provider.DirOptions{
 			Poll: cfg.ProvidersDirPoll, Registerer: reg, Log: log.Named("providers"),
 		})
@@ -310,24 +306,6 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Wait()
 	a.transport.CloseIdleConnections()
 	return err
-}
-
-// checkProvidersDir refuses a providers directory that is, or is inside,
-// the agent's own record of the providers: the agent would read its records
-// as provider files.
-func checkProvidersDir(cfg Config) error {
-	dir, err := filepath.Abs(cfg.ProvidersDir)
-	if err != nil {
-		return fmt.Errorf("providers directory: %w", err)
-	}
-	records, err := filepath.Abs(filepath.Join(cfg.DataDir, "providers"))
-	if err != nil {
-		return fmt.Errorf("data directory: %w", err)
-	}
-	if rel, err := filepath.Rel(records, dir); err == nil && (rel == "." || !strings.HasPrefix(rel, "..")) {
-		return fmt.Errorf("the providers directory %s must not be the agent's own records in %s", cfg.ProvidersDir, records)
-	}
-	return nil
 }
 
 // newProviders opens the providers' store under cfg.DataDir, which must be
