@@ -79,9 +79,7 @@ type request struct {
 func (h *Handler) ServeDNS(w mdns.ResponseWriter, r *mdns.Msg) {
 	start := time.Now()
 	req := request{w: w, r: r, limit: mdns.MinMsgSize}
-	if _, udp := w.(*udpWriter); !udp {
-		_, req.tcp = w.RemoteAddr().(*net.TCPAddr)
-	}
+	_, req.tcp = w.LocalAddr().(*net.TCPAddr) // LocalAddr does not allocate; RemoteAddr may
 	rcode := h.serve(&req, start)
 	if h.metrics != nil {
 		qtype := uint16(0)

@@ -50,19 +50,10 @@ func listen(addr string, sockets int, h mdns.Handler) (*Server, error) {
 		return nil, fmt.Errorf("dns: listen tcp %s: %w", addr, err)
 	}
 	s := &Server{errs: make(chan error, sockets+1)}
-	addr = ln.Addr().String()
-	lc := net.ListenConfig{Control: reusePort}
-	var pcs []net.PacketConn
-	for i := 0; i < sockets; i++ {
-		pc, err := lc.ListenPacket(context.Background(), "udp", addr)
-		if err != nil {
-			ln.Close()
-			for _, pc := range pcs {
-				pc.Close()
-			}
-			return nil, fmt.Errorf("dns: listen udp %s: %w", addr, err)
-		}
-		pcs = append(pcs, pc)
+	pcs, err := ListenUDP(ln.Addr().String(), sockets)
+	if err != nil {
+		ln.Close()
+		return nil, err
 	}
 	s.addr = pcs[0].LocalAddr().(*net.UDPAddr)
 	accept := func(dh mdns.Header) mdns.MsgAcceptAction {
@@ -72,10 +63,29 @@ func listen(addr string, sockets int, h mdns.Handler) (*Server, error) {
 		return mdns.MsgAccept // the handler answers everything else
 	}
 	for _, pc := range pcs {
-		s.udp = append(s.udp, newUDPServer(pc.(*net.UDPConn), h))
+		s.udp = append(s.udp, newUDPServer(pc, h))
 	}
 	s.tcp = &mdns.Server{Listener: ln, Handler: h, MsgAcceptFunc: accept}
 	return s, nil
+}
+
+// ListenUDP binds sockets UDP sockets to addr with SO_REUSEPORT, each asking
+// for udpReceiveBuffer, as Listen does. It is exported for servers that
+// must get the very same sockets (the benchmark's reference servers).
+func ListenUDP(addr string, sockets int) ([]*net.UDPConn, error) {
+	lc := net.ListenConfig{Control: udpSocketOptions}
+	var conns []*net.UDPConn
+	for range max(sockets, 1) {
+		pc, err := lc.ListenPacket(context.Background(), "udp", addr)
+		if err != nil {
+			for _, c := range conns {
+				c.Close()
+			}
+			return nil, fmt.Errorf("dns: listen udp %s: %w", addr, err)
+		}
+		conns = append(conns, pc.(*net.UDPConn))
+	}
+	return conns, nil
 }
 
 // Close releases the sockets of a server that was never served.
@@ -120,11 +130,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // kernel rather than being dropped; Linux caps it at net.core.rmem_max.
 const udpReceiveBuffer = 4 << 20
 
-func reusePort(network, address string, c syscall.RawConn) error {
+// udpSocketOptions sets SO_REUSEPORT and asks for udpReceiveBuffer.
+func udpSocketOptions(network, address string, c syscall.RawConn) error {
 	var serr error
 	err := c.Control(func(fd uintptr) {
 		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
-		if serr == nil && network[:3] == "udp" {
+		if serr == nil {
 			// Best effort: a smaller buffer is not a reason to fail.
 			_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, udpReceiveBuffer)
 		}

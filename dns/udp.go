@@ -13,6 +13,7 @@ import (
 	mdns "github.com/miekg/dns"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
+	"golang.org/x/sync/errgroup"
 )
 
 // udpServer answers queries on one UDP socket with a fixed set of worker
@@ -41,8 +42,8 @@ type udpServer struct {
 	// (the default, 127.0.0.1) needs none.
 	wildcard bool
 
-	busy     atomic.Int32 // workers answering a query
-	inflight sync.WaitGroup
+	busy     atomic.Int32   // workers answering a query
+	inflight sync.WaitGroup // answers handed to goroutines of their own
 	closing  atomic.Bool
 	done     chan struct{} // closed when every worker has returned
 
@@ -74,24 +75,13 @@ func (u *udpServer) serve() error {
 	}
 	u.started = true
 	u.mu.Unlock()
-	errs := make(chan error, u.workers)
-	var wg sync.WaitGroup
+	var g errgroup.Group
 	for range u.workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs <- u.work()
-		}()
+		g.Go(u.work)
 	}
-	wg.Wait()
+	err := g.Wait()
 	close(u.done)
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+	return err
 }
 
 func (u *udpServer) work() error {
@@ -134,9 +124,7 @@ func (u *udpServer) work() error {
 			}()
 			continue
 		}
-		u.inflight.Add(1)
-		u.answer(pkt, w)
-		u.inflight.Done()
+		u.answer(pkt, w) // shutdown waits for the workers themselves (done)
 		u.busy.Add(-1)
 	}
 }
