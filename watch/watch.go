@@ -19,6 +19,7 @@ import (
 	"context"
 	"math/rand/v2"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"time"
 
@@ -123,7 +124,6 @@ func (m *Manager) startZone(name string, local bool) {
 		status:   m.cache.Status(name),
 		products: map[string]context.CancelFunc{},
 		pending:  map[string]bool{},
-		queued:   map[string]cache.ProductUpdate{},
 		started:  time.Now(),
 	}
 	m.zones[name] = z
@@ -218,8 +218,11 @@ type zoneWatch struct {
 	// result, then takes z.mu and applies everything queued: while one
 	// loop applies, the others' results pile up and go into the cache
 	// together, in one snapshot (see cache.SetProducts).
+	//
+	// A product is in queued at most once: its loop waits until its result
+	// is applied before it asks Consul again.
 	qmu    sync.Mutex
-	queued map[string]cache.ProductUpdate
+	queued []cache.ProductUpdate
 }
 
 // fetch runs one Consul request of a loop with q (which carries the
@@ -346,7 +349,7 @@ func (z *zoneWatch) fetchServices(ctx context.Context, q *api.QueryOptions) (*ap
 		if !want[name] {
 			z.qmu.Lock()
 			cancel()
-			delete(z.queued, name)
+			z.queued = slices.DeleteFunc(z.queued, func(u cache.ProductUpdate) bool { return u.Product == name })
 			z.qmu.Unlock()
 			delete(z.products, name)
 			delete(z.pending, name)
@@ -390,27 +393,21 @@ func (z *zoneWatch) fetchProduct(ctx context.Context, product string, q *api.Que
 		z.qmu.Unlock()
 		return meta, nil
 	}
-	z.queued[product] = cache.ProductUpdate{Product: product, Instances: in, Ignored: ignored}
+	z.queued = append(z.queued, cache.ProductUpdate{Product: product, Instances: in, Ignored: ignored})
 	z.qmu.Unlock()
 
 	z.mu.Lock()
 	defer z.mu.Unlock()
 	z.qmu.Lock()
 	batch := z.queued
-	if len(batch) > 0 {
-		z.queued = map[string]cache.ProductUpdate{}
-	}
+	z.queued = nil
 	z.qmu.Unlock()
 	if len(batch) == 0 {
 		return meta, nil // applied by another loop's batch
 	}
-	ups := make([]cache.ProductUpdate, 0, len(batch))
+	z.m.cache.SetProducts(z.name, batch)
 	for _, u := range batch {
-		ups = append(ups, u)
-	}
-	z.m.cache.SetProducts(z.name, ups)
-	for p := range batch {
-		delete(z.pending, p)
+		delete(z.pending, u.Product)
 	}
 	z.checkSynced()
 	return meta, nil
