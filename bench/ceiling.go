@@ -2,18 +2,15 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"encoding/hex"
 	"flag"
 	"fmt"
-	"net"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
 
 	mdns "github.com/miekg/dns"
-	"golang.org/x/sys/unix"
 
 	"glimpse/dns"
 )
@@ -86,7 +83,7 @@ func ceilingMain(args []string) error {
 	signal.Notify(sig, syscall.SIGTERM, os.Interrupt)
 	errc := make(chan error, 1)
 	if *stock {
-		pc, err := reusePortConn(*addr, *sockets)
+		pc, err := dns.ListenUDP(*addr, *sockets)
 		if err != nil {
 			return err
 		}
@@ -111,32 +108,6 @@ func ceilingMain(args []string) error {
 	}
 }
 
-// reusePortConn binds n UDP sockets to addr with SO_REUSEPORT, as
-// dns.Listen does.
-func reusePortConn(addr string, n int) ([]net.PacketConn, error) {
-	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
-		var serr error
-		if err := c.Control(func(fd uintptr) {
-			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
-			// The receive buffer glimpse's sockets ask for (dns.Listen),
-			// so that every system drops or keeps the same bursts.
-			_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
-		}); err != nil {
-			return err
-		}
-		return serr
-	}}
-	var out []net.PacketConn
-	for range max(n, 1) {
-		pc, err := lc.ListenPacket(context.Background(), "udp", addr)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, pc)
-	}
-	return out, nil
-}
-
 // echoMain runs the latency floor: UDP sockets that send each packet back
 // with the response bit set, with no DNS work at all. What dnsperf measures
 // against it is the cost of the machine, the kernel and dnsperf itself.
@@ -147,7 +118,7 @@ func echoMain(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	pcs, err := reusePortConn(*addr, *sockets)
+	pcs, err := dns.ListenUDP(*addr, *sockets)
 	if err != nil {
 		return err
 	}

@@ -164,11 +164,4 @@ func tailLines(s string, n int) string {
 }
 
 // median returns the median of vs (the lower middle for an even count).
-func median(vs []float64) float64 {
-	if len(vs) == 0 {
-		return 0
-	}
-	s := slices.Clone(vs)
-	slices.Sort(s)
-	return s[(len(s)-1)/2]
-}
+func median(vs []float64) float64 { return pct(vs, 50) }

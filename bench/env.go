@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -87,27 +86,13 @@ func (p *proc) tail(n int) string {
 	if err != nil {
 		return ""
 	}
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+	return tailLines(string(data), n)
 }
 
 // rssKiB returns a process's resident set size in KiB.
 func rssKiB(pid int) (int64, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			return strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-		}
-	}
-	return 0, errors.New("no VmRSS")
+	v := procLine(fmt.Sprintf("/proc/%d/status", pid), "VmRSS:")
+	return strconv.ParseInt(strings.TrimSuffix(v, " kB"), 10, 64)
 }
 
 // pin moves every thread of pid onto cpus.
@@ -181,25 +166,35 @@ func freeAddr() (string, error) {
 
 // waitHTTP waits until url answers 200, or the process exits, or timeout.
 func waitHTTP(ctx context.Context, p *proc, url string, timeout time.Duration) error {
+	return p.poll(ctx, timeout, 5*time.Millisecond, func() bool {
+		resp, err := http.Get(url)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}, url+" not ready")
+}
+
+// poll calls ready every `every` until it is true, the process exits, ctx
+// ends or timeout passes; failing, it says what (and the process's last
+// output).
+func (p *proc) poll(ctx context.Context, timeout, every time.Duration, ready func() bool, what string) error {
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
 		if !p.running() {
 			return fmt.Errorf("%s exited: %v\n%s", p.name, p.err, p.tail(20))
 		}
-		resp, err := http.Get(url)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
+		if ready() {
+			return nil
 		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(5 * time.Millisecond):
+		case <-time.After(every):
 		}
 	}
-	return fmt.Errorf("%s: %s not ready after %v\n%s", p.name, url, timeout, p.tail(20))
+	return fmt.Errorf("%s: %s after %v\n%s", p.name, what, timeout, p.tail(20))
 }
 
 // consulWait is glimpse-agent's blocking-query wait (its default), on which
@@ -275,10 +270,15 @@ func (b *bench) placeForDNS(g *glimpse) error {
 }
 
 func (b *bench) placeFree(g *glimpse) error {
+	return b.unpin(b.consul.PID(), g.pid(), os.Getpid())
+}
+
+// unpin lets the processes use every CPU.
+func (b *bench) unpin(pids ...int) error {
 	if b.cfg.serverCPUs == "" && b.cfg.clientCPUs == "" {
 		return nil
 	}
-	for _, pid := range []int{b.consul.PID(), g.pid(), os.Getpid()} {
+	for _, pid := range pids {
 		if err := pin(pid, allCPUs()); err != nil {
 			return err
 		}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/hashicorp/consul/api"
+	"golang.org/x/sync/errgroup"
 )
 
 // fanoutSection opens cfg.subscribers websocket subscriptions on one
@@ -30,22 +31,16 @@ func (b *bench) fanoutSection(ctx context.Context) error {
 	got := make([]atomic.Int64, n) // unix nanoseconds of the update, 0 until then
 	var snapshots sync.WaitGroup
 	snapshots.Add(n)
-	var errs onceErr
 	dialer := &websocket.Dialer{HandshakeTimeout: 30 * time.Second, ReadBufferSize: 1024, WriteBufferSize: 1024}
 	began := time.Now()
-	sem := make(chan struct{}, 64)
-	var dials sync.WaitGroup
+	var dials errgroup.Group
+	dials.SetLimit(64)
 	for i := range conns {
-		sem <- struct{}{}
-		dials.Add(1)
-		go func() {
-			defer dials.Done()
-			defer func() { <-sem }()
+		dials.Go(func() error {
 			c, _, err := dialer.DialContext(ctx, u, nil)
 			if err != nil {
-				errs.set(fmt.Errorf("subscriber %d: %w", i, err))
 				snapshots.Done()
-				return
+				return fmt.Errorf("subscriber %d: %w", i, err)
 			}
 			conns[i] = c
 			go func() {
@@ -67,21 +62,10 @@ func (b *bench) fanoutSection(ctx context.Context) error {
 					}
 				}
 			}()
-		}()
+			return nil
+		})
 	}
-	dials.Wait()
-	snapDone := make(chan struct{})
-	go func() { snapshots.Wait(); close(snapDone) }()
-	select {
-	case <-snapDone:
-	case <-time.After(60 * time.Second):
-		for _, c := range conns {
-			if c != nil {
-				c.Close()
-			}
-		}
-		return fmt.Errorf("fan-out: not every subscriber had its snapshot after 60 s")
-	}
+	dialErr := dials.Wait()
 	defer func() {
 		for _, c := range conns {
 			if c != nil {
@@ -89,8 +73,15 @@ func (b *bench) fanoutSection(ctx context.Context) error {
 			}
 		}
 	}()
-	if err := errs.get(); err != nil {
-		return err
+	snapDone := make(chan struct{})
+	go func() { snapshots.Wait(); close(snapDone) }()
+	select {
+	case <-snapDone:
+	case <-time.After(60 * time.Second):
+		return fmt.Errorf("fan-out: not every subscriber had its snapshot after 60 s")
+	}
+	if dialErr != nil {
+		return dialErr
 	}
 	logf("fan-out: %d subscribers connected with their snapshots in %v", n, time.Since(began).Round(time.Millisecond))
 	after, err := settledRSS(b.g)

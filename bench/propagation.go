@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"net/url"
 	"slices"
 	"strings"
@@ -92,7 +91,7 @@ func (b *bench) propagationSection(ctx context.Context) error {
 
 		// The long-poll waits from the current index.
 		var cur lookupResp
-		if err := getJSON("http://"+b.g.httpAddr+"/v1/lookup/"+addr, &cur); err != nil {
+		if err := getJSON(ctx, "http://"+b.g.httpAddr+"/v1/lookup/"+addr, &cur); err != nil {
 			return err
 		}
 		var wg sync.WaitGroup
@@ -128,14 +127,7 @@ func (b *bench) propagationSection(ctx context.Context) error {
 			index := cur.Index
 			for lpCtx.Err() == nil {
 				var r lookupResp
-				req, _ := http.NewRequestWithContext(lpCtx, "GET", fmt.Sprintf("http://%s/v1/lookup/%s?index=%d&wait=30s", b.g.httpAddr, addr, index), nil)
-				resp, err := http.DefaultClient.Do(req)
-				if err != nil {
-					return
-				}
-				err = json.NewDecoder(resp.Body).Decode(&r)
-				resp.Body.Close()
-				if err != nil {
+				if getJSON(lpCtx, fmt.Sprintf("http://%s/v1/lookup/%s?index=%d&wait=30s", b.g.httpAddr, addr, index), &r) != nil {
 					return
 				}
 				if len(r.Instances) == want {

@@ -143,36 +143,35 @@ type zoneStatus struct {
 // waitSynced waits until g's local zone is synced with n instances, and
 // returns when that was first seen.
 func (b *bench) waitSynced(ctx context.Context, g *glimpse, n int, timeout time.Duration) (time.Time, error) {
-	deadline := time.Now().Add(timeout)
-	last := zoneStatus{}
-	for time.Now().Before(deadline) {
-		if !g.running() {
-			return time.Time{}, fmt.Errorf("glimpse-agent exited: %v\n%s", g.err, g.tail(20))
-		}
+	var last zoneStatus
+	var at time.Time
+	err := g.poll(ctx, timeout, 5*time.Millisecond, func() bool {
 		var zones struct {
 			Zones []zoneStatus `json:"zones"`
 		}
-		if err := getJSON("http://"+g.httpAddr+"/v1/zones", &zones); err == nil {
-			for _, z := range zones.Zones {
-				if z.Zone == "dc1" {
-					last = z
-					if z.Synced && z.Instances == n {
-						return time.Now(), nil
-					}
-				}
+		if getJSON(ctx, "http://"+g.httpAddr+"/v1/zones", &zones) != nil {
+			return false
+		}
+		for _, z := range zones.Zones {
+			if z.Zone == "dc1" {
+				last, at = z, time.Now()
+				return z.Synced && z.Instances == n
 			}
 		}
-		select {
-		case <-ctx.Done():
-			return time.Time{}, ctx.Err()
-		case <-time.After(5 * time.Millisecond):
-		}
+		return false
+	}, fmt.Sprintf("not synced with %d instances", n))
+	if err != nil {
+		return at, fmt.Errorf("%w (last seen: %+v)", err, last)
 	}
-	return time.Time{}, fmt.Errorf("glimpse-agent not synced with %d instances after %v (last: %+v)\n%s", n, timeout, last, g.tail(20))
+	return at, nil
 }
 
-func getJSON(url string, v any) error {
-	resp, err := http.Get(url)
+func getJSON(ctx context.Context, url string, v any) error {
+	req, err := http.NewRequestWithContext(ctx, "GET", url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return err
 	}
@@ -384,19 +383,8 @@ func field(rs []perfResult, f func(perfResult) float64) []float64 {
 
 // waitDNS waits until a DNS server answers on addr.
 func waitDNS(ctx context.Context, p *proc, addr string) error {
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		if !p.running() {
-			return fmt.Errorf("%s exited: %v\n%s", p.name, p.err, p.tail(20))
-		}
-		if _, err := exchange(addr, glimpseName(0, 0), mdns.TypeSRV); err == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	return fmt.Errorf("%s: no DNS answer on %s\n%s", p.name, addr, p.tail(20))
+	return p.poll(ctx, 30*time.Second, 20*time.Millisecond, func() bool {
+		_, err := exchange(addr, glimpseName(0, 0), mdns.TypeSRV)
+		return err == nil
+	}, "no DNS answer on "+addr)
 }

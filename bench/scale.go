@@ -56,10 +56,8 @@ func (b *bench) scaleSection(ctx context.Context) error {
 			logf("scale: registered up to %d instances in %v", b.topo.size(), time.Since(began).Round(time.Millisecond))
 		}
 		// Every size with the same placement: nothing pinned.
-		for _, pid := range []int{b.consul.PID(), os.Getpid()} {
-			if err := pin(pid, allCPUs()); err != nil {
-				return err
-			}
+		if err := b.unpin(b.consul.PID(), os.Getpid()); err != nil {
+			return err
 		}
 		row := scaleRow{instances: size, products: products}
 		if row.consulRead, err = b.readAll(ctx, products); err != nil {
@@ -110,7 +108,7 @@ func (b *bench) scaleSection(ctx context.Context) error {
 		}
 		syscall.Kill(b.consul.PID(), syscall.SIGCONT)
 		g.stop()
-		if err := pin(b.consul.PID(), allCPUs()); err != nil {
+		if err := b.unpin(b.consul.PID()); err != nil {
 			return err
 		}
 		if largest {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"sync"
 
 	"github.com/hashicorp/consul/api"
 	"golang.org/x/sync/errgroup"
@@ -147,24 +146,4 @@ func (t topology) queryLines(name func(p, j int) string) string {
 		}
 	}
 	return b.String()
-}
-
-// onceErr is the first error of concurrent workers.
-type onceErr struct {
-	mu  sync.Mutex
-	err error
-}
-
-func (o *onceErr) set(err error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if o.err == nil {
-		o.err = err
-	}
-}
-
-func (o *onceErr) get() error {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.err
 }
