@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -45,15 +46,13 @@ func idsOf(p string, ins []provider.Instance) []string {
 // ownedIDs returns the sorted IDs of the Consul agent's registrations that
 // carry provider p's tag, or nil when the agent does not answer.
 func ownedIDs(c *api.Client, p string) []string {
-	svcs, err := c.Agent().Services()
+	svcs, err := servicesTagged(c, p)
 	if err != nil {
 		return nil
 	}
 	ids := []string{}
-	for id, s := range svcs {
-		if slices.Contains(s.Tags, provider.TagProvider+p) {
-			ids = append(ids, id)
-		}
+	for id := range svcs {
+		ids = append(ids, id)
 	}
 	sort.Strings(ids)
 	return ids
@@ -67,21 +66,7 @@ func stoppableAgent(t *testing.T, cfg Config) (*Agent, func()) {
 	if err != nil {
 		t.Fatalf("agent: %v", err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	stopped := false
-	stop := func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("agent run: %v", err)
-		}
-	}
-	t.Cleanup(stop)
+	stop := runAgent(t, a)
 	waitSynced(t, a)
 	return a, stop
 }
@@ -286,11 +271,7 @@ func TestProviderAgentRestart(t *testing.T) {
 // temporary file starting with '.', then a rename.
 func writeAtomic(t testing.TB, dir, name string, data []byte) {
 	t.Helper()
-	tmp := filepath.Join(dir, ".tmp-"+name)
-	if err := os.WriteFile(tmp, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
+	if err := provider.WriteFileAtomic(filepath.Join(dir, name), data); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -337,7 +318,7 @@ func TestProviderDirectory(t *testing.T) {
 		[]byte(`not json`),
 		[]byte(`{"instances": [{"service":"http","job":"stream","env":"prod","product":"` + p + `","port":70000}]}`),
 		[]byte(`{"instances": [], "extra": 1}`),
-		append(bodyOf(t, ins[0])[:0:0], bytesOf(provider.MaxBody+1)...),
+		bytes.Repeat([]byte(" "), provider.MaxBody+1),
 	}
 	for i, data := range bad {
 		before := errorsSoFar()
@@ -377,7 +358,9 @@ func TestProviderDirectory(t *testing.T) {
 	waitDNS(t, a.DNSAddr(), name, mdns.TypeSRV, func(m *mdns.Msg) bool { return srvPorts(m) == "[8000]" }, "the fixed file's instance")
 
 	// The same content written again is not applied again.
-	syncsOK := func() float64 { return metricValue(scrape(t, a.HTTPAddr()), `glimpse_provider_syncs_total{result="ok"}`) }
+	syncsOK := func() float64 {
+		return metricValue(scrape(t, a.HTTPAddr()), `glimpse_provider_syncs_total{result="ok"}`)
+	}
 	before := syncsOK()
 	writeAtomic(t, dir, prov+".json", bodyOf(t, ins[:1]...))
 	time.Sleep(300 * time.Millisecond)
@@ -434,12 +417,4 @@ func TestProviderDirectory(t *testing.T) {
 	if code, raw := do(t, "DELETE", base+prov, nil); code != 200 {
 		t.Errorf("DELETE: %d %s", code, raw)
 	}
-}
-
-func bytesOf(n int) []byte {
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = ' '
-	}
-	return b
 }

@@ -58,9 +58,18 @@ func bodyOf(t testing.TB, ins ...provider.Instance) []byte {
 // owned returns the Consul agent's services carrying provider p's tag, by ID.
 func owned(t testing.TB, c *api.Client, p string) map[string]*api.AgentService {
 	t.Helper()
-	svcs, err := c.Agent().Services()
+	out, err := servicesTagged(c, p)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return out
+}
+
+// servicesTagged is owned for callers that expect the Consul agent to fail.
+func servicesTagged(c *api.Client, p string) (map[string]*api.AgentService, error) {
+	svcs, err := c.Agent().Services()
+	if err != nil {
+		return nil, err
 	}
 	out := map[string]*api.AgentService{}
 	for id, s := range svcs {
@@ -68,7 +77,7 @@ func owned(t testing.TB, c *api.Client, p string) map[string]*api.AgentService {
 			out[id] = s
 		}
 	}
-	return out
+	return out, nil
 }
 
 func serviceIDs(t testing.TB, c *api.Client) []string {
