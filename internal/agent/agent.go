@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -24,6 +25,7 @@ import (
 	"glimpse/cache"
 	"glimpse/dns"
 	httpapi "glimpse/http"
+	"glimpse/internal/consulhttp"
 	"glimpse/provider"
 	"glimpse/watch"
 )
@@ -114,7 +116,7 @@ type Agent struct {
 	dns      *dns.Server
 	http     *httpapi.Server
 	// transport of the Consul client, whose connections Run closes.
-	transport *http.Transport
+	transport *consulhttp.Transport
 	providers *provider.Manager
 	// providersDir applies cfg.ProvidersDir; nil when not configured.
 	providersDir *provider.Dir
@@ -193,9 +195,10 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Agent, error) {
 
 // ConsulClient returns a Consul API client for addr (empty: the environment's
 // or Consul's default) with token (empty: the environment's). Its transport
-// keeps one idle connection per watcher, so blocking queries do not churn
-// connections; close its idle connections when done with the client.
-func ConsulClient(addr, token string) (*api.Client, *http.Transport, error) {
+// runs each request on the caller's goroutine and keeps one idle connection
+// per watcher (see consulhttp); close its idle connections when done with
+// the client.
+func ConsulClient(addr, token string) (*api.Client, *consulhttp.Transport, error) {
 	cc := api.DefaultConfig()
 	if addr != "" {
 		cc.Address = addr
@@ -203,20 +206,42 @@ func ConsulClient(addr, token string) (*api.Client, *http.Transport, error) {
 	if token != "" {
 		cc.Token = token
 	}
-	// One connection per product (100,000 instances are about 5,000
-	// products): never close one for lack of room in the idle pool.
-	cc.Transport.MaxIdleConnsPerHost = 1 << 16
-	cc.Transport.MaxIdleConns = 1 << 16
-	// Requests are a few hundred bytes and responses are decoded as they
-	// stream: small buffers per connection (4 KiB each by default) save
-	// memory across thousands.
-	cc.Transport.WriteBufferSize = 1024
-	cc.Transport.ReadBufferSize = 2048
+	o := consulhttp.Options{Network: "tcp", Address: cc.Address}
+	if scheme, rest, ok := strings.Cut(cc.Address, "://"); ok {
+		switch scheme {
+		case "http", "https":
+			o.Address, cc.Address = rest, rest
+			if scheme == "https" {
+				cc.Scheme = "https"
+			}
+		case "unix":
+			// The socket is dialled; the URL's host is only its Host header.
+			o.Network, o.Address, cc.Address = "unix", rest, "localhost"
+		default:
+			return nil, nil, fmt.Errorf("consul address %q: unknown scheme %q", cc.Address, scheme)
+		}
+	}
+	if _, _, err := net.SplitHostPort(o.Address); err != nil && o.Network == "tcp" {
+		port := "80"
+		if cc.Scheme == "https" {
+			port = "443"
+		}
+		o.Address = net.JoinHostPort(o.Address, port)
+	}
+	if cc.Scheme == "https" {
+		tc, err := api.SetupTLSConfig(&cc.TLSConfig)
+		if err != nil {
+			return nil, nil, fmt.Errorf("consul TLS: %w", err)
+		}
+		o.TLS = tc
+	}
+	tr := consulhttp.New(o)
+	cc.HttpClient = &http.Client{Transport: tr}
 	client, err := api.NewClient(cc)
 	if err != nil {
 		return nil, nil, fmt.Errorf("consul client for %s: %w", cc.Address, err)
 	}
-	return client, cc.Transport, nil
+	return client, tr, nil
 }
 
 // localZone returns cfg.Zone, or else the Consul agent's datacenter; either

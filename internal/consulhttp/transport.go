@@ -1,0 +1,394 @@
+// Package consulhttp is the HTTP transport between glimpse-agent and its
+// Consul agent.
+//
+// glimpse holds one blocking query per product open at all times, so a
+// fleet of 5,000 products keeps 5,000 requests waiting in Consul. Go's
+// http.Transport runs two goroutines per connection (a read loop and a write
+// loop) besides the caller's, with their buffers and channels; across
+// thousands of idle blocking queries that is most of the agent's memory.
+// Transport does each exchange on the caller's goroutine instead: it writes
+// the request and reads the response on a pooled connection, and nothing
+// runs while a query waits but the caller, parked in its read.
+//
+// It speaks HTTP/1.1 over TCP, TLS or a Unix socket, reuses connections and
+// honours the request's context. It does not follow proxies or negotiate
+// HTTP/2, neither of which the Consul agent's HTTP API needs.
+package consulhttp
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Options configure a Transport.
+type Options struct {
+	// Network and Address to dial: "tcp" and host:port, or "unix" and a
+	// socket path.
+	Network, Address string
+	// TLS, when set, wraps each connection (for an https Consul address).
+	// Without a ServerName, the host of Address is verified.
+	TLS *tls.Config
+	// MaxIdle bounds the idle connections kept for reuse; default 65,536
+	// (a watcher's connection must not be closed for lack of room).
+	MaxIdle int
+	// IdleTimeout closes a connection idle for longer; default 90 s.
+	IdleTimeout time.Duration
+	// DialTimeout bounds connecting (and the TLS handshake); default 10 s.
+	DialTimeout time.Duration
+	// ReadBufferSize is each connection's read buffer; default 2 KiB.
+	// Responses are decoded as they stream, so it need only hold a header
+	// line.
+	ReadBufferSize int
+}
+
+// Transport is an http.RoundTripper that runs each exchange on the calling
+// goroutine. A response's body must be read to its end or closed; then its
+// connection goes back to the pool. Read and Close of one body must not run
+// concurrently.
+type Transport struct {
+	o Options
+
+	mu   sync.Mutex
+	idle []*conn // a stack: the most recently used on top, the oldest at the bottom
+}
+
+// New returns a Transport with o's defaults filled in.
+func New(o Options) *Transport {
+	if o.MaxIdle <= 0 {
+		o.MaxIdle = 1 << 16
+	}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = 90 * time.Second
+	}
+	if o.DialTimeout <= 0 {
+		o.DialTimeout = 10 * time.Second
+	}
+	if o.ReadBufferSize <= 0 {
+		o.ReadBufferSize = 2048
+	}
+	if o.TLS != nil && o.TLS.ServerName == "" && o.Network == "tcp" {
+		o.TLS = o.TLS.Clone()
+		o.TLS.ServerName, _, _ = net.SplitHostPort(o.Address)
+	}
+	return &Transport{o: o}
+}
+
+// conn is one connection to Consul.
+type conn struct {
+	net.Conn
+	raw       syscall.Conn // the socket under TLS, for the liveness check
+	br        *bufio.Reader
+	read      int64 // bytes read, to tell a dead idle connection from a failed answer
+	idleSince time.Time
+}
+
+func (c *conn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.read += int64(n)
+	return n, err
+}
+
+// alive reports whether an idle connection can carry another request: the
+// peer has not closed it and sent nothing unasked. One non-blocking peek at
+// the socket.
+func (c *conn) alive() bool {
+	if c.br.Buffered() > 0 {
+		return false
+	}
+	if c.raw == nil {
+		return true
+	}
+	rc, err := c.raw.SyscallConn()
+	if err != nil {
+		return false
+	}
+	ok := false
+	var buf [1]byte
+	err = rc.Read(func(fd uintptr) bool {
+		_, _, rerr := unix.Recvfrom(int(fd), buf[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		ok = rerr == unix.EAGAIN || rerr == unix.EWOULDBLOCK
+		return true // never wait for readiness
+	})
+	return err == nil && ok
+}
+
+// writers are shared by all connections: a request is written at once.
+var writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 1024) }}
+
+// RoundTrip implements http.RoundTripper.
+func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.URL == nil || (req.URL.Scheme != "http" && req.URL.Scheme != "https") {
+		closeBody(req)
+		return nil, fmt.Errorf("consulhttp: unsupported URL %v", req.URL)
+	}
+	ctx := req.Context()
+	for retried := false; ; retried = true {
+		c, reused, err := t.get(ctx)
+		if err != nil {
+			closeBody(req)
+			return nil, err
+		}
+		before := c.read
+		resp, wrote, err := t.exchange(req, c)
+		if err == nil {
+			return resp, nil
+		}
+		c.Close()
+		if ctx.Err() != nil {
+			closeBody(req)
+			return nil, ctxErr(ctx, err)
+		}
+		// A reused connection the server closed in the meantime fails
+		// before anything comes back: send the request again, on a new
+		// connection, if that cannot do it twice (as net/http does).
+		nothingBack := c.read == before
+		if retried || !reused || !nothingBack || !(wrote == 0 || idempotent(req)) {
+			closeBody(req)
+			return nil, err
+		}
+		if req, err = rewind(req); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// exchange writes req on c and reads the response's head. wrote is the
+// number of bytes the request put on the wire (0: the server saw nothing).
+func (t *Transport) exchange(req *http.Request, c *conn) (_ *http.Response, wrote int, _ error) {
+	ctx := req.Context()
+	// A context that ends unblocks whatever read or write is under way.
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
+	cw := &countingWriter{w: c.Conn}
+	bw := writers.Get().(*bufio.Writer)
+	bw.Reset(cw)
+	err := req.Write(bw)
+	if err == nil {
+		err = bw.Flush()
+	}
+	bw.Reset(nil)
+	writers.Put(bw)
+	if err != nil {
+		stop()
+		return nil, cw.n, err
+	}
+	resp, err := http.ReadResponse(c.br, req)
+	if err != nil {
+		stop()
+		return nil, cw.n, err
+	}
+	resp.Body = &body{rc: resp.Body, c: c, t: t, ctx: ctx, stop: stop, close: resp.Close || req.Close}
+	return resp, cw.n, nil
+}
+
+// get returns an idle connection that is still alive, or a new one.
+func (t *Transport) get(ctx context.Context) (*conn, bool, error) {
+	var dead []*conn
+	defer func() {
+		for _, c := range dead {
+			c.Close()
+		}
+	}()
+	now := time.Now()
+	for {
+		t.mu.Lock()
+		n := len(t.idle)
+		if n == 0 {
+			t.mu.Unlock()
+			break
+		}
+		c := t.idle[n-1]
+		t.idle[n-1] = nil
+		t.idle = t.idle[:n-1]
+		t.mu.Unlock()
+		if now.Sub(c.idleSince) < t.o.IdleTimeout && c.alive() {
+			return c, true, nil
+		}
+		dead = append(dead, c)
+	}
+	c, err := t.dial(ctx)
+	return c, false, err
+}
+
+func (t *Transport) dial(ctx context.Context) (*conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, t.o.DialTimeout)
+	defer cancel()
+	d := net.Dialer{KeepAlive: 30 * time.Second}
+	nc, err := d.DialContext(ctx, t.o.Network, t.o.Address)
+	if err != nil {
+		return nil, err
+	}
+	c := &conn{Conn: nc}
+	c.raw, _ = nc.(syscall.Conn)
+	if t.o.TLS != nil {
+		tc := tls.Client(nc, t.o.TLS)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			nc.Close()
+			return nil, err
+		}
+		c.Conn = tc
+	}
+	c.br = bufio.NewReaderSize(c, t.o.ReadBufferSize)
+	return c, nil
+}
+
+// put returns c to the pool, dropping connections idle for too long from
+// the bottom of the stack and c itself when the pool is full.
+func (t *Transport) put(c *conn) {
+	now := time.Now()
+	c.idleSince = now
+	var drop []*conn
+	t.mu.Lock()
+	stale := 0
+	for stale < len(t.idle) && now.Sub(t.idle[stale].idleSince) >= t.o.IdleTimeout {
+		stale++
+	}
+	if stale > 0 {
+		drop = append(drop, t.idle[:stale]...)
+		n := copy(t.idle, t.idle[stale:])
+		clear(t.idle[n:])
+		t.idle = t.idle[:n]
+	}
+	if len(t.idle) < t.o.MaxIdle {
+		t.idle = append(t.idle, c)
+	} else {
+		drop = append(drop, c)
+	}
+	t.mu.Unlock()
+	for _, c := range drop {
+		c.Close()
+	}
+}
+
+// CloseIdleConnections closes the connections not carrying a request.
+func (t *Transport) CloseIdleConnections() {
+	t.mu.Lock()
+	idle := t.idle
+	t.idle = nil
+	t.mu.Unlock()
+	for _, c := range idle {
+		c.Close()
+	}
+}
+
+// Idle reports the number of pooled idle connections.
+func (t *Transport) Idle() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.idle)
+}
+
+// body is a response body; at its end its connection goes back to the pool.
+type body struct {
+	rc    io.ReadCloser
+	c     *conn
+	t     *Transport
+	ctx   context.Context
+	stop  func() bool
+	close bool // the connection is not to be reused
+	done  bool
+}
+
+var errBodyClosed = errors.New("consulhttp: read on closed response body")
+
+func (b *body) Read(p []byte) (int, error) {
+	if b.done {
+		return 0, errBodyClosed
+	}
+	n, err := b.rc.Read(p)
+	switch {
+	case err == io.EOF:
+		b.finish(true)
+	case err != nil:
+		b.finish(false)
+		err = ctxErr(b.ctx, err)
+	}
+	return n, err
+}
+
+// Close drains what is left of a short body so that its connection can be
+// reused; a long rest is not worth reading, and the connection is closed.
+func (b *body) Close() error {
+	if b.done {
+		return nil
+	}
+	_, err := io.CopyN(io.Discard, b.rc, 4096)
+	b.finish(err == io.EOF)
+	return nil
+}
+
+func (b *body) finish(ok bool) {
+	b.done = true
+	// stop fails when the context has ended and its deadline may be set on
+	// the connection already.
+	if !b.stop() || b.close || b.c.br.Buffered() > 0 {
+		ok = false
+	}
+	if ok {
+		b.t.put(b.c)
+	} else {
+		b.c.Close()
+	}
+}
+
+type countingWriter struct {
+	w io.Writer
+	n int
+}
+
+func (w *countingWriter) Write(p []byte) (int, error) {
+	n, err := w.w.Write(p)
+	w.n += n
+	return n, err
+}
+
+// ctxErr returns the context's error for an I/O error caused by its end
+// (the deadline set to unblock the exchange), err otherwise.
+func ctxErr(ctx context.Context, err error) error {
+	if cerr := ctx.Err(); cerr != nil {
+		return fmt.Errorf("%w (%v)", cerr, err)
+	}
+	return err
+}
+
+func idempotent(req *http.Request) bool {
+	switch req.Method {
+	case "", http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	return false
+}
+
+func closeBody(req *http.Request) {
+	if req.Body != nil {
+		req.Body.Close()
+	}
+}
+
+// rewind returns req with a fresh body for a second attempt.
+func rewind(req *http.Request) (*http.Request, error) {
+	if req.Body == nil || req.Body == http.NoBody {
+		return req, nil
+	}
+	if req.GetBody == nil {
+		req.Body.Close()
+		return nil, errors.New("consulhttp: connection lost and the request body cannot be sent again")
+	}
+	b, err := req.GetBody()
+	if err != nil {
+		return nil, err
+	}
+	r := req.Clone(req.Context())
+	r.Body = b
+	return r, nil
+}
