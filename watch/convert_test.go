@@ -16,16 +16,16 @@ var glimpseTags = []string{"glimpse:env=prod", "glimpse:job=stream", "glimpse:se
 
 // entry returns a health entry of product goku on node (nodeAddr), with the
 // service's own address svcAddr ("" for none), port, tags and checks.
-func entry(node, nodeAddr, svcAddr string, port int, tags []string, checks ...*api.HealthCheck) *api.ServiceEntry {
-	return &api.ServiceEntry{
-		Node:    &api.Node{Node: node, Address: nodeAddr, Datacenter: "dc1"},
-		Service: &api.AgentService{ID: "goku-" + node, Service: "goku", Address: svcAddr, Port: port, Tags: tags},
+func entry(node, nodeAddr, svcAddr string, port int, tags []string, checks ...healthCheck) *healthEntry {
+	return &healthEntry{
+		Node:    &healthNode{Node: node, Address: nodeAddr},
+		Service: &healthService{Address: svcAddr, Port: port, Tags: tags},
 		Checks:  checks,
 	}
 }
 
-func check(id, status string) *api.HealthCheck {
-	return &api.HealthCheck{CheckID: id, Status: status}
+func check(id, status string) healthCheck {
+	return healthCheck{CheckID: id, Status: status}
 }
 
 func wantInst(node, addr string, own bool, port uint16, h cache.Health) cache.Instance {
@@ -38,53 +38,53 @@ func wantInst(node, addr string, own bool, port uint16, h cache.Health) cache.In
 func TestInstances(t *testing.T) {
 	tests := []struct {
 		name    string
-		entries []*api.ServiceEntry
+		entries []*healthEntry
 		want    []cache.Instance
 		ignored int
 	}{
 		{
 			name:    "node address",
-			entries: []*api.ServiceEntry{entry("n1", "10.0.0.1", "", 8080, glimpseTags)},
+			entries: []*healthEntry{entry("n1", "10.0.0.1", "", 8080, glimpseTags)},
 			want:    []cache.Instance{wantInst("n1", "10.0.0.1", false, 8080, cache.Passing)},
 		},
 		{
 			name:    "own address",
-			entries: []*api.ServiceEntry{entry("n1", "10.0.0.1", "10.0.1.1", 8080, glimpseTags)},
+			entries: []*healthEntry{entry("n1", "10.0.0.1", "10.0.1.1", 8080, glimpseTags)},
 			want:    []cache.Instance{wantInst("n1", "10.0.1.1", true, 8080, cache.Passing)},
 		},
 		{
 			name:    "service address equal to the node's is not its own",
-			entries: []*api.ServiceEntry{entry("n1", "10.0.0.1", "10.0.0.1", 8080, glimpseTags)},
+			entries: []*healthEntry{entry("n1", "10.0.0.1", "10.0.0.1", 8080, glimpseTags)},
 			want:    []cache.Instance{wantInst("n1", "10.0.0.1", false, 8080, cache.Passing)},
 		},
 		{
 			name:    "service address equal to the node's, once mapped",
-			entries: []*api.ServiceEntry{entry("n1", "10.0.0.1", "::ffff:10.0.0.1", 8080, glimpseTags)},
+			entries: []*healthEntry{entry("n1", "10.0.0.1", "::ffff:10.0.0.1", 8080, glimpseTags)},
 			want:    []cache.Instance{wantInst("n1", "10.0.0.1", false, 8080, cache.Passing)},
 		},
 		{
 			name:    "IPv4-mapped IPv6 service address unmapped",
-			entries: []*api.ServiceEntry{entry("n1", "10.0.0.1", "::ffff:10.0.1.1", 8080, glimpseTags)},
+			entries: []*healthEntry{entry("n1", "10.0.0.1", "::ffff:10.0.1.1", 8080, glimpseTags)},
 			want:    []cache.Instance{wantInst("n1", "10.0.1.1", true, 8080, cache.Passing)},
 		},
 		{
 			name:    "IPv4-mapped IPv6 node address unmapped",
-			entries: []*api.ServiceEntry{entry("n1", "::ffff:10.0.0.1", "", 8080, glimpseTags)},
+			entries: []*healthEntry{entry("n1", "::ffff:10.0.0.1", "", 8080, glimpseTags)},
 			want:    []cache.Instance{wantInst("n1", "10.0.0.1", false, 8080, cache.Passing)},
 		},
 		{
 			name:    "IPv6",
-			entries: []*api.ServiceEntry{entry("n1", "2001:db8::1", "2001:db8::2", 8080, glimpseTags)},
+			entries: []*healthEntry{entry("n1", "2001:db8::1", "2001:db8::2", 8080, glimpseTags)},
 			want:    []cache.Instance{wantInst("n1", "2001:db8::2", true, 8080, cache.Passing)},
 		},
 		{
 			name:    "own address on a node without an IP",
-			entries: []*api.ServiceEntry{entry("n1", "node1.example", "10.0.1.1", 8080, glimpseTags)},
+			entries: []*healthEntry{entry("n1", "node1.example", "10.0.1.1", 8080, glimpseTags)},
 			want:    []cache.Instance{wantInst("n1", "10.0.1.1", true, 8080, cache.Passing)},
 		},
 		{
 			name: "labels in lower case, node name as registered, provider kept",
-			entries: []*api.ServiceEntry{entry("Web-1", "10.0.0.1", "", 8080,
+			entries: []*healthEntry{entry("Web-1", "10.0.0.1", "", 8080,
 				[]string{"glimpse:env=PROD", "glimpse:job=Stream", "glimpse:service=HTTP", "glimpse:provider=Bazooka", "other", "glimpse:product=goku"})},
 			want: []cache.Instance{func() cache.Instance {
 				in := wantInst("Web-1", "10.0.0.1", false, 8080, cache.Passing)
@@ -94,13 +94,13 @@ func TestInstances(t *testing.T) {
 		},
 		{
 			name: "tag order does not matter",
-			entries: []*api.ServiceEntry{entry("n1", "10.0.0.1", "", 8080,
+			entries: []*healthEntry{entry("n1", "10.0.0.1", "", 8080,
 				[]string{"v2", "glimpse:service=http", "glimpse:env=prod", "x", "glimpse:job=stream"})},
 			want: []cache.Instance{wantInst("n1", "10.0.0.1", false, 8080, cache.Passing)},
 		},
 		{
 			name: "ignored: missing tags",
-			entries: []*api.ServiceEntry{
+			entries: []*healthEntry{
 				entry("n1", "10.0.0.1", "", 8080, nil),
 				entry("n2", "10.0.0.2", "", 8080, []string{"glimpse:env=prod", "glimpse:job=stream"}),
 				entry("n3", "10.0.0.3", "", 8080, []string{"glimpse:env=prod", "glimpse:service=http"}),
@@ -114,7 +114,7 @@ func TestInstances(t *testing.T) {
 		},
 		{
 			name: "ignored: bad labels",
-			entries: []*api.ServiceEntry{
+			entries: []*healthEntry{
 				entry("n1", "10.0.0.1", "", 8080, []string{"glimpse:env=", "glimpse:job=stream", "glimpse:service=http"}),
 				entry("n2", "10.0.0.2", "", 8080, []string{"glimpse:env=prod", "glimpse:job=st_ream", "glimpse:service=http"}),
 				entry("n3", "10.0.0.3", "", 8080, []string{"glimpse:env=prod", "glimpse:job=stream", "glimpse:service=a.b"}),
@@ -125,22 +125,22 @@ func TestInstances(t *testing.T) {
 		},
 		{
 			name: "ignored: no IP address, no port",
-			entries: []*api.ServiceEntry{
+			entries: []*healthEntry{
 				entry("n1", "node1.example", "", 8080, glimpseTags),
 				entry("n2", "", "", 8080, glimpseTags),
 				entry("n3", "10.0.0.3", "", 0, glimpseTags),
 				entry("n4", "10.0.0.4", "", -1, glimpseTags),
 				entry("n5", "10.0.0.5", "", 65536, glimpseTags),
 				entry("n6", "10.0.0.6", "", 65535, glimpseTags),
-				{Node: &api.Node{Node: "n7", Address: "10.0.0.7"}},
-				{Service: &api.AgentService{Service: "goku", Port: 1, Tags: glimpseTags}},
+				{Node: &healthNode{Node: "n7", Address: "10.0.0.7"}},
+				{Service: &healthService{Port: 1, Tags: glimpseTags}},
 			},
 			want:    []cache.Instance{wantInst("n6", "10.0.0.6", false, 65535, cache.Passing)},
 			ignored: 7,
 		},
 		{
 			name: "health aggregation",
-			entries: []*api.ServiceEntry{
+			entries: []*healthEntry{
 				entry("n1", "10.0.0.1", "", 1, glimpseTags),
 				entry("n2", "10.0.0.2", "", 2, glimpseTags, check("serfHealth", api.HealthPassing), check("svc", api.HealthPassing)),
 				entry("n3", "10.0.0.3", "", 3, glimpseTags, check("serfHealth", api.HealthPassing), check("svc", api.HealthWarning)),
@@ -184,7 +184,7 @@ func TestInstances(t *testing.T) {
 
 // TestInstancesInterned checks that equal labels share one string.
 func TestInstancesInterned(t *testing.T) {
-	got, _ := instances([]*api.ServiceEntry{
+	got, _ := instances([]*healthEntry{
 		entry("n1", "10.0.0.1", "", 1, []string{"glimpse:env=prod", "glimpse:job=stream", "glimpse:service=http"}),
 		entry("n2", "10.0.0.2", "", 2, []string{"glimpse:env=PROD", "glimpse:job=stream", "glimpse:service=http"}),
 	})
@@ -243,3 +243,35 @@ func TestServers(t *testing.T) {
 }
 
 func unsafeData(s string) *byte { return unsafe.StringData(s) }
+
+// health agrees with Consul's own aggregation for every pair of checks.
+func TestHealthAgreesWithConsul(t *testing.T) {
+	ids := []string{"serfHealth", "svc", api.NodeMaint, api.ServiceMaintPrefix + "x"}
+	statuses := []string{api.HealthPassing, api.HealthWarning, api.HealthCritical, "bogus"}
+	var all []healthCheck
+	for _, id := range ids {
+		for _, st := range statuses {
+			all = append(all, healthCheck{CheckID: id, Status: st})
+		}
+	}
+	for _, a := range all {
+		for _, b := range all {
+			for _, cs := range [][]healthCheck{nil, {a}, {a, b}} {
+				var ac api.HealthChecks
+				for _, c := range cs {
+					ac = append(ac, &api.HealthCheck{CheckID: c.CheckID, Status: c.Status})
+				}
+				want := cache.Critical
+				switch ac.AggregatedStatus() {
+				case api.HealthPassing:
+					want = cache.Passing
+				case api.HealthWarning:
+					want = cache.Warning
+				}
+				if got := health(cs); got != want {
+					t.Errorf("%v: %v, Consul says %v", cs, got, want)
+				}
+			}
+		}
+	}
+}

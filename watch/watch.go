@@ -18,6 +18,7 @@ package watch
 import (
 	"context"
 	"math/rand/v2"
+	"net/url"
 	"runtime/debug"
 	"slices"
 	"sync"
@@ -240,9 +241,9 @@ func (z *zoneWatch) loopCtx(ctx context.Context, endpoint, product string, fn fe
 	m := z.m
 	m.wg.Add(1)
 	m.metrics.watchers.WithLabelValues(z.name).Inc()
-	log := m.log.With(zap.String("zone", z.name), zap.String("watch", endpoint))
+	log := m.log.WithLazy(zap.String("zone", z.name), zap.String("watch", endpoint))
 	if product != "" {
-		log = log.With(zap.String("product", product))
+		log = log.WithLazy(zap.String("product", product))
 	}
 	log.Debug("watcher started")
 	go func() {
@@ -383,7 +384,8 @@ func (z *zoneWatch) fetchServices(ctx context.Context, q *api.QueryOptions) (*ap
 // A result that arrives after the product's loop was stopped is dropped:
 // the product may be gone from the cache already.
 func (z *zoneWatch) fetchProduct(ctx context.Context, product string, q *api.QueryOptions) (*api.QueryMeta, error) {
-	entries, meta, err := z.m.client.Health().Service(product, "", false, q)
+	var entries []*healthEntry
+	meta, err := z.m.client.Raw().Query("/v1/health/service/"+url.PathEscape(product), &entries, q)
 	if err != nil {
 		return nil, err
 	}
