@@ -92,7 +92,7 @@ func ceilingMain(args []string) error {
 		}
 		fmt.Println("stock miekg/dns ceiling listening on", *addr)
 	} else {
-		srv, err := dns.Listen(*addr, *sockets, c)
+		srv, err := dns.Listen(*addr, *sockets, 0, c)
 		if err != nil {
 			return err
 		}

@@ -474,6 +474,7 @@ type Status struct {
 	lastContact atomic.Int64 // unix nanoseconds of the last fresh result
 	failing     atomic.Int32 // watchers whose last result was an error or leaderless
 	lastQuery   atomic.Int64 // unix nanoseconds of the last read, to 100 ms
+	problem     atomic.Pointer[string]
 }
 
 func newStatus() *Status {
@@ -496,6 +497,21 @@ func (s *Status) LastContact() time.Time {
 		return time.Time{}
 	}
 	return time.Unix(0, n)
+}
+
+// SetProblem records why a watcher's last request failed.
+func (s *Status) SetProblem(msg string) { s.problem.Store(&msg) }
+
+// Problem returns why the zone is stale (the last failure a watcher
+// recorded), or "" while it is not.
+func (s *Status) Problem() string {
+	if !s.Stale() {
+		return ""
+	}
+	if p := s.problem.Load(); p != nil {
+		return *p
+	}
+	return ""
 }
 
 // Stale reports whether some watcher of the zone is out of contact.

@@ -16,17 +16,28 @@ import (
 type Server struct {
 	udp  []*udpServer
 	tcp  *mdns.Server
+	tcpl *tcpLimiter
 	addr *net.UDPAddr
 	errs chan error
 }
 
+// DefaultMaxTCPConns bounds the DNS TCP connections open at once when
+// Listen is given no bound.
+const DefaultMaxTCPConns = 1000
+
 // Listen binds addr ("host:port"; port 0 picks a free one) for UDP, with
-// sockets sockets, and for TCP.
+// sockets sockets, and for TCP, with at most maxTCP connections open at once
+// (0: DefaultMaxTCPConns): a new connection beyond that closes the one quiet
+// longest. A connection is also closed after 2 s without a whole query at
+// its start, 8 s idle between queries, or 128 queries.
 //
 // The TCP listener is bound first and without SO_REUSEPORT: it makes the
 // port ours, so a second agent started on the same port fails to bind
 // instead of silently sharing the UDP sockets.
-func Listen(addr string, sockets int, h mdns.Handler) (*Server, error) {
+func Listen(addr string, sockets, maxTCP int, h mdns.Handler) (*Server, error) {
+	if maxTCP <= 0 {
+		maxTCP = DefaultMaxTCPConns
+	}
 	_, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, fmt.Errorf("dns: address %q: %w", addr, err)
@@ -36,7 +47,7 @@ func Listen(addr string, sockets int, h mdns.Handler) (*Server, error) {
 		tries = 20 // the UDP port may be taken where TCP's was free
 	}
 	for {
-		s, err := listen(addr, max(sockets, 1), h)
+		s, err := listen(addr, max(sockets, 1), maxTCP, h)
 		tries--
 		if err == nil || tries == 0 {
 			return s, err
@@ -44,7 +55,7 @@ func Listen(addr string, sockets int, h mdns.Handler) (*Server, error) {
 	}
 }
 
-func listen(addr string, sockets int, h mdns.Handler) (*Server, error) {
+func listen(addr string, sockets, maxTCP int, h mdns.Handler) (*Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("dns: listen tcp %s: %w", addr, err)
@@ -65,7 +76,8 @@ func listen(addr string, sockets int, h mdns.Handler) (*Server, error) {
 	for _, pc := range pcs {
 		s.udp = append(s.udp, newUDPServer(pc, h))
 	}
-	s.tcp = &mdns.Server{Listener: ln, Handler: h, MsgAcceptFunc: accept}
+	s.tcpl = newTCPLimiter(ln, maxTCP)
+	s.tcp = &mdns.Server{Listener: s.tcpl, Handler: h, MsgAcceptFunc: accept}
 	return s, nil
 }
 
@@ -145,3 +157,10 @@ func udpSocketOptions(network, address string, c syscall.RawConn) error {
 	}
 	return serr
 }
+
+// TCPConns returns the DNS TCP connections open now.
+func (s *Server) TCPConns() int { return s.tcpl.open() }
+
+// TCPEvicted returns how many TCP connections were closed to make room for
+// newer ones (see Listen).
+func (s *Server) TCPEvicted() int64 { return s.tcpl.evicted.Load() }

@@ -129,10 +129,13 @@ func (u *udpServer) work() error {
 	}
 }
 
-// answer handles one query, as miekg/dns's server would: a packet without a
-// full header is dropped (any reply could serve amplification), a response
-// is ignored, one that does not parse gets FORMERR.
-func (u *udpServer) answer(pkt []byte, w *udpWriter) {
+// answer handles one query.
+func (u *udpServer) answer(pkt []byte, w *udpWriter) { serveRaw(u.h, pkt, w) }
+
+// serveRaw handles one query packet as miekg/dns's server would: a packet
+// without a full header is dropped (any reply could serve amplification), a
+// response is ignored, one that does not parse gets FORMERR.
+func serveRaw(h mdns.Handler, pkt []byte, w mdns.ResponseWriter) {
 	if len(pkt) < 12 || pkt[2]&0x80 != 0 {
 		return
 	}
@@ -149,7 +152,7 @@ func (u *udpServer) answer(pkt []byte, w *udpWriter) {
 		_ = w.WriteMsg(m)
 		return
 	}
-	u.h.ServeDNS(w, req)
+	h.ServeDNS(w, req)
 }
 
 // shutdown stops reading and waits, until ctx ends, for the answers in

@@ -25,7 +25,7 @@ func (h blockingHandler) ServeDNS(w mdns.ResponseWriter, r *mdns.Msg) {
 
 func startUDP(t *testing.T, h mdns.Handler) *Server {
 	t.Helper()
-	s, err := Listen("127.0.0.1:0", 1, h)
+	s, err := Listen("127.0.0.1:0", 1, 0, h)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -186,7 +186,14 @@ func (s *Server) lookup(w http.ResponseWriter, r *http.Request) {
 	if p.index == 0 {
 		res = s.cache.Lookup(q)
 	} else {
+		if s.longPolls.Add(1) > int64(s.limits.MaxLongPolls) {
+			s.longPolls.Add(-1)
+			w.Header().Set("Retry-After", "1")
+			writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("long-poll limit (%d) reached; retry later", s.limits.MaxLongPolls))
+			return
+		}
 		res = s.await(r.Context(), q, p.index, p.wait)
+		s.longPolls.Add(-1)
 	}
 	synced := res.Zone != nil && res.Zone.Synced
 	w.Header().Set("X-Glimpse-Index", strconv.FormatUint(res.Index, 10))

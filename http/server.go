@@ -41,7 +41,9 @@ type Server struct {
 	subMetrics *subscribeMetrics
 	// websockets counts open and opening websockets against the limit.
 	websockets atomic.Int64
-	closeOnce  sync.Once
+	// longPolls counts long-polls waiting, against MaxLongPolls.
+	longPolls atomic.Int64
+	closeOnce sync.Once
 }
 
 // Options configure a Server.
@@ -153,7 +155,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	z := s.cache.Zone(s.local)
 	if z == nil || !z.Synced {
-		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("local zone %q is not synced with Consul yet", s.local))
+		msg := fmt.Sprintf("local zone %q is not synced with Consul yet", s.local)
+		if st := s.cache.Status(s.local); st != nil && st.Problem() != "" {
+			msg += ": " + st.Problem()
+		}
+		writeError(w, http.StatusServiceUnavailable, msg)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})

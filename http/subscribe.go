@@ -20,6 +20,9 @@ import (
 type SubscribeLimits struct {
 	// MaxSubscribers is the most subscriptions open at once.
 	MaxSubscribers int
+	// MaxLongPolls is the most long-polls (lookups waiting on an index)
+	// at once; more get 503 with Retry-After.
+	MaxLongPolls int
 	// MaxAddresses is the most addresses one subscription may name.
 	MaxAddresses int
 	// PingEvery is how often the server pings a subscriber.
@@ -36,7 +39,7 @@ type SubscribeLimits struct {
 
 // DefaultSubscribeLimits are glimpse-agent's defaults.
 func DefaultSubscribeLimits() SubscribeLimits {
-	return SubscribeLimits{MaxSubscribers: 20000, MaxAddresses: 64, PingEvery: 10 * time.Second, WriteTimeout: 10 * time.Second}
+	return SubscribeLimits{MaxSubscribers: 20000, MaxLongPolls: 20000, MaxAddresses: 64, PingEvery: 10 * time.Second, WriteTimeout: 10 * time.Second}
 }
 
 // withDefaults returns l with every unset field at its default.
@@ -44,6 +47,9 @@ func (l SubscribeLimits) withDefaults() SubscribeLimits {
 	d := DefaultSubscribeLimits()
 	if l.MaxSubscribers <= 0 {
 		l.MaxSubscribers = d.MaxSubscribers
+	}
+	if l.MaxLongPolls <= 0 {
+		l.MaxLongPolls = d.MaxLongPolls
 	}
 	if l.MaxAddresses <= 0 {
 		l.MaxAddresses = d.MaxAddresses

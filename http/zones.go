@@ -36,8 +36,10 @@ type zoneStatus struct {
 	// SecondsStale is 0 while every watcher of the zone is in contact with
 	// Consul, else the seconds since the last fresh result.
 	SecondsStale float64 `json:"seconds_stale"`
-	Products     int     `json:"products"`
-	Instances    int     `json:"instances"`
+	// Error is why the zone is stale: the last failure of its watchers.
+	Error     string `json:"error,omitempty"`
+	Products  int    `json:"products"`
+	Instances int    `json:"instances"`
 }
 
 // zones serves GET /v1/zones.
@@ -57,6 +59,7 @@ func (s *Server) zones(w http.ResponseWriter, r *http.Request) {
 				zs.LastContact = &t
 			}
 			zs.SecondsStale = st.SecondsStale(now)
+			zs.Error = st.Problem()
 		}
 		resp.Zones = append(resp.Zones, zs)
 	}

@@ -17,7 +17,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"zone"}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "glimpse_watch_consul_requests_total",
-			Help: "Requests the watchers made to Consul, by zone, endpoint and result (ok or error).",
+			Help: "Requests the watchers made to Consul, by zone, endpoint and result (ok, denied by Consul's ACLs, or error).",
 		}, []string{"zone", "endpoint", "result"}),
 	}
 	if reg != nil {
@@ -28,7 +28,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 
 func (m *Metrics) request(zone, endpoint string, err error) {
 	result := "ok"
-	if err != nil {
+	switch {
+	case Denied(err):
+		result = "denied"
+	case err != nil:
 		result = "error"
 	}
 	m.requests.WithLabelValues(zone, endpoint, result).Inc()

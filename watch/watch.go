@@ -17,10 +17,13 @@ package watch
 
 import (
 	"context"
+	"errors"
 	"math/rand/v2"
+	"net/http"
 	"net/url"
 	"runtime/debug"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -224,6 +227,37 @@ type zoneWatch struct {
 	// is applied before it asks Consul again.
 	qmu    sync.Mutex
 	queued []cache.ProductUpdate
+
+	filteredOnce sync.Once
+}
+
+// ErrHidden is the error of a read whose every result Consul's ACLs hid
+// from glimpse's token: a service list without even Consul's own service,
+// or a list Consul says it filtered down to nothing. glimpse cannot tell an
+// empty catalog from one it may not see, so it serves neither.
+var ErrHidden = errors.New("consul's ACLs hide every result from glimpse's token; it needs service:read and node:read on the glimpse services (set -consul.token or CONSUL_HTTP_TOKEN)")
+
+// Denied reports whether err is Consul refusing glimpse's token: a 403, or
+// every result hidden by ACLs.
+func Denied(err error) bool {
+	var se api.StatusError
+	return errors.Is(err, ErrHidden) || errors.As(err, &se) && se.Code == http.StatusForbidden
+}
+
+// Explain returns err's message, with what to do about a refused token.
+func Explain(err error) string {
+	var se api.StatusError
+	if errors.As(err, &se) && se.Code == http.StatusForbidden {
+		return "consul refused glimpse's token (" + strings.TrimSpace(se.Body) + "); it needs service:read and node:read on the glimpse services (set -consul.token or CONSUL_HTTP_TOKEN)"
+	}
+	return err.Error()
+}
+
+// warnFiltered logs, once per zone, that ACLs hide part of a read's results.
+func (z *zoneWatch) warnFiltered(what string) {
+	z.filteredOnce.Do(func() {
+		z.m.log.Warn("consul's ACLs hide some results from glimpse's token; those are not served", zap.String("zone", z.name), zap.String("read", what))
+	})
 }
 
 // fetch runs one Consul request of a loop with q (which carries the
@@ -286,8 +320,9 @@ func (z *zoneWatch) loopCtx(ctx context.Context, endpoint, product string, fn fe
 			}
 			m.metrics.request(z.name, endpoint, err)
 			if err != nil {
+				z.status.SetProblem(Explain(err))
 				if failures == 0 {
-					log.Warn("consul request failed; serving the last known state", zap.Error(err))
+					log.Warn("consul request failed; serving the last known state", zap.String("error", Explain(err)))
 				} else {
 					log.Debug("consul request failed", zap.Error(err), zap.Int("failures", failures+1))
 				}
@@ -334,6 +369,15 @@ func (z *zoneWatch) fetchServices(ctx context.Context, q *api.QueryOptions) (*ap
 	services, meta, err := z.m.client.Catalog().Services(q)
 	if err != nil {
 		return nil, err
+	}
+	// A datacenter's catalog always holds the "consul" service of its
+	// servers; Consul 1.14 filters a list by ACLs without saying so, so an
+	// empty list means the token may read nothing.
+	if len(services) == 0 {
+		return nil, ErrHidden
+	}
+	if meta.ResultsFilteredByACLs {
+		z.warnFiltered("catalog services")
 	}
 	z.mu.Lock()
 	defer z.mu.Unlock()
@@ -388,6 +432,12 @@ func (z *zoneWatch) fetchProduct(ctx context.Context, product string, q *api.Que
 	meta, err := z.m.client.Raw().Query("/v1/health/service/"+url.PathEscape(product), &entries, q)
 	if err != nil {
 		return nil, err
+	}
+	if meta.ResultsFilteredByACLs {
+		if len(entries) == 0 {
+			return nil, ErrHidden
+		}
+		z.warnFiltered("health of " + product)
 	}
 	in, ignored := instances(entries)
 	z.qmu.Lock()

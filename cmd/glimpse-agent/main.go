@@ -46,6 +46,7 @@ func run(args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.DNSAddr, "dns.addr", cfg.DNSAddr, "DNS address, UDP and TCP")
 	fs.StringVar(&cfg.Domain, "dns.domain", cfg.Domain, "the DNS domain glimpse is authoritative for")
 	fs.IntVar(&cfg.UDPSockets, "dns.udp-sockets", cfg.UDPSockets, "UDP sockets bound with SO_REUSEPORT (default: the number of CPUs)")
+	fs.IntVar(&cfg.DNSMaxTCPConns, "dns.tcp-max-conns", cfg.DNSMaxTCPConns, "DNS TCP connections open at once; more wait in the accept queue")
 	fs.DurationVar(&cfg.TTL, "dns.ttl", cfg.TTL, "TTL of positive DNS answers")
 	fs.DurationVar(&cfg.NegativeTTL, "dns.negative-ttl", cfg.NegativeTTL, "SOA minimum: how long resolvers cache NXDOMAIN and NODATA")
 	fs.BoolVar(&cfg.AllowWarning, "dns.allow-warning", cfg.AllowWarning, "answer with instances whose health is warning too")
@@ -53,6 +54,7 @@ func run(args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.HTTPAddr, "http.addr", cfg.HTTPAddr, "HTTP address: API, websocket, /metrics, /healthz, /readyz")
 	fs.IntVar(&cfg.History, "http.history", cfg.History, "recent address changes kept for websocket subscribers resuming from an index")
 	fs.IntVar(&cfg.Subscribe.MaxSubscribers, "http.max-subscribers", cfg.Subscribe.MaxSubscribers, "most websocket subscriptions open at once")
+	fs.IntVar(&cfg.Subscribe.MaxLongPolls, "http.max-long-polls", cfg.Subscribe.MaxLongPolls, "most long-polls waiting at once (more: 503 with Retry-After)")
 	fs.IntVar(&cfg.Subscribe.MaxAddresses, "http.max-addresses", cfg.Subscribe.MaxAddresses, "most addresses one websocket subscription may name")
 	origins := fs.String("http.allowed-origins", "", "comma-separated browser origins allowed to open websockets besides the agent's own (* for any)")
 	fs.BoolVar(&cfg.Pprof, "http.pprof", cfg.Pprof, "serve Go's profiles under /debug/pprof/ on -http.addr (off by default: profiles cost CPU and show internals)")
@@ -86,8 +88,8 @@ func run(args []string, stderr io.Writer) error {
 	if cfg.Watch.Wait <= 0 || cfg.Watch.MaxBackoff <= 0 || cfg.Watch.Idle <= 0 || cfg.RemoteWait < 0 {
 		return errors.New("-consul.wait, -consul.max-backoff and -zone.idle must be positive, -dns.remote-wait not negative")
 	}
-	if cfg.History < 1 || cfg.Subscribe.MaxSubscribers < 1 || cfg.Subscribe.MaxAddresses < 1 {
-		return errors.New("-http.history, -http.max-subscribers and -http.max-addresses must be at least 1")
+	if cfg.History < 1 || cfg.Subscribe.MaxSubscribers < 1 || cfg.Subscribe.MaxLongPolls < 1 || cfg.Subscribe.MaxAddresses < 1 {
+		return errors.New("-http.history, -http.max-subscribers, -http.max-long-polls and -http.max-addresses must be at least 1")
 	}
 	if *origins != "" {
 		for _, o := range strings.Split(*origins, ",") {
@@ -99,8 +101,8 @@ func run(args []string, stderr io.Writer) error {
 	if cfg.ReconcileEvery <= 0 || cfg.ProbeEvery <= 0 || cfg.ProvidersDirPoll <= 0 || cfg.DataDir == "" {
 		return errors.New("-providers.reconcile, -providers.probe and -providers.dir-poll must be positive and -data.dir not empty")
 	}
-	if cfg.UDPSockets < 1 {
-		return errors.New("-dns.udp-sockets must be at least 1")
+	if cfg.UDPSockets < 1 || cfg.DNSMaxTCPConns < 1 {
+		return errors.New("-dns.udp-sockets and -dns.tcp-max-conns must be at least 1")
 	}
 	log, err := newLogger(*level, *format)
 	if err != nil {

@@ -47,7 +47,9 @@ type Config struct {
 	// Domain is the DNS domain glimpse is authoritative for.
 	Domain     string
 	UDPSockets int
-	TTL        time.Duration
+	// DNSMaxTCPConns bounds the DNS TCP connections open at once.
+	DNSMaxTCPConns int
+	TTL            time.Duration
 	// NegativeTTL is the SOA minimum: how long NXDOMAIN and NODATA are cached.
 	NegativeTTL  time.Duration
 	AllowWarning bool
@@ -92,6 +94,7 @@ func DefaultConfig() Config {
 		DNSAddr:            "127.0.0.1:5959",
 		Domain:             "srv.glimpse.io.",
 		UDPSockets:         runtime.NumCPU(),
+		DNSMaxTCPConns:     dns.DefaultMaxTCPConns,
 		TTL:                5 * time.Second,
 		NegativeTTL:        5 * time.Second,
 		RemoteWait:         time.Second,
@@ -179,10 +182,17 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Agent, error) {
 		}
 		a.providersDir.Claim()
 	}
-	if a.dns, err = dns.Listen(cfg.DNSAddr, cfg.UDPSockets, h); err != nil {
+	if a.dns, err = dns.Listen(cfg.DNSAddr, cfg.UDPSockets, cfg.DNSMaxTCPConns, h); err != nil {
 		transport.CloseIdleConnections()
 		return nil, err
 	}
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "glimpse_dns_tcp_connections",
+		Help: "DNS TCP connections open (at most -dns.tcp-max-conns).",
+	}, func() float64 { return float64(a.dns.TCPConns()) }), prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "glimpse_dns_tcp_evicted_total",
+		Help: "DNS TCP connections closed, the longest quiet first, to make room for new ones over -dns.tcp-max-conns.",
+	}, func() float64 { return float64(a.dns.TCPEvicted()) }))
 	a.http, err = httpapi.Listen(cfg.HTTPAddr, httpapi.Options{Cache: c, LocalZone: zone, Gatherer: reg, Registerer: reg, Want: w.Want, ZoneIdle: cfg.Watch.Idle, Subscribe: cfg.Subscribe, Pprof: cfg.Pprof,
 		Providers: a.providers, ProviderAllowRemote: cfg.ProviderAllowRemote})
 	if err != nil {
@@ -264,12 +274,26 @@ func localZone(ctx context.Context, client *api.Client, cfg Config, log *zap.Log
 			log.Info("consul agent reached", zap.String("datacenter", dc), zap.String("zone", zone))
 			return zone, nil
 		}
+		if watch.Denied(err) && cfg.Zone != "" {
+			// Consul answers but will not show its configuration to this
+			// token: the zone is known, so go on; the watchers report what
+			// the token cannot read, and /readyz stays unready until they
+			// can.
+			log.Warn("the consul agent refuses to show its configuration to glimpse's token; using -zone", zap.String("zone", cfg.Zone), zap.String("error", watch.Explain(err)))
+			if !cache.ValidLabel(strings.ToLower(cfg.Zone)) {
+				return "", fmt.Errorf("zone %q is not a DNS label", cfg.Zone)
+			}
+			return strings.ToLower(cfg.Zone), nil
+		}
 		if lastErr == nil {
-			log.Warn("waiting for the consul agent", zap.Error(err))
+			log.Warn("waiting for the consul agent", zap.String("error", watch.Explain(err)))
 		}
 		lastErr = err
 		select {
 		case <-ctx.Done():
+			if watch.Denied(lastErr) {
+				return "", fmt.Errorf("%s; the token also needs agent:read, or set -zone", watch.Explain(lastErr))
+			}
 			return "", fmt.Errorf("consul agent not reachable within %s: %w", cfg.ConsulStartTimeout, lastErr)
 		case <-time.After(250 * time.Millisecond):
 		}
