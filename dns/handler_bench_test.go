@@ -23,7 +23,7 @@ func (w *discardWriter) TsigStatus() error           { return nil }
 func (w *discardWriter) TsigTimersOnly(bool)         {}
 func (w *discardWriter) Hijack()                     {}
 
-func benchCache(b *testing.B) (*cache.Cache, Config) {
+func benchCache(testing.TB) (*cache.Cache, Config) {
 	cfg := Config{Domain: "srv.glimpse.io.", TTL: 5, NegativeTTL: 5}
 	c := cache.New(NewBuilder(cfg))
 	c.AddZone("dc1", true)

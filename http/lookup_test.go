@@ -98,7 +98,7 @@ type testServer struct {
 	wanted []string
 }
 
-func newTestServer(t *testing.T, c *cache.Cache) *testServer {
+func newTestServer(t testing.TB, c *cache.Cache) *testServer {
 	t.Helper()
 	ts := &testServer{c: c}
 	s, err := Listen("127.0.0.1:0", Options{

@@ -1,0 +1,184 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	mdns "github.com/miekg/dns"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"glimpse/internal/testconsul"
+)
+
+// syncBuffer is a log sink safe for concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// debugLogger logs everything, as JSON, to a buffer the test reads.
+func debugLogger() (*zap.Logger, *syncBuffer) {
+	buf := &syncBuffer{}
+	core := zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(buf), zap.DebugLevel)
+	return zap.New(core), buf
+}
+
+func getBody(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// With Consul's ACLs on and a default deny, glimpse works with a read token
+// given by flag or by CONSUL_HTTP_TOKEN. Without one it keeps running,
+// unready, and says why in /readyz, /v1/zones, its metrics and its log;
+// without -zone it cannot even learn its zone and exits saying why. The
+// token never shows in the logs or the metrics.
+func TestACLDefaultDeny(t *testing.T) {
+	srv := testconsul.Start(t, testconsul.Options{Dev: true, Datacenter: "dc1", ACLDefaultPolicy: "deny"})
+	mgmt := srv.Client()
+	p := newProduct("acl")
+	register(t, mgmt, instance{id: p, product: p, env: "prod", job: "stream", service: "http", address: "127.0.7.1", port: 8001})
+	policy, _, err := mgmt.ACL().PolicyCreate(&api.ACLPolicy{Name: "glimpse-read", Rules: `
+service_prefix "" { policy = "read" }
+node_prefix "" { policy = "read" }
+agent_prefix "" { policy = "read" }`}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, _, err := mgmt.ACL().TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{ID: policy.ID}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := "http.stream.prod." + p + ".dc1." + domain
+
+	t.Setenv("CONSUL_HTTP_TOKEN", "")
+	t.Run("no token, no zone: exits saying why", func(t *testing.T) {
+		cfg := testConfig(t, srv.HTTPAddr())
+		cfg.ConsulStartTimeout = time.Second
+		_, err := New(context.Background(), cfg, zap.NewNop())
+		if err == nil || !strings.Contains(err.Error(), "refused glimpse's token") || !strings.Contains(err.Error(), "agent:read") {
+			t.Fatalf("New: %v; want a refused-token error", err)
+		}
+	})
+
+	t.Run("no token: unready and says why", func(t *testing.T) {
+		cfg := testConfig(t, srv.HTTPAddr())
+		cfg.Zone = "dc1"
+		log, _ := debugLogger()
+		a, err := New(context.Background(), cfg, log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		runAgent(t, a)
+		base := "http://" + a.HTTPAddr()
+		var zones struct {
+			Zones []struct {
+				Zone, Error string
+				Synced      bool
+			}
+		}
+		testconsul.WaitFor(t, 10*time.Second, func() bool {
+			_, body := getBody(t, base+"/v1/zones")
+			_ = json.Unmarshal([]byte(body), &zones)
+			for _, z := range zones.Zones {
+				if z.Zone == "dc1" && strings.Contains(z.Error, "ACLs hide every result") {
+					return true
+				}
+			}
+			return false
+		}, "/v1/zones never said the ACLs hide the catalog: %+v", &zones)
+		code, body := getBody(t, base+"/readyz")
+		if code != http.StatusServiceUnavailable || !strings.Contains(body, "CONSUL_HTTP_TOKEN") {
+			t.Errorf("/readyz: %d %s", code, body)
+		}
+		_, metrics := getBody(t, base+"/metrics")
+		if !strings.Contains(metrics, `glimpse_watch_consul_requests_total{endpoint="services",result="denied",zone="dc1"}`) {
+			t.Error("no denied requests in the metrics")
+		}
+		if m := query(t, a.DNSAddr(), "udp", name, mdns.TypeSRV, 0); m.Rcode != mdns.RcodeServerFailure {
+			t.Errorf("DNS before any sync: %s, want SERVFAIL", mdns.RcodeToString[m.Rcode])
+		}
+	})
+
+	check := func(t *testing.T, a *Agent, logs *syncBuffer) {
+		t.Helper()
+		waitSynced(t, a)
+		waitDNS(t, a.DNSAddr(), name, mdns.TypeSRV, func(m *mdns.Msg) bool { return len(m.Answer) == 1 }, "the instance behind the ACLs")
+		if code, body := getBody(t, "http://"+a.HTTPAddr()+"/readyz"); code != http.StatusOK {
+			t.Errorf("/readyz with a token: %d %s", code, body)
+		}
+		_, metrics := getBody(t, "http://"+a.HTTPAddr()+"/metrics")
+		if strings.Contains(metrics, tok.SecretID) {
+			t.Error("the token is in the metrics")
+		}
+		if strings.Contains(logs.String(), tok.SecretID) {
+			t.Error("the token is in the logs")
+		}
+	}
+	t.Run("token by flag", func(t *testing.T) {
+		cfg := testConfig(t, srv.HTTPAddr())
+		cfg.ConsulToken = tok.SecretID
+		log, logs := debugLogger()
+		a, err := New(context.Background(), cfg, log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		runAgent(t, a)
+		check(t, a, logs)
+	})
+	t.Run("token from CONSUL_HTTP_TOKEN", func(t *testing.T) {
+		t.Setenv("CONSUL_HTTP_TOKEN", tok.SecretID)
+		log, logs := debugLogger()
+		a, err := New(context.Background(), testConfig(t, srv.HTTPAddr()), log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		runAgent(t, a)
+		check(t, a, logs)
+	})
+	t.Run("unknown token", func(t *testing.T) {
+		cfg := testConfig(t, srv.HTTPAddr())
+		cfg.Zone = "dc1"
+		cfg.ConsulToken = "00000000-1111-2222-3333-444444444444"
+		log, logs := debugLogger()
+		a, err := New(context.Background(), cfg, log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		runAgent(t, a)
+		testconsul.WaitFor(t, 10*time.Second, func() bool {
+			code, body := getBody(t, "http://"+a.HTTPAddr()+"/readyz")
+			return code == http.StatusServiceUnavailable && strings.Contains(body, "refused glimpse's token")
+		}, "/readyz never said the token was refused")
+		if strings.Contains(logs.String(), cfg.ConsulToken) {
+			t.Error("the token is in the logs")
+		}
+	})
+}
