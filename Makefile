@@ -21,7 +21,7 @@ CONSUL_LOCAL := bin/consul
 CONSUL := $(if $(strip $(CONSUL_BIN)),$(CONSUL_BIN),$(CURDIR)/$(CONSUL_LOCAL))
 
 .DEFAULT_GOAL := build
-.PHONY: build consul deps test vet fmt run bench clean distclean
+.PHONY: build consul deps test vet fmt run bench soak fuzz clean distclean
 BENCHFLAGS ?=
 
 build:
@@ -61,6 +61,23 @@ bench: consul build
 	@bash scripts/install-deps.sh bench
 	$(GO) build -o bin/glimpse-bench ./bench
 	bin/glimpse-bench -consul "$(CONSUL)" -agent $(AGENT_BIN) $(BENCHFLAGS)
+
+# Ten minutes of mixed load (DNS, websockets, long-polls, Consul churn) with
+# glimpse-agent's goroutines, fds, heap and RSS sampled; not part of make test.
+soak: consul build
+	@bash scripts/install-deps.sh bench
+	$(GO) build -o bin/glimpse-bench ./bench
+	bin/glimpse-bench -consul "$(CONSUL)" -agent $(AGENT_BIN) -sections soak -products 200 $(SOAKFLAGS)
+
+# Each fuzz target for FUZZTIME (default 5m); crashers land in the package's
+# testdata/fuzz, where make test runs them as regression cases.
+FUZZTIME ?= 5m
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzServeRaw$$' -fuzztime $(FUZZTIME) ./dns
+	$(GO) test -run '^$$' -fuzz '^FuzzParseName$$' -fuzztime $(FUZZTIME) ./dns
+	$(GO) test -run '^$$' -fuzz '^FuzzParseAddress$$' -fuzztime $(FUZZTIME) ./http
+	$(GO) test -run '^$$' -fuzz '^FuzzLookup$$' -fuzztime $(FUZZTIME) ./http
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./provider
 
 # Removes the agent binary and cached test results; keeps bin/consul, which is
 # slow to rebuild (use distclean for that).

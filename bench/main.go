@@ -36,6 +36,7 @@ type config struct {
 	products, jobs, perJob       int
 	runs                         int
 	duration                     time.Duration
+	soak                         time.Duration // length of the soak section
 	clients, outstanding         int
 	perQuery                     bool
 	changes                      int
@@ -86,7 +87,8 @@ func parseFlags(args []string) (*config, error) {
 	fs.IntVar(&cfg.changes, "changes", 200, "Consul changes in the propagation test")
 	fs.IntVar(&cfg.subscribers, "subscribers", 10000, "websocket subscribers in the fan-out test")
 	fs.StringVar(&scale, "scale", "20000,100000", "instance counts of the scale test (multiples of jobs×instances)")
-	fs.StringVar(&sections, "sections", "dns,propagation,fanout,scale", "sections to run")
+	fs.StringVar(&sections, "sections", "dns,propagation,fanout,scale", `sections to run; "soak" (not a default) runs mixed load for -soak`)
+	fs.DurationVar(&cfg.soak, "soak", 10*time.Minute, "length of the soak section")
 	fs.StringVar(&cfg.serverCPUs, "server-cpus", "auto", `CPUs for the servers (taskset list); "auto": 0 on a machine with 2+ CPUs; "": no pinning`)
 	fs.StringVar(&cfg.clientCPUs, "client-cpus", "auto", `CPUs for the load generators; "auto": the other CPUs`)
 	fs.StringVar(&cfg.out, "out", "bench/RESULTS.md", "results file (Markdown)")
@@ -103,7 +105,7 @@ func parseFlags(args []string) (*config, error) {
 	cfg.sections = map[string]bool{}
 	for _, s := range strings.Split(sections, ",") {
 		switch s = strings.TrimSpace(s); s {
-		case "dns", "propagation", "fanout", "scale":
+		case "dns", "propagation", "fanout", "scale", "soak":
 			cfg.sections[s] = true
 		case "":
 		default:

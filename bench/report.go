@@ -60,10 +60,10 @@ func ms(v float64) string {
 func (r *report) dns(systems []system, sizes map[string][2]int, maxRuns, halfRuns map[string][]perfResult, half int) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "## 1. DNS throughput and latency\n\n")
-	fmt.Fprintf(&b, "dnsperf, %d runs of %v per system and load, alternating between the systems (the order rotates each round); medians. "+
+	fmt.Fprintf(&b, "dnsperf, %d runs of %v per system and load, alternating between the systems (the order rotates each round), after an unrecorded %v warm-up run of each; medians. "+
 		"Query mix: an SRV and an A query for each of the %d job addresses, each answered with %d instances; every answer must be NOERROR. "+
 		"Percentiles are of every query sent: a lost one counts as the 2 s timeout.\n\n",
-		r.cfg.runs, r.cfg.duration, r.cfg.products*r.cfg.jobs, r.cfg.perJob)
+		r.cfg.runs, r.cfg.duration, warmUp, r.cfg.products*r.cfg.jobs, r.cfg.perJob)
 	b.WriteString("| system | names queried | response bytes (SRV / A) | max qps | avg latency | p99 latency | lost (all runs) | p99 at " + fmt.Sprint(half) + " qps (50 % of glimpse's max) |\n|---|---|---|---|---|---|---|---|\n")
 	med := map[string]float64{}
 	var bars []Bar
@@ -225,25 +225,32 @@ func (r *report) write(b *bench) error {
 	}
 	g.WriteString(endMarker + "\n")
 
-	old, err := os.ReadFile(r.cfg.out)
-	if err != nil && !os.IsNotExist(err) {
-		return err
-	}
-	s := string(old)
-	i, j := strings.Index(s, beginMarker), strings.Index(s, endMarker)
-	switch {
-	case i >= 0 && j > i:
-		s = s[:i] + g.String() + s[j+len(endMarker)+1:]
-	case s == "":
-		s = "# Benchmark results\n\n`make bench` writes the part between the markers below; the rest is kept.\n\n" + g.String()
-	default:
-		s += "\n" + g.String()
-	}
-	if err := os.WriteFile(r.cfg.out, []byte(s), 0o644); err != nil {
+	if err := replaceBlock(r.cfg.out, beginMarker, endMarker, g.String()); err != nil {
 		return err
 	}
 	logf("wrote %s", r.cfg.out)
 	return nil
+}
+
+// replaceBlock puts block (which starts with begin and ends with end and a
+// newline) in place of the one between those markers in the file at path,
+// or appends it; the rest of the file is kept.
+func replaceBlock(path, begin, end, block string) error {
+	old, err := os.ReadFile(path)
+	if err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	s := string(old)
+	i, j := strings.Index(s, begin), strings.Index(s, end)
+	switch {
+	case i >= 0 && j > i:
+		s = s[:i] + block + s[j+len(end)+1:]
+	case s == "":
+		s = "# Benchmark results\n\n`make bench` and `make soak` write the parts between the markers below; the rest is kept.\n\n" + block
+	default:
+		s += "\n" + block
+	}
+	return os.WriteFile(path, []byte(s), 0o644)
 }
 
 // commandLine is this program's command line with paths under the working
