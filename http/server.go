@@ -121,7 +121,9 @@ func Listen(addr string, opts Options) (*Server, error) {
 	// Not instrumented: the websocket handshake hijacks the connection.
 	mux.HandleFunc("GET /v1/subscribe", s.subscribe)
 	s.registerProviders(opts)
-	s.srv = &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second}
+	// A client has 10 s to send a request's head and may keep a connection
+	// idle between requests for 2 minutes: idle connections cannot pile up.
+	s.srv = &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
 	return s, nil
 }
 
