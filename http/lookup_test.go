@@ -406,3 +406,22 @@ func TestTopologyAndZonesHandlers(t *testing.T) {
 		t.Errorf("zones while failing: %+v", z)
 	}
 }
+
+// TestNonCanonicalPaths: the API answers a path that is not in canonical
+// form with a JSON 400 naming the canonical one, never with the mux's
+// redirect (which would send a client to another address without a word).
+func TestNonCanonicalPaths(t *testing.T) {
+	ts := newTestServer(t, testCache())
+	for path, canonical := range map[string]string{
+		"/v1/lookup":   "/v1/lookup/",
+		"/v1/lookup/.": "/v1/lookup/",
+		"/v1/lookup/x/../http.stream.prod.goku.dc1": "/v1/lookup/http.stream.prod.goku.dc1",
+		"/v1//zones": "/v1/zones",
+	} {
+		var e struct{ Error string }
+		resp := ts.get(t, "GET", path, &e)
+		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(e.Error, canonical) || resp.Header.Get("Location") != "" {
+			t.Errorf("%s: %d %q (Location %q), want 400 naming %s", path, resp.StatusCode, e.Error, resp.Header.Get("Location"), canonical)
+		}
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"reflect"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -128,9 +129,10 @@ func Listen(addr string, opts Options) (*Server, error) {
 }
 
 // ServeHTTP routes a request. Requests no pattern matches get the mux's 404
-// or 405 (with its Allow header) as a JSON error.
+// or 405 (with its Allow header) as a JSON error; a path not in canonical
+// form gets a 400 naming the canonical one instead of the mux's redirect.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if _, pattern := s.mux.Handler(r); pattern == "" {
+	if h, pattern := s.mux.Handler(r); pattern == "" || reflect.TypeOf(h) == redirectType {
 		w = &jsonErrorWriter{ResponseWriter: w, method: r.Method, path: r.URL.Path}
 	}
 	s.mux.ServeHTTP(w, r)
@@ -177,9 +179,14 @@ func writeError(w http.ResponseWriter, code int, msg string) {
 	writeJSON(w, code, map[string]string{"error": msg})
 }
 
+// redirectType is the type of the handler the mux picks to redirect a
+// request to a path's canonical form.
+var redirectType = reflect.TypeOf(http.RedirectHandler("/", http.StatusTemporaryRedirect))
+
 // jsonErrorWriter turns the plain-text error the mux writes for a request
-// no pattern matches (404, 405) into a JSON one. Other statuses (the mux's
-// redirects) pass through.
+// no pattern matches (404, 405) into a JSON one, and the mux's redirect of
+// a path that is not canonical ("/v1/lookup/a/../b", "//v1/zones") into a
+// 400: an API client is told, not silently sent elsewhere.
 type jsonErrorWriter struct {
 	http.ResponseWriter
 	method, path string
@@ -187,13 +194,18 @@ type jsonErrorWriter struct {
 }
 
 func (j *jsonErrorWriter) WriteHeader(code int) {
-	if code < 400 {
+	if code < 300 {
 		j.ResponseWriter.WriteHeader(code)
 		return
 	}
 	msg := fmt.Sprintf("no such endpoint: %s %s", j.method, j.path)
-	if code == http.StatusMethodNotAllowed {
+	switch {
+	case code == http.StatusMethodNotAllowed:
 		msg = fmt.Sprintf("method %s not allowed on %s; allowed: %s", j.method, j.path, j.Header().Get("Allow"))
+	case code < 400:
+		msg = fmt.Sprintf("path %q is not in canonical form (%q)", j.path, j.Header().Get("Location"))
+		j.Header().Del("Location")
+		code = http.StatusBadRequest
 	}
 	j.Header().Del("Content-Length")
 	writeError(j.ResponseWriter, code, msg)
