@@ -164,8 +164,10 @@ func TestNSIndex(t *testing.T) {
 }
 
 // wireUnder reports whether name, in presentation format, is domain or
-// below it, label by label as packed on the wire (escapes resolved).
-func wireUnder(name, domain string) bool {
+// below it, label by label as packed on the wire (escapes resolved); ok is
+// false for a name that does not pack (an empty label, a bad escape), which
+// no query off the wire can carry.
+func wireUnder(name, domain string) (under, ok bool) {
 	labels := func(s string) []string {
 		buf := make([]byte, 512)
 		off, err := mdns.PackDomainName(s, buf, 0, nil, false)
@@ -179,7 +181,10 @@ func wireUnder(name, domain string) bool {
 		return out
 	}
 	n, d := labels(name), labels(domain)
-	return n != nil && len(n) >= len(d) && slices.Equal(n[len(n)-len(d):], d)
+	if n == nil {
+		return false, false
+	}
+	return len(n) >= len(d) && slices.Equal(n[len(n)-len(d):], d), true
 }
 
 // FuzzParseName checks that parseName never panics and that whatever it
@@ -222,7 +227,13 @@ func FuzzParseName(f *testing.F) {
 		if strings.IndexByte(qname, '\\') >= 0 {
 			// With escapes the text misleads ("\\.srv.glimpse.io." is the
 			// label ".srv" under glimpse.io.): compare the labels on the wire.
-			under = wireUnder(qname, testDomain)
+			var packs bool
+			if under, packs = wireUnder(qname, testDomain); !packs {
+				if n.kind != kindOutside && n.kind != kindInvalid {
+					t.Fatalf("%q does not pack, yet parses as kind %d", qname, n.kind)
+				}
+				return
+			}
 		}
 		switch n.kind {
 		case kindOutside:
