@@ -236,7 +236,7 @@ func ConsulClient(addr, token string) (*api.Client, *consulhttp.Transport, error
 		if cc.Scheme == "https" {
 			port = "443"
 		}
-		o.Address = net.JoinHostPort(o.Address, port)
+		o.Address = net.JoinHostPort(strings.Trim(o.Address, "[]"), port)
 	}
 	if cc.Scheme == "https" {
 		tc, err := api.SetupTLSConfig(&cc.TLSConfig)
@@ -246,7 +246,9 @@ func ConsulClient(addr, token string) (*api.Client, *consulhttp.Transport, error
 		o.TLS = tc
 	}
 	tr := consulhttp.New(o)
-	cc.HttpClient = &http.Client{Transport: tr}
+	// Every request goes to the configured agent: a redirect elsewhere is
+	// handed back as it is, not followed.
+	cc.HttpClient = &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	client, err := api.NewClient(cc)
 	if err != nil {
 		return nil, nil, fmt.Errorf("consul client for %s: %w", cc.Address, err)
@@ -261,7 +263,12 @@ func localZone(ctx context.Context, client *api.Client, cfg Config, log *zap.Log
 	defer cancel()
 	var lastErr error
 	for {
-		self, err := client.Agent().Self()
+		// Each attempt is bounded: a Consul that accepts the connection and
+		// never answers must not outlast ConsulStartTimeout.
+		actx, acancel := context.WithTimeout(ctx, 5*time.Second)
+		var self map[string]map[string]any
+		_, err := client.Raw().Query("/v1/agent/self", &self, (&api.QueryOptions{}).WithContext(actx))
+		acancel()
 		if err == nil {
 			dc, _ := self["Config"]["Datacenter"].(string)
 			zone := strings.ToLower(cfg.Zone)

@@ -29,9 +29,16 @@ func TestConsulClientUnixSocket(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	registered := make(chan error, 1)
 	go func() {
 		time.Sleep(300 * time.Millisecond)
-		register(t, srv.Client(), instance{id: p, product: p, env: "prod", job: "j", service: "s", address: "127.0.9.1", port: 80})
+		registered <- srv.Client().Agent().ServiceRegister(&api.AgentServiceRegistration{ID: p, Name: p, Port: 80, Address: "127.0.9.1",
+			Tags: []string{"glimpse:env=prod", "glimpse:job=j", "glimpse:service=s"}})
+	}()
+	defer func() {
+		if err := <-registered; err != nil {
+			t.Errorf("register: %v", err)
+		}
 	}()
 	start := time.Now()
 	entries, _, err := c.Health().Service(p, "", false, &api.QueryOptions{WaitIndex: meta.LastIndex, WaitTime: 10 * time.Second})

@@ -133,6 +133,10 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, fmt.Errorf("consulhttp: unsupported URL %v", req.URL)
 	}
 	ctx := req.Context()
+	if err := ctx.Err(); err != nil {
+		closeBody(req)
+		return nil, err
+	}
 	for retried := false; ; retried = true {
 		c, reused, err := t.get(ctx)
 		if err != nil {
@@ -297,17 +301,22 @@ type body struct {
 	stop  func() bool
 	close bool // the connection is not to be reused
 	done  bool
+	eof   bool // read to its end
 }
 
 var errBodyClosed = errors.New("consulhttp: read on closed response body")
 
 func (b *body) Read(p []byte) (int, error) {
 	if b.done {
+		if b.eof {
+			return 0, io.EOF
+		}
 		return 0, errBodyClosed
 	}
 	n, err := b.rc.Read(p)
 	switch {
 	case err == io.EOF:
+		b.eof = true
 		b.finish(true)
 	case err != nil:
 		b.finish(false)
@@ -316,14 +325,17 @@ func (b *body) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// Close drains what is left of a short body so that its connection can be
-// reused; a long rest is not worth reading, and the connection is closed.
+// Close drains what is left of a short body, if it comes at once, so that
+// its connection can be reused; a long or slow rest is not worth waiting
+// for, and the connection is closed.
 func (b *body) Close() error {
 	if b.done {
 		return nil
 	}
+	b.c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
 	_, err := io.CopyN(io.Discard, b.rc, 4096)
-	b.finish(err == io.EOF)
+	ok := err == io.EOF && b.c.SetReadDeadline(time.Time{}) == nil
+	b.finish(ok)
 	return nil
 }
 

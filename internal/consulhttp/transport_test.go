@@ -179,7 +179,7 @@ func TestServerClosedIdleConnection(t *testing.T) {
 	s := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "ok")
 	}))
-	s.Config.IdleTimeout = 20 * time.Millisecond
+	s.Config.IdleTimeout = 200 * time.Millisecond
 	s.Start()
 	t.Cleanup(s.Close)
 	c, _ := client(t, s, Options{})
@@ -193,7 +193,7 @@ func TestServerClosedIdleConnection(t *testing.T) {
 			t.Fatalf("PUT %d: %v", i, err)
 		}
 		resp.Body.Close()
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(500 * time.Millisecond)
 	}
 }
 
