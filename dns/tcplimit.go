@@ -8,11 +8,13 @@ import (
 )
 
 // tcpLimiter is a listener that keeps at most max connections open: a new
-// connection beyond that closes the one that has been quiet longest. A
-// flood of idle connections thus costs at most max goroutines and sockets,
-// and a client that sends its query at once is still served: it is the
-// idle ones that go, not the newcomer (which, waiting in the accept queue,
-// would wait for every idle connection ahead of it to time out).
+// connection beyond that closes one already open, chosen in this order: the
+// oldest of those that never sent a byte, else the one quiet longest that is
+// not between a query and its answer, else the one quiet longest. A flood of
+// idle connections thus costs at most max goroutines and sockets, and a
+// client that sends its query at once is still served: it is the idle ones
+// that go, not the newcomer (which, waiting in the accept queue, would wait
+// for every idle connection ahead of it to time out) nor a query in hand.
 type tcpLimiter struct {
 	net.Listener
 	max int
@@ -38,12 +40,7 @@ func (l *tcpLimiter) Accept() (net.Conn, error) {
 	var victim *trackedConn
 	l.mu.Lock()
 	if len(l.conns) >= l.max {
-		oldest := now + 1
-		for o := range l.conns {
-			if t := o.last.Load(); t < oldest {
-				victim, oldest = o, t
-			}
-		}
+		victim = l.victim()
 		delete(l.conns, victim)
 	}
 	l.conns[tc] = struct{}{}
@@ -55,6 +52,32 @@ func (l *tcpLimiter) Accept() (net.Conn, error) {
 	return tc, nil
 }
 
+// victim picks the connection to close for a new one; l.mu is held.
+func (l *tcpLimiter) victim() *trackedConn {
+	const silent, quiet, anyConn = 0, 1, 2
+	var best [3]*trackedConn
+	for c := range l.conns {
+		rank := anyConn
+		switch {
+		case !c.spoke.Load():
+			rank = silent
+		case !c.busy.Load():
+			rank = quiet
+		}
+		for r := rank; r <= anyConn; r++ {
+			if best[r] == nil || c.last.Load() < best[r].last.Load() {
+				best[r] = c
+			}
+		}
+	}
+	for _, c := range best {
+		if c != nil {
+			return c
+		}
+	}
+	return nil
+}
+
 // open returns the number of connections held.
 func (l *tcpLimiter) open() int {
 	l.mu.Lock()
@@ -62,11 +85,15 @@ func (l *tcpLimiter) open() int {
 	return len(l.conns)
 }
 
-// trackedConn records when it last received bytes.
+// trackedConn records when it was last active and whether a query is in
+// hand: busy from bytes read until the next write (the server reads a
+// whole query, answers, then reads again).
 type trackedConn struct {
 	net.Conn
 	l      *tcpLimiter
-	last   atomic.Int64 // unix nanoseconds
+	last   atomic.Int64 // unix nanoseconds of the last read or write
+	spoke  atomic.Bool  // it has sent a byte
+	busy   atomic.Bool
 	closed sync.Once
 }
 
@@ -74,7 +101,16 @@ func (c *trackedConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	if n > 0 {
 		c.last.Store(time.Now().UnixNano())
+		c.spoke.Store(true)
+		c.busy.Store(true)
 	}
+	return n, err
+}
+
+func (c *trackedConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.last.Store(time.Now().UnixNano())
+	c.busy.Store(false)
 	return n, err
 }
 

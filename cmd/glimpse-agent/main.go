@@ -46,7 +46,7 @@ func run(args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.DNSAddr, "dns.addr", cfg.DNSAddr, "DNS address, UDP and TCP")
 	fs.StringVar(&cfg.Domain, "dns.domain", cfg.Domain, "the DNS domain glimpse is authoritative for")
 	fs.IntVar(&cfg.UDPSockets, "dns.udp-sockets", cfg.UDPSockets, "UDP sockets bound with SO_REUSEPORT (default: the number of CPUs)")
-	fs.IntVar(&cfg.DNSMaxTCPConns, "dns.tcp-max-conns", cfg.DNSMaxTCPConns, "DNS TCP connections open at once; more wait in the accept queue")
+	fs.IntVar(&cfg.DNSMaxTCPConns, "dns.tcp-max-conns", cfg.DNSMaxTCPConns, "DNS TCP connections open at once; a new one beyond that closes the quietest")
 	fs.DurationVar(&cfg.TTL, "dns.ttl", cfg.TTL, "TTL of positive DNS answers")
 	fs.DurationVar(&cfg.NegativeTTL, "dns.negative-ttl", cfg.NegativeTTL, "SOA minimum: how long resolvers cache NXDOMAIN and NODATA")
 	fs.BoolVar(&cfg.AllowWarning, "dns.allow-warning", cfg.AllowWarning, "answer with instances whose health is warning too")
