@@ -192,8 +192,8 @@ func (s *Server) lookup(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("long-poll limit (%d) reached; retry later", s.limits.MaxLongPolls))
 			return
 		}
+		defer s.longPolls.Add(-1)
 		res = s.await(r.Context(), q, p.index, p.wait)
-		s.longPolls.Add(-1)
 	}
 	synced := res.Zone != nil && res.Zone.Synced
 	w.Header().Set("X-Glimpse-Index", strconv.FormatUint(res.Index, 10))

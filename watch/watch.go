@@ -235,7 +235,7 @@ type zoneWatch struct {
 // from glimpse's token: a service list without even Consul's own service,
 // or a list Consul says it filtered down to nothing. glimpse cannot tell an
 // empty catalog from one it may not see, so it serves neither.
-var ErrHidden = errors.New("consul's ACLs hide every result from glimpse's token; it needs service:read and node:read on the glimpse services (set -consul.token or CONSUL_HTTP_TOKEN)")
+var ErrHidden = errors.New("consul's ACLs hide every result from glimpse's token; it needs service:read on the glimpse services and on consul, and node:read (set -consul.token or CONSUL_HTTP_TOKEN)")
 
 // Denied reports whether err is Consul refusing glimpse's token: a 403, or
 // every result hidden by ACLs.
@@ -248,7 +248,7 @@ func Denied(err error) bool {
 func Explain(err error) string {
 	var se api.StatusError
 	if errors.As(err, &se) && se.Code == http.StatusForbidden {
-		return "consul refused glimpse's token (" + strings.TrimSpace(se.Body) + "); it needs service:read and node:read on the glimpse services (set -consul.token or CONSUL_HTTP_TOKEN)"
+		return "consul refused glimpse's token (" + strings.TrimSpace(se.Body) + "); it needs service:read on the glimpse services and on consul, and node:read (set -consul.token or CONSUL_HTTP_TOKEN)"
 	}
 	return err.Error()
 }
