@@ -128,11 +128,16 @@ func (h *Hub) publish(changes []*Address) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, a := range changes {
+		// The history serves resuming subscribers, which need the
+		// instances but not what the Builder derived (for DNS, packed
+		// answers): a copy without it keeps superseded states small.
+		ha := *a
+		ha.Derived = nil
 		if len(h.history) < cap(h.history) {
-			h.history = append(h.history, a)
+			h.history = append(h.history, &ha)
 		} else {
 			h.floor = h.history[h.head].Index
-			h.history[h.head] = a
+			h.history[h.head] = &ha
 			h.head = (h.head + 1) % len(h.history)
 		}
 		subs := h.subs[productKey(a.Zone, a.Product)]

@@ -505,3 +505,45 @@ func TestHubConcurrent(t *testing.T) {
 		t.Fatalf("%d subscribers left", n)
 	}
 }
+
+// wireBuilder derives a stand-in for DNS's packed answers.
+type wireBuilder struct{}
+
+func (wireBuilder) BuildAddress(a *Address) any { return make([]byte, 1024) }
+func (wireBuilder) BuildNode(string, *Node) any { return nil }
+func (wireBuilder) BuildZone(*Zone) any         { return nil }
+
+// TestHubHistoryKeepsNoDerived: the history keeps the instances of past
+// states, which resuming subscribers need, but not what the Builder derived
+// from them (DNS answers), which would only hold memory; live updates and
+// the cache keep it.
+func TestHubHistoryKeepsNoDerived(t *testing.T) {
+	c := New(wireBuilder{}, WithHistory(10))
+	c.AddZone("dc1", true)
+	h := c.Hub()
+	live, _ := h.Subscribe([]Query{hubExact("p", "web", "http")}, 0)
+	defer live.Close()
+	first := hubSet(t, c, "p", hubInst("web", "http", "10.0.0.1", 80))
+	hubSet(t, c, "p", hubInst("web", "http", "10.0.0.1", 81))
+	for _, u := range live.Take() {
+		if u.Address.Derived == nil {
+			t.Errorf("a live update lost its derived form: %+v", u.Address)
+		}
+	}
+	s, resumed := h.Subscribe([]Query{hubExact("p", "web", "http")}, first-1)
+	defer s.Close()
+	got := s.Take()
+	if !resumed || len(got) != 1 || got[0].Address.Instances[0].Port != 81 {
+		t.Fatalf("resume: %v %s", resumed, hubFmt(got))
+	}
+	h.mu.Lock()
+	h.each(func(a *Address) {
+		if a.Derived != nil {
+			t.Errorf("history entry at %d holds its derived form", a.Index)
+		}
+	})
+	h.mu.Unlock()
+	if res := c.Lookup(hubExact("p", "web", "http")); len(res.Addresses) != 1 || res.Addresses[0].Derived == nil {
+		t.Errorf("the cache's address lost its derived form")
+	}
+}
