@@ -232,17 +232,18 @@ func (b *bench) startGlimpse(ctx context.Context, consulAddr, tag string) (*glim
 		return nil, err
 	}
 	data := filepath.Join(b.work, "glimpse-"+tag)
-	p, err := startProc("glimpse-agent", "", data+".log", b.cfg.agentBin,
+	args := append([]string{
 		"-consul.addr", consulAddr,
 		"-dns.addr", dnsAddr,
 		"-http.addr", httpAddr,
 		"-dns.udp-sockets", strconv.Itoa(b.udpSockets()),
 		"-data.dir", data,
-		"-http.max-subscribers", strconv.Itoa(b.cfg.subscribers+1000),
+		"-http.max-subscribers", strconv.Itoa(b.cfg.subscribers + 1000),
 		"-consul.start-timeout", "60s",
 		"-http.pprof",
 		"-consul.wait", consulWait.String(),
-	)
+	}, b.cfg.agentArgs...)
+	p, err := startProc("glimpse-agent", "", data+".log", b.cfg.agentBin, args...)
 	if err != nil {
 		return nil, err
 	}

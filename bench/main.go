@@ -37,6 +37,7 @@ type config struct {
 	runs                         int
 	duration                     time.Duration
 	soak                         time.Duration // length of the soak section
+	agentArgs                    []string      // extra glimpse-agent flags
 	clients, outstanding         int
 	perQuery                     bool
 	changes                      int
@@ -89,6 +90,8 @@ func parseFlags(args []string) (*config, error) {
 	fs.StringVar(&scale, "scale", "20000,100000", "instance counts of the scale test (multiples of jobs×instances)")
 	fs.StringVar(&sections, "sections", "dns,propagation,fanout,scale", `sections to run; "soak" (not a default) runs mixed load for -soak`)
 	fs.DurationVar(&cfg.soak, "soak", 10*time.Minute, "length of the soak section")
+	var agentArgs string
+	fs.StringVar(&agentArgs, "agent.args", "", "extra glimpse-agent flags, space-separated (for example \"-http.history 2048\")")
 	fs.StringVar(&cfg.serverCPUs, "server-cpus", "auto", `CPUs for the servers (taskset list); "auto": 0 on a machine with 2+ CPUs; "": no pinning`)
 	fs.StringVar(&cfg.clientCPUs, "client-cpus", "auto", `CPUs for the load generators; "auto": the other CPUs`)
 	fs.StringVar(&cfg.out, "out", "bench/RESULTS.md", "results file (Markdown)")
@@ -99,6 +102,7 @@ func parseFlags(args []string) (*config, error) {
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
+	cfg.agentArgs = strings.Fields(agentArgs)
 	if cfg.products < 1 || cfg.jobs < 1 || cfg.perJob < 1 || cfg.runs < 1 || cfg.changes < 4 || cfg.subscribers < 1 {
 		return nil, fmt.Errorf("-products, -jobs, -instances, -runs and -subscribers must be ≥1, -changes ≥4")
 	}
