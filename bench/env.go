@@ -201,16 +201,22 @@ func (p *proc) poll(ctx context.Context, timeout, every time.Duration, ready fun
 // the bound of its own Consul requests rests.
 const consulWait = time.Minute
 
-// settledRSS returns g's RSS after a garbage collection (asked through
-// /debug/pprof/heap?gc=1) and a pause for the runtime to return freed
-// memory: the memory the agent holds in a steady state, without the garbage
-// of what just happened.
+// settledRSS returns g's RSS after it collected garbage and returned every
+// free page to the OS (POST /debug/free-os-memory, with -http.pprof): the
+// memory the agent holds, neither the garbage of what just happened nor the
+// free heap the runtime keeps for a while, whose amount depends on where
+// the last collection fell and which made differences of RSS noisy.
 func settledRSS(g *glimpse) (int64, error) {
-	if resp, err := http.Get("http://" + g.httpAddr + "/debug/pprof/heap?gc=1"); err == nil {
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
+	resp, err := http.Post("http://"+g.httpAddr+"/debug/free-os-memory", "", nil)
+	if err != nil {
+		return 0, err
 	}
-	time.Sleep(3 * time.Second)
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("free-os-memory: %s", resp.Status)
+	}
+	time.Sleep(time.Second)
 	return rssKiB(g.pid())
 }
 

@@ -121,7 +121,7 @@ func (b *bench) fanoutSection(ctx context.Context) error {
 	logf("fan-out: %d of %d notified, last after %v; RSS %d → %d KiB: %.1f KiB per idle subscriber", received, n, last.Round(time.Millisecond), before, after, perSub)
 	var s strings.Builder
 	fmt.Fprintf(&s, "## 4. Fan-out\n\n")
-	fmt.Fprintf(&s, "%d websocket subscribers (gorilla/websocket clients in the harness) on `%s`. glimpse-agent's RSS went from %d KiB before they connected to %d KiB with all of them connected and idle (each figure after a garbage collection and a 3 s pause): "+
+	fmt.Fprintf(&s, "%d websocket subscribers (gorilla/websocket clients in the harness) on `%s`. glimpse-agent's RSS went from %d KiB before they connected to %d KiB with all of them connected and idle (each figure after the agent collected garbage and returned its free memory to the OS): "+
 		"**%.1f KiB per idle subscriber**. Then one check went critical in Consul: %d of %d subscribers had the update; the first after %.1f ms, half after %.1f ms, **the last after %.1f ms** (from the start of the Consul write).\n",
 		n, addr, before, after, perSub, received, n, pct(lats, 0), pct(lats, 50), float64(last.Microseconds())/1000)
 	b.rep.add("%s", s.String())

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -263,6 +264,9 @@ func commandLine() string {
 			if rel, err := filepath.Rel(wd, a); err == nil && !strings.HasPrefix(rel, "..") {
 				a = rel
 			}
+		}
+		if strings.ContainsAny(a, " \t") {
+			a = strconv.Quote(a)
 		}
 		args = append(args, a)
 	}

@@ -126,7 +126,7 @@ func (b *bench) scaleSection(ctx context.Context) error {
 	fmt.Fprintf(&s, "A fresh glimpse-agent per size, against the same Consul dev agent. First sync: from starting the process until `/v1/zones` shows the local zone synced with every instance. "+
 		"For reference, the time Consul takes to answer the same reads to a plain client (this harness, 64 requests at a time, "+
 		"`/v1/health/service/<product>?stale` for every product), with no glimpse-agent running. "+
-		"RSS after that (after a garbage collection and a 3 s pause), less the %d KiB of an agent synced on an empty Consul, per instance. DNS: the same query mix as section 1 over every job address of that size, median of %d runs, with glimpse-agent on the server CPUs and Consul paused (SIGSTOP) meanwhile, so that its background work at this size does not share glimpse's CPU.\n\n", base, b.cfg.runs)
+		"RSS after that (after the agent collected garbage and returned its free memory to the OS), less the %d KiB of an agent synced on an empty Consul, per instance. DNS: the same query mix as section 1 over every job address of that size, median of %d runs, with glimpse-agent on the server CPUs and Consul paused (SIGSTOP) meanwhile, so that its background work at this size does not share glimpse's CPU.\n\n", base, b.cfg.runs)
 	s.WriteString("| instances | products | first sync | Consul's reads alone | RSS | RSS per instance | DNS qps |\n|---|---|---|---|---|---|---|\n")
 	for _, r := range rows {
 		fmt.Fprintf(&s, "| %d | %d | %.2f s | %.2f s | %.1f MiB | %.2f KiB | %.0f |\n", r.instances, r.products, r.sync.Seconds(), r.consulRead.Seconds(), float64(r.rssKiB)/1024, r.perInstance, median(r.qps))

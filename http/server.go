@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"reflect"
+	"runtime/debug"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -109,6 +110,12 @@ func Listen(addr string, opts Options) (*Server, error) {
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		// Collects garbage and returns every free page to the OS, so that
+		// RSS shows what the agent holds (the benchmark's memory figures).
+		mux.HandleFunc("POST /debug/free-os-memory", func(w http.ResponseWriter, r *http.Request) {
+			debug.FreeOSMemory()
+			writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+		})
 	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
