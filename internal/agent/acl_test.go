@@ -3,8 +3,6 @@ package agent
 import (
 	"bytes"
 	"context"
-	"encoding/json"
-	"io"
 	"net/http"
 	"strings"
 	"sync"
@@ -42,17 +40,6 @@ func debugLogger() (*zap.Logger, *syncBuffer) {
 	buf := &syncBuffer{}
 	core := zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(buf), zap.DebugLevel)
 	return zap.New(core), buf
-}
-
-func getBody(t *testing.T, url string) (int, string) {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
 }
 
 // With Consul's ACLs on and a default deny, glimpse works with a read token
@@ -98,27 +85,17 @@ agent_prefix "" { policy = "read" }`}, nil)
 		}
 		runAgent(t, a)
 		base := "http://" + a.HTTPAddr()
-		var zones struct {
-			Zones []struct {
-				Zone, Error string
-				Synced      bool
-			}
-		}
+		var zones zonesBody
 		testconsul.WaitFor(t, 10*time.Second, func() bool {
-			_, body := getBody(t, base+"/v1/zones")
-			_ = json.Unmarshal([]byte(body), &zones)
-			for _, z := range zones.Zones {
-				if z.Zone == "dc1" && strings.Contains(z.Error, "ACLs hide every result") {
-					return true
-				}
-			}
-			return false
+			getJSON(t, nil, base+"/v1/zones", &zones)
+			z := zones.zone("dc1")
+			return z != nil && !z.Synced && strings.Contains(z.Error, "ACLs hide every result")
 		}, "/v1/zones never said the ACLs hide the catalog: %+v", &zones)
-		code, body := getBody(t, base+"/readyz")
+		code, body := do(t, "GET", base+"/readyz", nil)
 		if code != http.StatusServiceUnavailable || !strings.Contains(body, "CONSUL_HTTP_TOKEN") {
 			t.Errorf("/readyz: %d %s", code, body)
 		}
-		_, metrics := getBody(t, base+"/metrics")
+		_, metrics := do(t, "GET", base+"/metrics", nil)
 		if !strings.Contains(metrics, `glimpse_watch_consul_requests_total{endpoint="services",result="denied",zone="dc1"}`) {
 			t.Error("no denied requests in the metrics")
 		}
@@ -131,10 +108,10 @@ agent_prefix "" { policy = "read" }`}, nil)
 		t.Helper()
 		waitSynced(t, a)
 		waitDNS(t, a.DNSAddr(), name, mdns.TypeSRV, func(m *mdns.Msg) bool { return len(m.Answer) == 1 }, "the instance behind the ACLs")
-		if code, body := getBody(t, "http://"+a.HTTPAddr()+"/readyz"); code != http.StatusOK {
+		if code, body := do(t, "GET", "http://"+a.HTTPAddr()+"/readyz", nil); code != http.StatusOK {
 			t.Errorf("/readyz with a token: %d %s", code, body)
 		}
-		_, metrics := getBody(t, "http://"+a.HTTPAddr()+"/metrics")
+		_, metrics := do(t, "GET", "http://"+a.HTTPAddr()+"/metrics", nil)
 		if strings.Contains(metrics, tok.SecretID) {
 			t.Error("the token is in the metrics")
 		}
@@ -174,7 +151,7 @@ agent_prefix "" { policy = "read" }`}, nil)
 		}
 		runAgent(t, a)
 		testconsul.WaitFor(t, 10*time.Second, func() bool {
-			code, body := getBody(t, "http://"+a.HTTPAddr()+"/readyz")
+			code, body := do(t, "GET", "http://"+a.HTTPAddr()+"/readyz", nil)
 			return code == http.StatusServiceUnavailable && strings.Contains(body, "refused glimpse's token")
 		}, "/readyz never said the token was refused")
 		if strings.Contains(logs.String(), cfg.ConsulToken) {

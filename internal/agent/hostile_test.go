@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -42,11 +41,7 @@ func TestHostileClients(t *testing.T) {
 	base := "http://" + a.HTTPAddr()
 	one := func(m *mdns.Msg) bool { return m.Rcode == mdns.RcodeSuccess && len(m.Answer) == 1 }
 	waitDNS(t, a.DNSAddr(), name, mdns.TypeSRV, one, "the instance")
-	var lr struct{ Index uint64 }
-	_, body := getBody(t, base+"/v1/lookup/"+addr)
-	if err := json.Unmarshal([]byte(body), &lr); err != nil {
-		t.Fatal(err)
-	}
+	index := lookup(t, a, addr, "").Index
 	time.Sleep(200 * time.Millisecond)
 	runtime.GC()
 	g0, h0 := runtime.NumGoroutine(), heapInUse()
@@ -63,7 +58,7 @@ func TestHostileClients(t *testing.T) {
 		polls.Add(1)
 		go func() {
 			defer polls.Done()
-			req, _ := http.NewRequestWithContext(ctx, "GET", fmt.Sprintf("%s/v1/lookup/%s?index=%d&wait=60s", base, addr, lr.Index), nil)
+			req, _ := http.NewRequestWithContext(ctx, "GET", fmt.Sprintf("%s/v1/lookup/%s?index=%d&wait=60s", base, addr, index), nil)
 			resp, err := hc.Do(req)
 			if err != nil {
 				return // ended by the test
@@ -80,9 +75,8 @@ func TestHostileClients(t *testing.T) {
 			}
 		}()
 	}
-	testconsul.WaitFor(t, 30*time.Second, func() bool {
-		return metricValue(scrape(t, a.HTTPAddr()), `glimpse_http_subscribers{kind="longpoll"}`) == 1500 && refused.Load() == 500
-	}, "the long-polls never settled at 1,500 waiting and 500 refused")
+	waitLongPolls(t, a, 1500)
+	testconsul.WaitFor(t, 10*time.Second, func() bool { return refused.Load() == 500 }, "%d long-polls refused, want 500", &refused)
 
 	// 500 idle DNS TCP connections.
 	var idle []net.Conn
@@ -127,9 +121,7 @@ func TestHostileClients(t *testing.T) {
 	// Everyone else is answered, and promptly.
 	for i := 0; i < 20; i++ {
 		start := time.Now()
-		if code, _ := getBody(t, base+"/v1/lookup/"+addr); code != 200 {
-			t.Fatalf("lookup during the flood: %d", code)
-		}
+		lookup(t, a, addr, "") // fails the test unless 200
 		for _, proto := range []string{"udp", "tcp"} {
 			if m := query(t, a.DNSAddr(), proto, name, mdns.TypeSRV, 0); !one(m) {
 				t.Fatalf("%s DNS during the flood: %v", proto, m)
@@ -182,13 +174,7 @@ func TestShutdownUnderLoad(t *testing.T) {
 	c := consul.Client()
 	p := newProduct("shut")
 	register(t, c, instance{id: p, product: p, env: "prod", job: "stream", service: "http", address: "127.0.61.1", port: 8001})
-	cfg := testConfig(t, consul.HTTPAddr())
-	a, err := New(context.Background(), cfg, nopLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	stop := runAgent(t, a)
-	waitSynced(t, a)
+	a, stop := stoppableAgent(t, testConfig(t, consul.HTTPAddr()))
 	addr := "http.stream.prod." + p + ".dc1"
 	name := addr + "." + domain
 	base := "http://" + a.HTTPAddr()
@@ -200,16 +186,14 @@ func TestShutdownUnderLoad(t *testing.T) {
 		readMessage(t, s)
 		subs = append(subs, s)
 	}
-	var lr struct{ Index uint64 }
-	_, body := getBody(t, base+"/v1/lookup/"+addr)
-	json.Unmarshal([]byte(body), &lr)
+	index := lookup(t, a, addr, "").Index
 	var polls sync.WaitGroup
 	var pollOK atomic.Int32
 	for i := 0; i < 100; i++ {
 		polls.Add(1)
 		go func() {
 			defer polls.Done()
-			resp, err := http.Get(fmt.Sprintf("%s/v1/lookup/%s?index=%d&wait=60s", base, addr, lr.Index))
+			resp, err := http.Get(fmt.Sprintf("%s/v1/lookup/%s?index=%d&wait=60s", base, addr, index))
 			if err == nil {
 				if resp.StatusCode == 200 {
 					pollOK.Add(1)
@@ -221,6 +205,14 @@ func TestShutdownUnderLoad(t *testing.T) {
 
 	var answered, closed, cut atomic.Int32
 	done := make(chan struct{})
+	running := func() bool {
+		select {
+		case <-done:
+			return false
+		default:
+			return true
+		}
+	}
 	var load sync.WaitGroup
 	for i := 0; i < 20; i++ {
 		load.Add(1)
@@ -232,12 +224,7 @@ func TestShutdownUnderLoad(t *testing.T) {
 			}
 			defer conn.Close()
 			dc := &mdns.Conn{Conn: conn}
-			for {
-				select {
-				case <-done:
-					return
-				default:
-				}
+			for running() {
 				m := new(mdns.Msg)
 				m.SetQuestion(name, mdns.TypeSRV)
 				conn.SetDeadline(time.Now().Add(5 * time.Second))
@@ -264,12 +251,7 @@ func TestShutdownUnderLoad(t *testing.T) {
 		load.Add(1)
 		go func() {
 			defer load.Done()
-			for {
-				select {
-				case <-done:
-					return
-				default:
-				}
+			for running() {
 				m := new(mdns.Msg)
 				m.SetQuestion(name, mdns.TypeSRV)
 				(&mdns.Client{Timeout: 500 * time.Millisecond}).Exchange(m, a.DNSAddr())

@@ -60,6 +60,7 @@ type zoneEntry struct {
 	Index        uint64     `json:"index"`
 	LastContact  *time.Time `json:"last_contact"`
 	SecondsStale float64    `json:"seconds_stale"`
+	Error        string     `json:"error"`
 	Products     int        `json:"products"`
 	Instances    int        `json:"instances"`
 }
