@@ -10,9 +10,6 @@ import (
 	"glimpse/provider"
 )
 
-// MaxProviderBody is the largest PUT /v1/providers/{provider} body.
-const MaxProviderBody = provider.MaxBody
-
 // providersAPI serves /v1/providers/{provider}.
 type providersAPI struct {
 	m           *provider.Manager
@@ -65,12 +62,12 @@ func loopback(remote string) bool {
 }
 
 func (p *providersAPI) put(w http.ResponseWriter, r *http.Request, name string) {
-	b, err := provider.Parse(http.MaxBytesReader(w, r.Body, MaxProviderBody+1), MaxProviderBody)
+	b, err := provider.Parse(http.MaxBytesReader(w, r.Body, provider.MaxBody+1), provider.MaxBody)
 	if err != nil {
 		var mbe *http.MaxBytesError
 		switch {
 		case errors.Is(err, provider.ErrTooLarge) || errors.As(err, &mbe):
-			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body larger than %d bytes", MaxProviderBody))
+			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body larger than %d bytes", provider.MaxBody))
 		default:
 			var ve *provider.ValidationError
 			if errors.As(err, &ve) {

@@ -124,34 +124,32 @@ func Parse(r io.Reader, limit int64) (*Body, error) {
 	if int64(len(data)) > limit {
 		return nil, &ValidationError{Msg: fmt.Sprintf("body larger than %d bytes", limit), Err: ErrTooLarge}
 	}
-	b, err := decode(data)
-	if err != nil {
-		return nil, err
-	}
-	b.Normalize()
-	if err := b.Validate(); err != nil {
-		return nil, err
-	}
-	return b, nil
+	return parseBytes(data)
 }
 
-// decode decodes data in stages, so that errors can name the instance and
-// field they are about.
-func decode(data []byte) (*Body, error) {
+// parseBytes is Parse of a body already read (and within its limit).
+func parseBytes(data []byte) (*Body, error) {
 	var top struct {
 		Instances *[]json.RawMessage `json:"instances"`
 	}
 	if err := decodeStrict(data, &top, ""); err != nil {
 		return nil, err
 	}
-	if top.Instances == nil {
+	return parseInstances(top.Instances)
+}
+
+// parseInstances decodes, normalizes and validates the "instances" of a
+// body or of a recorded state (nil: the field was missing). It decodes in
+// stages, so that errors can name the instance and field they are about.
+func parseInstances(raws *[]json.RawMessage) (*Body, error) {
+	if raws == nil {
 		return nil, invalid("instances", "missing (send [] to remove all instances)")
 	}
-	if n := len(*top.Instances); n > MaxInstances {
+	if n := len(*raws); n > MaxInstances {
 		return nil, invalid("instances", "%d instances, at most %d allowed", n, MaxInstances)
 	}
-	b := &Body{Instances: make([]Instance, len(*top.Instances))}
-	for i, raw := range *top.Instances {
+	b := &Body{Instances: make([]Instance, len(*raws))}
+	for i, raw := range *raws {
 		field := fmt.Sprintf("instances[%d]", i)
 		// Instance's fields, with the check left raw to decode on its own.
 		var in struct {
@@ -174,6 +172,10 @@ func decode(data []byte) (*Body, error) {
 			}
 		}
 		b.Instances[i] = inst
+	}
+	b.Normalize()
+	if err := b.Validate(); err != nil {
+		return nil, err
 	}
 	return b, nil
 }

@@ -1,7 +1,6 @@
 package provider
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -275,7 +274,7 @@ func (d *Dir) apply(ctx context.Context, name, path string, now, prev fileSeen) 
 			d.seen[name] = now // touched, same content: nothing to do
 			return
 		}
-		b, err = Parse(bytes.NewReader(data), MaxBody)
+		b, err = parseBytes(data)
 	}
 	if err != nil {
 		now.err = err.Error()
@@ -334,15 +333,19 @@ func (d *Dir) report(file, msg string, err error) {
 	d.log.Error(msg, fields...)
 }
 
-// readFile reads a provider file of at most MaxBody bytes (one more is read
-// so that Parse reports the size).
+// readFile reads a provider file; one over MaxBody bytes is an error, a
+// *ValidationError as Parse's.
 func readFile(path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	return io.ReadAll(io.LimitReader(f, MaxBody+1))
+	data, err := io.ReadAll(io.LimitReader(f, MaxBody+1))
+	if err == nil && int64(len(data)) > MaxBody {
+		err = &ValidationError{Msg: fmt.Sprintf("body larger than %d bytes", MaxBody), Err: ErrTooLarge}
+	}
+	return data, err
 }
 
 func stat(info fs.FileInfo) fileSeen {

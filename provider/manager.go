@@ -186,15 +186,15 @@ func (m *Manager) put(ctx context.Context, name string, b *Body, source string) 
 // gone) makes the provider file-managed or not, in the same critical
 // section as the change itself, so that no HTTP request slips in between.
 func (m *Manager) own(p *providerState, name, source string, exists bool) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if source == SourceHTTP {
-		if p.fileManaged {
-			return fmt.Errorf("%w: %s", ErrFileManaged, name)
-		}
+	if source != SourceHTTP {
+		m.markFile(p, exists, "")
 		return nil
 	}
-	p.fileManaged, p.fileErr = exists, ""
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if p.fileManaged {
+		return fmt.Errorf("%w: %s", ErrFileManaged, name)
+	}
 	return nil
 }
 
@@ -214,8 +214,9 @@ func (m *Manager) applyOrRetry(ctx context.Context, name string, p *providerStat
 // sync; it returns how many registrations it changed. Once a tombstone
 // holds, it is removed.
 func (m *Manager) applyRecord(ctx context.Context, name string, p *providerState, r Record) (int, error) {
+	gone := r.Deleted || r.Body == nil
 	b := r.Body
-	if r.Deleted || b == nil {
+	if gone {
 		b = &Body{Instances: []Instance{}}
 	}
 	changed, ids, err := m.syncer.reconcile(ctx, name, b)
@@ -231,7 +232,7 @@ func (m *Manager) applyRecord(ctx context.Context, name string, p *providerState
 	}
 	// What the probe expects to find; nothing once the provider is gone.
 	applied := ids
-	if r.Deleted || r.Body == nil {
+	if gone {
 		applied = nil
 	}
 	m.mu.Lock()
@@ -403,11 +404,16 @@ func (m *Manager) Reconcile(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		p := m.state(name)
-		if ok, err := m.reconcileOne(ctx, name, p); !ok {
-			m.log.Warn("provider: applying the recorded state failed", zap.String("provider", name), zap.Error(err))
-			m.retry(name)
-		}
+		m.reconcileOrRetry(ctx, name)
+	}
+}
+
+// reconcileOrRetry applies name's recorded state; when that fails, it logs
+// why and leaves the provider to the background retries.
+func (m *Manager) reconcileOrRetry(ctx context.Context, name string) {
+	if ok, err := m.reconcileOne(ctx, name, m.state(name)); !ok {
+		m.log.Warn("provider: applying the recorded state failed", zap.String("provider", name), zap.Error(err))
+		m.retry(name)
 	}
 }
 
@@ -451,10 +457,7 @@ func (m *Manager) Run(ctx context.Context) {
 			for _, name := range m.drifted(owned, gens) {
 				m.restarts.Inc()
 				m.log.Info("provider: registrations changed in the Consul agent; reconciling", zap.String("provider", name))
-				if ok, err := m.reconcileOne(ctx, name, m.state(name)); !ok {
-					m.log.Warn("provider: applying the recorded state failed", zap.String("provider", name), zap.Error(err))
-					m.retry(name)
-				}
+				m.reconcileOrRetry(ctx, name)
 			}
 		}
 	}
@@ -499,7 +502,11 @@ func (m *Manager) drifted(owned map[string][]string, gens map[string]uint64) []s
 // setFile records whether name's file exists in the providers directory and
 // what is wrong with it ("" if nothing).
 func (m *Manager) setFile(name string, exists bool, problem string) {
-	p := m.state(name)
+	m.markFile(m.state(name), exists, problem)
+}
+
+// markFile records on p whether its file exists and what is wrong with it.
+func (m *Manager) markFile(p *providerState, exists bool, problem string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	p.fileManaged, p.fileErr = exists, problem

@@ -1,7 +1,6 @@
 package provider
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -193,21 +192,18 @@ func (s *Store) LoadRecord(name string) (Record, error) {
 	if err != nil {
 		return Record{}, fmt.Errorf("provider store: load %s: %w", path, err)
 	}
-	// The envelope first, then the instances through Parse, which decodes
-	// strictly and names the bad field.
+	// The envelope first, then the instances as a body's, decoded strictly
+	// with errors naming the bad field.
 	var env struct {
-		Source    string          `json:"source"`
-		Deleted   bool            `json:"deleted"`
-		Instances json.RawMessage `json:"instances"`
+		Source    string             `json:"source"`
+		Deleted   bool               `json:"deleted"`
+		Instances *[]json.RawMessage `json:"instances"`
 	}
 	if int64(len(data)) > MaxFileSize {
 		return Record{}, fmt.Errorf("provider store: load %s: larger than %d bytes", path, MaxFileSize)
 	}
 	if err := decodeStrict(data, &env, ""); err != nil {
 		return Record{}, fmt.Errorf("provider store: load %s: %w", path, err)
-	}
-	if len(env.Instances) == 0 {
-		return Record{}, fmt.Errorf("provider store: load %s: %w", path, invalid("instances", "missing"))
 	}
 	r := Record{Source: env.Source, Deleted: env.Deleted}
 	switch r.Source {
@@ -217,9 +213,7 @@ func (s *Store) LoadRecord(name string) (Record, error) {
 	default:
 		return Record{}, fmt.Errorf("provider store: load %s: unknown source %q", path, r.Source)
 	}
-	body := make([]byte, 0, len(env.Instances)+16)
-	body = append(append(append(body, `{"instances":`...), env.Instances...), '}')
-	if r.Body, err = Parse(bytes.NewReader(body), MaxFileSize); err != nil {
+	if r.Body, err = parseInstances(env.Instances); err != nil {
 		return Record{}, fmt.Errorf("provider store: load %s: %w", path, err)
 	}
 	return r, nil

@@ -89,19 +89,14 @@ func NewSyncer(client *api.Client) *Syncer {
 // was done until then stays done, and applying b again completes it. An
 // invalid name or body is a *ValidationError and nothing is done.
 func (s *Syncer) Apply(ctx context.Context, name string, b *Body) error {
-	_, err := s.Reconcile(ctx, name, b)
+	_, _, err := s.reconcile(ctx, name, b)
 	return err
 }
 
-// Reconcile is Apply, also reporting how many registrations and
-// deregistrations it made: 0 when the Consul agent already matched b.
-func (s *Syncer) Reconcile(ctx context.Context, name string, b *Body) (changed int, err error) {
-	changed, _, err = s.reconcile(ctx, name, b)
-	return changed, err
-}
-
-// reconcile is Reconcile, also returning the service IDs of b's instances:
-// what the provider's registrations are once it holds.
+// reconcile is Apply, also reporting how many registrations and
+// deregistrations it made (0 when the Consul agent already matched b) and
+// the service IDs of b's instances: what the provider's registrations are
+// once it holds.
 func (s *Syncer) reconcile(ctx context.Context, name string, b *Body) (changed int, want map[string]bool, err error) {
 	name, err = CheckName(name)
 	if err != nil {

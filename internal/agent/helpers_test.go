@@ -53,13 +53,21 @@ func testConfig(t testing.TB, consulAddr string) Config {
 // zone's first sync.
 func startAgent(t testing.TB, cfg Config) *Agent {
 	t.Helper()
+	a, _ := stoppableAgent(t, cfg)
+	return a
+}
+
+// stoppableAgent is startAgent that also returns a function stopping the
+// agent before the test ends (and waiting until it has).
+func stoppableAgent(t testing.TB, cfg Config) (*Agent, func()) {
+	t.Helper()
 	a, err := New(context.Background(), cfg, nopLogger(t))
 	if err != nil {
 		t.Fatalf("agent: %v", err)
 	}
-	runAgent(t, a)
+	stop := runAgent(t, a)
 	waitSynced(t, a)
-	return a
+	return a, stop
 }
 
 // waitSynced waits for a's local zone's first sync.

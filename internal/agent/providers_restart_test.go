@@ -2,7 +2,6 @@ package agent
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -56,19 +55,6 @@ func ownedIDs(c *api.Client, p string) []string {
 	}
 	sort.Strings(ids)
 	return ids
-}
-
-// stoppableAgent starts an agent like startAgent and returns a function that
-// stops it and waits until it has.
-func stoppableAgent(t *testing.T, cfg Config) (*Agent, func()) {
-	t.Helper()
-	a, err := New(context.Background(), cfg, nopLogger(t))
-	if err != nil {
-		t.Fatalf("agent: %v", err)
-	}
-	stop := runAgent(t, a)
-	waitSynced(t, a)
-	return a, stop
 }
 
 // probingConfig is the config of an agent on consulAddr that notices a
