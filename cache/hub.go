@@ -131,13 +131,17 @@ func (h *Hub) publish(changes []*Address) {
 		// The history serves resuming subscribers, which need the
 		// instances but not what the Builder derived (for DNS, packed
 		// answers): a copy without it keeps superseded states small.
-		ha := *a
-		ha.Derived = nil
+		ha := a
+		if a.Derived != nil {
+			c := *a
+			c.Derived = nil
+			ha = &c
+		}
 		if len(h.history) < cap(h.history) {
-			h.history = append(h.history, &ha)
+			h.history = append(h.history, ha)
 		} else {
 			h.floor = h.history[h.head].Index
-			h.history[h.head] = &ha
+			h.history[h.head] = ha
 			h.head = (h.head + 1) % len(h.history)
 		}
 		subs := h.subs[productKey(a.Zone, a.Product)]

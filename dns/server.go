@@ -68,7 +68,7 @@ func listen(addr string, sockets, maxTCP int, h mdns.Handler) (*Server, error) {
 	}
 	s.addr = pcs[0].LocalAddr().(*net.UDPAddr)
 	accept := func(dh mdns.Header) mdns.MsgAcceptAction {
-		if dh.Bits&(1<<15) != 0 { // a response: never answer it
+		if dh.Bits&qrBit != 0 { // a response: never answer it
 			return mdns.MsgIgnore
 		}
 		return mdns.MsgAccept // the handler answers everything else

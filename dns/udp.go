@@ -120,23 +120,28 @@ func (u *udpServer) work() error {
 			u.inflight.Add(1)
 			go func() {
 				defer u.inflight.Done()
-				u.answer(pkt, side)
+				serveRaw(u.h, pkt, side)
 			}()
 			continue
 		}
-		u.answer(pkt, w) // shutdown waits for the workers themselves (done)
+		serveRaw(u.h, pkt, w) // shutdown waits for the workers themselves (done)
 		u.busy.Add(-1)
 	}
 }
 
-// answer handles one query.
-func (u *udpServer) answer(pkt []byte, w *udpWriter) { serveRaw(u.h, pkt, w) }
+// qrBit is the QR (response) bit of a header's flags.
+const qrBit = 1 << 15
 
-// serveRaw handles one query packet as miekg/dns's server would: a packet
-// without a full header is dropped (any reply could serve amplification), a
-// response is ignored, one that does not parse gets FORMERR.
+// ignored reports whether a packet gets no answer at all: one without a
+// full header (any reply could serve amplification), or a response.
+func ignored(pkt []byte) bool {
+	return len(pkt) < 12 || (uint16(pkt[2])<<8)&qrBit != 0
+}
+
+// serveRaw handles one query packet as miekg/dns's server would: an ignored
+// packet gets nothing, one that does not parse gets FORMERR.
 func serveRaw(h mdns.Handler, pkt []byte, w mdns.ResponseWriter) {
-	if len(pkt) < 12 || pkt[2]&0x80 != 0 {
+	if ignored(pkt) {
 		return
 	}
 	req := new(mdns.Msg)

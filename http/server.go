@@ -167,8 +167,10 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	z := s.cache.Zone(s.local)
 	if z == nil || !z.Synced {
 		msg := fmt.Sprintf("local zone %q is not synced with Consul yet", s.local)
-		if st := s.cache.Status(s.local); st != nil && st.Problem() != "" {
-			msg += ": " + st.Problem()
+		if st := s.cache.Status(s.local); st != nil {
+			if p := st.Problem(); p != "" {
+				msg += ": " + p
+			}
 		}
 		writeError(w, http.StatusServiceUnavailable, msg)
 		return

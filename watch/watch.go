@@ -231,11 +231,14 @@ type zoneWatch struct {
 	filteredOnce sync.Once
 }
 
+// tokenAdvice says what a token glimpse-agent can work with needs.
+const tokenAdvice = "it needs service:read on the glimpse services and on consul, and node:read (set -consul.token or CONSUL_HTTP_TOKEN)"
+
 // ErrHidden is the error of a read whose every result Consul's ACLs hid
 // from glimpse's token: a service list without even Consul's own service,
 // or a list Consul says it filtered down to nothing. glimpse cannot tell an
 // empty catalog from one it may not see, so it serves neither.
-var ErrHidden = errors.New("consul's ACLs hide every result from glimpse's token; it needs service:read on the glimpse services and on consul, and node:read (set -consul.token or CONSUL_HTTP_TOKEN)")
+var ErrHidden = errors.New("consul's ACLs hide every result from glimpse's token; " + tokenAdvice)
 
 // Denied reports whether err is Consul refusing glimpse's token: a 403, or
 // every result hidden by ACLs.
@@ -248,7 +251,7 @@ func Denied(err error) bool {
 func Explain(err error) string {
 	var se api.StatusError
 	if errors.As(err, &se) && se.Code == http.StatusForbidden {
-		return "consul refused glimpse's token (" + strings.TrimSpace(se.Body) + "); it needs service:read on the glimpse services and on consul, and node:read (set -consul.token or CONSUL_HTTP_TOKEN)"
+		return "consul refused glimpse's token (" + strings.TrimSpace(se.Body) + "); " + tokenAdvice
 	}
 	return err.Error()
 }
@@ -320,9 +323,10 @@ func (z *zoneWatch) loopCtx(ctx context.Context, endpoint, product string, fn fe
 			}
 			m.metrics.request(z.name, endpoint, err)
 			if err != nil {
-				z.status.SetProblem(Explain(err))
+				msg := Explain(err)
+				z.status.SetProblem(msg)
 				if failures == 0 {
-					log.Warn("consul request failed; serving the last known state", zap.String("error", Explain(err)))
+					log.Warn("consul request failed; serving the last known state", zap.String("error", msg))
 				} else {
 					log.Debug("consul request failed", zap.Error(err), zap.Int("failures", failures+1))
 				}

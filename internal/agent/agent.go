@@ -269,7 +269,11 @@ func localZone(ctx context.Context, client *api.Client, cfg Config, log *zap.Log
 		var self map[string]map[string]any
 		_, err := client.Raw().Query("/v1/agent/self", &self, (&api.QueryOptions{}).WithContext(actx))
 		acancel()
-		if err == nil {
+		// Consul may answer but refuse to show its configuration to this
+		// token: with -zone the zone is known, so go on; the watchers report
+		// what the token cannot read, and /readyz stays unready until they
+		// can.
+		if err == nil || watch.Denied(err) && cfg.Zone != "" {
 			dc, _ := self["Config"]["Datacenter"].(string)
 			zone := strings.ToLower(cfg.Zone)
 			if zone == "" {
@@ -278,19 +282,12 @@ func localZone(ctx context.Context, client *api.Client, cfg Config, log *zap.Log
 			if !cache.ValidLabel(zone) {
 				return "", fmt.Errorf("zone %q is not a DNS label", zone)
 			}
-			log.Info("consul agent reached", zap.String("datacenter", dc), zap.String("zone", zone))
-			return zone, nil
-		}
-		if watch.Denied(err) && cfg.Zone != "" {
-			// Consul answers but will not show its configuration to this
-			// token: the zone is known, so go on; the watchers report what
-			// the token cannot read, and /readyz stays unready until they
-			// can.
-			log.Warn("the consul agent refuses to show its configuration to glimpse's token; using -zone", zap.String("zone", cfg.Zone), zap.String("error", watch.Explain(err)))
-			if !cache.ValidLabel(strings.ToLower(cfg.Zone)) {
-				return "", fmt.Errorf("zone %q is not a DNS label", cfg.Zone)
+			if err != nil {
+				log.Warn("the consul agent refuses to show its configuration to glimpse's token; using -zone", zap.String("zone", zone), zap.String("error", watch.Explain(err)))
+			} else {
+				log.Info("consul agent reached", zap.String("datacenter", dc), zap.String("zone", zone))
 			}
-			return strings.ToLower(cfg.Zone), nil
+			return zone, nil
 		}
 		if lastErr == nil {
 			log.Warn("waiting for the consul agent", zap.String("error", watch.Explain(err)))
