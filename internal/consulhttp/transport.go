@@ -39,18 +39,21 @@ type Options struct {
 	// TLS, when set, wraps each connection (for an https Consul address).
 	// Without a ServerName, the host of Address is verified.
 	TLS *tls.Config
-	// MaxIdle bounds the idle connections kept for reuse; default 65,536
-	// (a watcher's connection must not be closed for lack of room).
-	MaxIdle int
-	// IdleTimeout closes a connection idle for longer; default 90 s.
-	IdleTimeout time.Duration
-	// DialTimeout bounds connecting (and the TLS handshake); default 10 s.
-	DialTimeout time.Duration
-	// ReadBufferSize is each connection's read buffer; default 2 KiB.
-	// Responses are decoded as they stream, so it need only hold a header
-	// line.
-	ReadBufferSize int
 }
+
+// Limits of the transport.
+const (
+	// maxIdle bounds the idle connections kept for reuse: a watcher's
+	// connection must not be closed for lack of room.
+	maxIdle = 1 << 16
+	// idleTimeout closes a connection idle for longer.
+	idleTimeout = 90 * time.Second
+	// dialTimeout bounds connecting (and the TLS handshake).
+	dialTimeout = 10 * time.Second
+	// readBufferSize is each connection's read buffer. Responses are
+	// decoded as they stream, so it need only hold a header line.
+	readBufferSize = 2048
+)
 
 // Transport is an http.RoundTripper that runs each exchange on the calling
 // goroutine. A response's body must be read to its end or closed; then its
@@ -63,20 +66,8 @@ type Transport struct {
 	idle []*conn // a stack: the most recently used on top, the oldest at the bottom
 }
 
-// New returns a Transport with o's defaults filled in.
+// New returns a Transport for o.
 func New(o Options) *Transport {
-	if o.MaxIdle <= 0 {
-		o.MaxIdle = 1 << 16
-	}
-	if o.IdleTimeout <= 0 {
-		o.IdleTimeout = 90 * time.Second
-	}
-	if o.DialTimeout <= 0 {
-		o.DialTimeout = 10 * time.Second
-	}
-	if o.ReadBufferSize <= 0 {
-		o.ReadBufferSize = 2048
-	}
 	if o.TLS != nil && o.TLS.ServerName == "" && o.Network == "tcp" {
 		o.TLS = o.TLS.Clone()
 		o.TLS.ServerName, _, _ = net.SplitHostPort(o.Address)
@@ -215,7 +206,7 @@ func (t *Transport) get(ctx context.Context) (*conn, bool, error) {
 		t.idle[n-1] = nil
 		t.idle = t.idle[:n-1]
 		t.mu.Unlock()
-		if now.Sub(c.idleSince) < t.o.IdleTimeout && c.alive() {
+		if now.Sub(c.idleSince) < idleTimeout && c.alive() {
 			return c, true, nil
 		}
 		dead = append(dead, c)
@@ -225,7 +216,7 @@ func (t *Transport) get(ctx context.Context) (*conn, bool, error) {
 }
 
 func (t *Transport) dial(ctx context.Context) (*conn, error) {
-	ctx, cancel := context.WithTimeout(ctx, t.o.DialTimeout)
+	ctx, cancel := context.WithTimeout(ctx, dialTimeout)
 	defer cancel()
 	d := net.Dialer{KeepAlive: 30 * time.Second}
 	nc, err := d.DialContext(ctx, t.o.Network, t.o.Address)
@@ -242,7 +233,7 @@ func (t *Transport) dial(ctx context.Context) (*conn, error) {
 		}
 		c.Conn = tc
 	}
-	c.br = bufio.NewReaderSize(c, t.o.ReadBufferSize)
+	c.br = bufio.NewReaderSize(c, readBufferSize)
 	return c, nil
 }
 
@@ -254,7 +245,7 @@ func (t *Transport) put(c *conn) {
 	var drop []*conn
 	t.mu.Lock()
 	stale := 0
-	for stale < len(t.idle) && now.Sub(t.idle[stale].idleSince) >= t.o.IdleTimeout {
+	for stale < len(t.idle) && now.Sub(t.idle[stale].idleSince) >= idleTimeout {
 		stale++
 	}
 	if stale > 0 {
@@ -263,7 +254,7 @@ func (t *Transport) put(c *conn) {
 		clear(t.idle[n:])
 		t.idle = t.idle[:n]
 	}
-	if len(t.idle) < t.o.MaxIdle {
+	if len(t.idle) < maxIdle {
 		t.idle = append(t.idle, c)
 	} else {
 		drop = append(drop, c)
