@@ -91,3 +91,15 @@ func rcodeName(rcode int) string {
 	}
 	return mdns.RcodeToString[rcode]
 }
+
+// RegisterServer registers with reg the gauges of s's TCP connections:
+// glimpse_dns_tcp_connections and glimpse_dns_tcp_evicted_total.
+func RegisterServer(reg prometheus.Registerer, s *Server) {
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "glimpse_dns_tcp_connections",
+		Help: "DNS TCP connections open (at most -dns.tcp-max-conns).",
+	}, func() float64 { return float64(s.tcpl.open()) }), prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "glimpse_dns_tcp_evicted_total",
+		Help: "DNS TCP connections closed, the longest quiet first, to make room for new ones over -dns.tcp-max-conns.",
+	}, func() float64 { return float64(s.tcpl.evicted.Load()) }))
+}

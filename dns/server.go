@@ -157,10 +157,3 @@ func udpSocketOptions(network, address string, c syscall.RawConn) error {
 	}
 	return serr
 }
-
-// TCPConns returns the DNS TCP connections open now.
-func (s *Server) TCPConns() int { return s.tcpl.open() }
-
-// TCPEvicted returns how many TCP connections were closed to make room for
-// newer ones (see Listen).
-func (s *Server) TCPEvicted() int64 { return s.tcpl.evicted.Load() }

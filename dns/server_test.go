@@ -125,11 +125,11 @@ func TestTCPFloodEvictsIdle(t *testing.T) {
 	// Each connection beyond the first 20 evicts one: 280 evictions, and
 	// the evicted connections' server goroutines end.
 	deadline := time.Now().Add(5 * time.Second)
-	for (s.TCPEvicted() < 280 || runtime.NumGoroutine() > g0+20+5) && time.Now().Before(deadline) {
+	for (s.tcpl.evicted.Load() < 280 || runtime.NumGoroutine() > g0+20+5) && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	if s.TCPEvicted() != 280 {
-		t.Errorf("300 idle connections with room for 20: %d evicted, want 280", s.TCPEvicted())
+	if s.tcpl.evicted.Load() != 280 {
+		t.Errorf("300 idle connections with room for 20: %d evicted, want 280", s.tcpl.evicted.Load())
 	}
 	if g := runtime.NumGoroutine(); g > g0+20+5 {
 		t.Errorf("300 idle connections: %d goroutines (from %d), want at most 20 more", g, g0)
@@ -143,7 +143,7 @@ func TestTCPFloodEvictsIdle(t *testing.T) {
 			t.Errorf("a query during the flood took %v", d)
 		}
 	}
-	t.Logf("evicted %d, held %d", s.TCPEvicted(), s.TCPConns())
+	t.Logf("evicted %d, held %d", s.tcpl.evicted.Load(), s.tcpl.open())
 
 	for _, tc := range []struct {
 		raw      []byte

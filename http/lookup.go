@@ -186,13 +186,12 @@ func (s *Server) lookup(w http.ResponseWriter, r *http.Request) {
 	if p.index == 0 {
 		res = s.cache.Lookup(q)
 	} else {
-		if s.longPolls.Add(1) > int64(s.limits.MaxLongPolls) {
-			s.longPolls.Add(-1)
+		if !s.longPolls.acquire() {
 			w.Header().Set("Retry-After", "1")
 			writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("long-poll limit (%d) reached; retry later", s.limits.MaxLongPolls))
 			return
 		}
-		defer s.longPolls.Add(-1)
+		defer s.longPolls.release()
 		res = s.await(r.Context(), q, p.index, p.wait)
 	}
 	synced := res.Zone != nil && res.Zone.Synced

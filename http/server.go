@@ -41,11 +41,10 @@ type Server struct {
 	closing    chan struct{}
 	limits     SubscribeLimits
 	subMetrics *subscribeMetrics
-	// websockets counts open and opening websockets against the limit.
-	websockets atomic.Int64
-	// longPolls counts long-polls waiting, against MaxLongPolls.
-	longPolls atomic.Int64
-	closeOnce sync.Once
+	// websockets are the open and opening websockets, against
+	// MaxSubscribers; longPolls the long-polls waiting, against MaxLongPolls.
+	websockets, longPolls slots
+	closeOnce             sync.Once
 }
 
 // Options configure a Server.
@@ -101,6 +100,7 @@ func Listen(addr string, opts Options) (*Server, error) {
 		s.want = func(string) {}
 	}
 	s.limits = opts.Subscribe.withDefaults()
+	s.websockets.max, s.longPolls.max = int64(s.limits.MaxSubscribers), int64(s.limits.MaxLongPolls)
 	s.subMetrics = newSubscribeMetrics(opts.Registerer, opts.Cache.Hub())
 	mux := s.mux
 	mux.Handle("GET /metrics", promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{}))
@@ -227,6 +227,23 @@ func (j *jsonErrorWriter) Write(b []byte) (int, error) {
 	}
 	return j.ResponseWriter.Write(b)
 }
+
+// slots counts holders of at most max places.
+type slots struct {
+	n   atomic.Int64
+	max int64
+}
+
+// acquire takes a place, unless all are taken.
+func (s *slots) acquire() bool {
+	if s.n.Add(1) > s.max {
+		s.n.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (s *slots) release() { s.n.Add(-1) }
 
 // metrics are the HTTP API's Prometheus metrics.
 type metrics struct {

@@ -138,15 +138,14 @@ func (s *Server) subscribe(w http.ResponseWriter, r *http.Request) {
 	}
 	// Reserve the slot before the handshake, so concurrent handshakes
 	// cannot overshoot the limit.
-	if s.websockets.Add(1) > int64(s.limits.MaxSubscribers) {
-		s.websockets.Add(-1)
+	if !s.websockets.acquire() {
 		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("subscriber limit (%d) reached", s.limits.MaxSubscribers))
 		return
 	}
 	handedOff := false
 	defer func() {
 		if !handedOff {
-			s.websockets.Add(-1)
+			s.websockets.release()
 		}
 	}()
 	up := websocket.Upgrader{
@@ -170,7 +169,7 @@ func (s *Server) subscribe(w http.ResponseWriter, r *http.Request) {
 	// subscriber stays, doubling what an idle subscriber costs.
 	handedOff = true
 	go func() {
-		defer s.websockets.Add(-1)
+		defer s.websockets.release()
 		defer conn.Close()
 		s.serveSubscriber(conn, queries, since, keep)
 	}()

@@ -186,13 +186,7 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Agent, error) {
 		transport.CloseIdleConnections()
 		return nil, err
 	}
-	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "glimpse_dns_tcp_connections",
-		Help: "DNS TCP connections open (at most -dns.tcp-max-conns).",
-	}, func() float64 { return float64(a.dns.TCPConns()) }), prometheus.NewCounterFunc(prometheus.CounterOpts{
-		Name: "glimpse_dns_tcp_evicted_total",
-		Help: "DNS TCP connections closed, the longest quiet first, to make room for new ones over -dns.tcp-max-conns.",
-	}, func() float64 { return float64(a.dns.TCPEvicted()) }))
+	dns.RegisterServer(reg, a.dns)
 	a.http, err = httpapi.Listen(cfg.HTTPAddr, httpapi.Options{Cache: c, LocalZone: zone, Gatherer: reg, Registerer: reg, Want: w.Want, ZoneIdle: cfg.Watch.Idle, Subscribe: cfg.Subscribe, Pprof: cfg.Pprof,
 		Providers: a.providers, ProviderAllowRemote: cfg.ProviderAllowRemote})
 	if err != nil {
