@@ -425,3 +425,34 @@ func TestNonCanonicalPaths(t *testing.T) {
 		}
 	}
 }
+
+// TestEncodedMessagesShared: the message of one address state is encoded
+// once for all its subscribers with the same filter; another filter, kind
+// or state gets its own.
+func TestEncodedMessagesShared(t *testing.T) {
+	c := testCache()
+	res := c.Lookup(cache.Query{Zone: "dc1", Product: "goku", Env: "prod", Job: "stream", Service: "http"})
+	if len(res.Addresses) != 1 {
+		t.Fatalf("%d addresses", len(res.Addresses))
+	}
+	var e encodedMessages
+	u := cache.Update{Address: res.Addresses[0]}
+	b1, err1 := e.message(u, HealthPassing)
+	b2, err2 := e.message(u, HealthPassing)
+	if err1 != nil || err2 != nil || &b1[0] != &b2[0] {
+		t.Errorf("the same state and filter were encoded twice (%v, %v)", err1, err2)
+	}
+	var m message
+	if err := json.Unmarshal(b1, &m); err != nil || m.Type != "update" || m.Address != "http.stream.prod.goku.dc1" || len(m.Instances) != 1 {
+		t.Errorf("message %s: %v", b1, err)
+	}
+	for name, other := range map[string]func() ([]byte, error){
+		"another filter": func() ([]byte, error) { return e.message(u, HealthAny) },
+		"a snapshot":     func() ([]byte, error) { return e.message(cache.Update{Address: u.Address, Snapshot: true}, HealthPassing) },
+	} {
+		b, err := other()
+		if err != nil || string(b) == string(b1) {
+			t.Errorf("%s: %s (%v)", name, b, err)
+		}
+	}
+}

@@ -44,7 +44,9 @@ type Server struct {
 	// websockets are the open and opening websockets, against
 	// MaxSubscribers; longPolls the long-polls waiting, against MaxLongPolls.
 	websockets, longPolls slots
-	closeOnce             sync.Once
+	// encoded shares the encoding of a change among its subscribers.
+	encoded   encodedMessages
+	closeOnce sync.Once
 }
 
 // Options configure a Server.

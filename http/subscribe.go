@@ -103,6 +103,49 @@ type message struct {
 	Instances []Instance `json:"instances"`
 }
 
+// encodedMessages keeps the recent messages of address states, as sent: a
+// change fans out to every subscriber of its address, and each would
+// otherwise encode the same message again. A slot, chosen by the state's
+// index, holds one state: its address's pointer (an Address is immutable: a
+// change makes a new one), the kind and the health filter; a colliding state
+// simply replaces it.
+type encodedMessages struct {
+	mu    sync.Mutex
+	slots [256]encodedMessage
+}
+
+type encodedMessage struct {
+	a        *cache.Address
+	snapshot bool
+	keep     HealthFilter
+	b        []byte
+}
+
+// message returns the encoded message of u for a subscriber with keep. The
+// bytes are shared: callers only write them out.
+func (e *encodedMessages) message(u cache.Update, keep HealthFilter) ([]byte, error) {
+	slot := &e.slots[u.Address.Index%uint64(len(e.slots))]
+	e.mu.Lock()
+	if slot.a == u.Address && slot.snapshot == u.Snapshot && slot.keep == keep {
+		b := slot.b
+		e.mu.Unlock()
+		return b, nil
+	}
+	e.mu.Unlock()
+	m := message{Type: "update", Index: u.Address.Index, Address: u.Address.Name(), Instances: Instances([]*cache.Address{u.Address}, keep)}
+	if u.Snapshot {
+		m.Type = "snapshot"
+	}
+	b, err := json.Marshal(&m)
+	if err != nil {
+		return nil, err
+	}
+	e.mu.Lock()
+	*slot = encodedMessage{a: u.Address, snapshot: u.Snapshot, keep: keep, b: b}
+	e.mu.Unlock()
+	return b, nil
+}
+
 // subscribe serves GET /v1/subscribe?address=A[&address=B…][&index=N][&health=H].
 func (s *Server) subscribe(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
@@ -223,11 +266,7 @@ func (s *Server) serveSubscriber(conn *websocket.Conn, queries []cache.Query, si
 			}
 		case <-sub.C():
 			for _, u := range sub.Take() {
-				m := message{Type: "update", Index: u.Address.Index, Address: u.Address.Name(), Instances: Instances([]*cache.Address{u.Address}, keep)}
-				if u.Snapshot {
-					m.Type = "snapshot"
-				}
-				b, err := json.Marshal(&m)
+				b, err := s.encoded.message(u, keep)
 				if err != nil {
 					return
 				}
