@@ -448,7 +448,9 @@ func TestEncodedMessagesShared(t *testing.T) {
 	}
 	for name, other := range map[string]func() ([]byte, error){
 		"another filter": func() ([]byte, error) { return e.message(u, HealthAny) },
-		"a snapshot":     func() ([]byte, error) { return e.message(cache.Update{Address: u.Address, Snapshot: true}, HealthPassing) },
+		"a snapshot": func() ([]byte, error) {
+			return e.message(cache.Update{Address: u.Address, Snapshot: true}, HealthPassing)
+		},
 	} {
 		b, err := other()
 		if err != nil || string(b) == string(b1) {
