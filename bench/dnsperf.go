@@ -53,11 +53,7 @@ func (b *bench) dnsperf(ctx context.Context, addr, file string, d time.Duration,
 	if perQuery {
 		args = append(args, "-v")
 	}
-	bin := "dnsperf"
-	if b.cfg.clientCPUs != "" {
-		args = append([]string{"-c", b.cfg.clientCPUs, bin}, args...)
-		bin = "taskset"
-	}
+	bin, args := onCPUs(b.cfg.clientCPUs, "dnsperf", args)
 	outPath := filepath.Join(b.work, "dnsperf.out")
 	out, err := os.Create(outPath)
 	if err != nil {

@@ -29,10 +29,7 @@ type proc struct {
 // startProc starts bin with args, on cpus (a taskset list, "" for any),
 // its output going to the file logPath.
 func startProc(name, cpus, logPath, bin string, args ...string) (*proc, error) {
-	if cpus != "" {
-		args = append([]string{"-c", cpus, bin}, args...)
-		bin = "taskset"
-	}
+	bin, args = onCPUs(cpus, bin, args)
 	out, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
@@ -51,6 +48,15 @@ func startProc(name, cpus, logPath, bin string, args ...string) (*proc, error) {
 		close(p.done)
 	}()
 	return p, nil
+}
+
+// onCPUs returns the command line that runs bin with args on cpus (a
+// taskset list; "" for any).
+func onCPUs(cpus, bin string, args []string) (string, []string) {
+	if cpus == "" {
+		return bin, args
+	}
+	return "taskset", append([]string{"-c", cpus, bin}, args...)
 }
 
 // pid is the process id (of the program itself: taskset execs it).

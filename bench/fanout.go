@@ -20,7 +20,7 @@ import (
 func (b *bench) fanoutSection(ctx context.Context) error {
 	n := b.cfg.subscribers
 	p, j := b.topo.products-1, min(1, b.topo.jobs-1)
-	addr := fmt.Sprintf("http.%s.prod.%s.dc1", jobName(j), productName(p))
+	addr := glimpseAddress(p, j)
 	u := "ws://" + b.g.httpAddr + "/v1/subscribe?" + url.Values{"address": {addr}}.Encode()
 
 	before, err := settledRSS(b.g)

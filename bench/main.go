@@ -46,7 +46,6 @@ type config struct {
 	sections                     map[string]bool
 	serverCPUs, clientCPUs       string
 	out, chartDir                string
-	workDir                      string
 }
 
 func main() {

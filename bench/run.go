@@ -29,8 +29,11 @@ type bench struct {
 	proxy  *testconsul.CountingProxy
 	topo   topology
 	g      *glimpse // the agent of the dns, propagation and fanout sections
-	rep    *report
-	began  time.Time
+	// glimpseQueries is the dnsperf file of every job address's SRV and A
+	// query, for the topology registered at the start.
+	glimpseQueries string
+	rep            *report
+	began          time.Time
 }
 
 func run(ctx context.Context, cfg *config) error {
@@ -71,6 +74,10 @@ func run(ctx context.Context, cfg *config) error {
 	}
 	logf("registered %d instances (%d products × %d jobs × %d) on %d nodes in %v",
 		b.topo.size(), b.topo.products, b.topo.jobs, b.topo.perJob, b.topo.nodes(), time.Since(began).Round(time.Millisecond))
+	b.glimpseQueries = filepath.Join(work, "glimpse.queries")
+	if err := os.WriteFile(b.glimpseQueries, []byte(b.topo.queryLines(glimpseName)), 0o644); err != nil {
+		return err
+	}
 	if b.proxy, err = testconsul.NewCountingProxyE(b.consul.HTTPAddr()); err != nil {
 		return err
 	}
@@ -206,11 +213,8 @@ type system struct {
 const warmUp = 3 * time.Second
 
 func (b *bench) dnsSection(ctx context.Context) error {
-	gq := filepath.Join(b.work, "glimpse.queries")
+	gq := b.glimpseQueries
 	cq := filepath.Join(b.work, "consul.queries")
-	if err := os.WriteFile(gq, []byte(b.topo.queryLines(glimpseName)), 0o644); err != nil {
-		return err
-	}
 	if err := os.WriteFile(cq, []byte(b.topo.queryLines(consulName)), 0o644); err != nil {
 		return err
 	}
@@ -286,36 +290,29 @@ func (b *bench) dnsSection(ctx context.Context) error {
 
 	// Maximum rate: runs alternate between the systems, the order
 	// rotating each round.
-	maxRuns := map[string][]perfResult{}
 	b.proxy.ResetCounts()
 	var glimpseCompleted int64
 	dnsBegan := time.Now()
 	var glimpseDNS time.Duration
-	// The echo runs at the maximum rate too: what dnsperf can drive against
-	// a server that does nothing, the headroom of the load generator.
-	maxSystems := append(systems[:len(systems):len(systems)], system{"udp-echo", echoAddr, gq})
+	// The echo runs at both loads too: at the maximum rate, what dnsperf
+	// can drive against a server that does nothing (the headroom of the load
+	// generator); at half load, the floor of the machine and dnsperf.
+	measured := append(systems[:len(systems):len(systems)], system{"udp-echo", echoAddr, gq})
 	// A warm-up run of each, not recorded: glimpse-agent's first run after
 	// its sync was its slowest in every full run before this warm-up.
-	for _, s := range maxSystems {
+	for _, s := range measured {
 		if _, err := b.dnsperf(ctx, s.addr, s.queries, warmUp, 0, false); err != nil {
 			return fmt.Errorf("%s warm-up: %w", s.name, err)
 		}
 	}
-	for r := 0; r < b.cfg.runs; r++ {
-		for i := range maxSystems {
-			s := maxSystems[(i+r)%len(maxSystems)]
-			t0 := time.Now()
-			res, err := b.dnsperf(ctx, s.addr, s.queries, b.cfg.duration, 0, b.cfg.perQuery)
-			if err != nil {
-				return fmt.Errorf("%s: %w", s.name, err)
-			}
-			if s.name == "glimpse" {
-				glimpseCompleted += res.completed
-				glimpseDNS += time.Since(t0)
-			}
-			logf("max rate  %-8s run %d: %8.0f qps  avg %.3f ms  p99 %.3f ms  lost %d  %s", s.name, r+1, res.qps, res.avgMs, res.p99Ms, res.lost, res.rcodes)
-			maxRuns[s.name] = append(maxRuns[s.name], res)
+	maxRuns, err := b.rounds(ctx, measured, 0, func(s system, res perfResult, took time.Duration) {
+		if s.name == "glimpse" {
+			glimpseCompleted += res.completed
+			glimpseDNS += took
 		}
+	})
+	if err != nil {
+		return err
 	}
 	dnsWindow := time.Since(dnsBegan)
 	duringDNS := b.proxy.CountByPath()
@@ -324,27 +321,19 @@ func (b *bench) dnsSection(ctx context.Context) error {
 	// A CPU profile of glimpse-agent at its maximum rate, in a run of its
 	// own (the profiler's cost would bias a measured run).
 	prof := make(chan string, 1)
-	go func() { prof <- b.profile(ctx, b.cfg.duration-2*time.Second) }()
+	go func() {
+		prof <- b.pprof(ctx, b.g, fmt.Sprintf("profile?seconds=%d", max(1, int((b.cfg.duration-2*time.Second).Seconds()))), "dns-glimpse.pprof", "")
+	}()
 	if _, err := b.dnsperf(ctx, b.g.dnsAddr, gq, b.cfg.duration, 0, false); err != nil {
 		return err
 	}
 	b.rep.profileTop = <-prof
 
 	// p99 at half of glimpse's maximum rate, every system at that rate.
-	// The UDP echo shows the floor of the machine and dnsperf at that rate.
 	half := int(median(field(maxRuns["glimpse"], func(r perfResult) float64 { return r.qps })) / 2)
-	halfRuns := map[string][]perfResult{}
-	halfSystems := append(systems[:len(systems):len(systems)], system{"udp-echo", echoAddr, gq})
-	for r := 0; r < b.cfg.runs; r++ {
-		for i := range halfSystems {
-			s := halfSystems[(i+r)%len(halfSystems)]
-			res, err := b.dnsperf(ctx, s.addr, s.queries, b.cfg.duration, half, b.cfg.perQuery)
-			if err != nil {
-				return fmt.Errorf("%s at %d qps: %w", s.name, half, err)
-			}
-			logf("%d qps %-8s run %d: %8.0f qps  avg %.3f ms  p99 %.3f ms  lost %d", half, s.name, r+1, res.qps, res.avgMs, res.p99Ms, res.lost)
-			halfRuns[s.name] = append(halfRuns[s.name], res)
-		}
+	halfRuns, err := b.rounds(ctx, measured, half, nil)
+	if err != nil {
+		return err
 	}
 	b.rep.dns(systems, sizes, maxRuns, halfRuns, half)
 	b.rep.floor(halfRuns, half)
@@ -352,10 +341,32 @@ func (b *bench) dnsSection(ctx context.Context) error {
 	return nil
 }
 
-// profile takes a CPU profile of the main glimpse-agent for d, saves it
-// next to the charts and returns the top of it as text.
-func (b *bench) profile(ctx context.Context, d time.Duration) string {
-	return b.pprof(ctx, b.g, fmt.Sprintf("profile?seconds=%d", max(1, int(d.Seconds()))), "dns-glimpse.pprof", "")
+// rounds runs dnsperf cfg.runs times against each system at rate (0: as
+// fast as it answers), alternating between the systems with the order
+// rotating each round, and returns each system's results. each, when set,
+// is told of every run and how long it took.
+func (b *bench) rounds(ctx context.Context, systems []system, rate int, each func(system, perfResult, time.Duration)) (map[string][]perfResult, error) {
+	runs := map[string][]perfResult{}
+	load := "max rate"
+	if rate > 0 {
+		load = fmt.Sprintf("%d qps", rate)
+	}
+	for r := 0; r < b.cfg.runs; r++ {
+		for i := range systems {
+			s := systems[(i+r)%len(systems)]
+			t0 := time.Now()
+			res, err := b.dnsperf(ctx, s.addr, s.queries, b.cfg.duration, rate, b.cfg.perQuery)
+			if err != nil {
+				return nil, fmt.Errorf("%s at %s: %w", s.name, load, err)
+			}
+			if each != nil {
+				each(s, res, time.Since(t0))
+			}
+			logf("%s %-8s run %d: %8.0f qps  avg %.3f ms  p99 %.3f ms  lost %d  %s", load, s.name, r+1, res.qps, res.avgMs, res.p99Ms, res.lost, res.rcodes)
+			runs[s.name] = append(runs[s.name], res)
+		}
+	}
+	return runs, nil
 }
 
 // pprof fetches /debug/pprof/<what> from g, saves it under name next to

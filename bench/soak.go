@@ -7,8 +7,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -27,10 +25,10 @@ const (
 
 // sample is glimpse-agent's own account of itself at one moment.
 type sample struct {
-	at                      time.Duration
-	goroutines, fds         float64
-	heapInuse, rss          float64 // bytes
-	dnsAnswered, wsMessages float64
+	at              time.Duration
+	goroutines, fds float64
+	heapInuse, rss  float64 // bytes
+	dnsAnswered     float64
 }
 
 // soakSection runs mixed load against glimpse-agent for cfg.soak: DNS at a
@@ -40,10 +38,6 @@ type sample struct {
 // agent's /metrics; the figures must stay flat.
 func (b *bench) soakSection(ctx context.Context) error {
 	d := b.cfg.soak
-	gq := filepath.Join(b.work, "glimpse.queries")
-	if err := os.WriteFile(gq, []byte(b.topo.queryLines(glimpseName)), 0o644); err != nil {
-		return err
-	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -56,17 +50,14 @@ func (b *bench) soakSection(ctx context.Context) error {
 	const rate = 10000
 	perf := make(chan error, 1)
 	go func() {
-		_, err := b.dnsperf(ctx, b.g.dnsAddr, gq, d, rate, false)
+		_, err := b.dnsperf(ctx, b.g.dnsAddr, b.glimpseQueries, d, rate, false)
 		perf <- err
 	}()
 
 	// Websocket subscribers on rotating job addresses; one reconnects each
 	// second.
 	const subscribers, longPolls = 200, 100
-	addr := func(i int) string {
-		p, j := i%b.topo.products, (i/b.topo.products)%b.topo.jobs
-		return fmt.Sprintf("http.%s.prod.%s.dc1", jobName(j), productName(p))
-	}
+	addr := func(i int) string { return glimpseAddress(i%b.topo.products, (i/b.topo.products)%b.topo.jobs) }
 	for i := 0; i < subscribers; i++ {
 		wg.Add(1)
 		go func() {
@@ -205,8 +196,6 @@ func (b *bench) sampleGlimpse() (sample, error) {
 			s.rss = v
 		case strings.HasPrefix(name, "glimpse_dns_requests_total{"):
 			s.dnsAnswered += v
-		case name == "glimpse_http_subscription_messages_sent_total":
-			s.wsMessages = v
 		}
 	}
 	return s, sc.Err()

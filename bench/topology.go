@@ -50,9 +50,7 @@ func checkID(p, j, k int) string   { return "check-" + serviceID(p, j, k) }
 func port(k int) int               { return 20000 + k }
 
 // glimpseName is the glimpse DNS name of job j of product p.
-func glimpseName(p, j int) string {
-	return fmt.Sprintf("http.%s.prod.%s.dc1.%s", jobName(j), productName(p), domain)
-}
+func glimpseName(p, j int) string { return glimpseAddress(p, j) + "." + domain }
 
 // glimpseAddress is the HTTP API address of job j of product p.
 func glimpseAddress(p, j int) string {
