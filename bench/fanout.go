@@ -29,6 +29,8 @@ func (b *bench) fanoutSection(ctx context.Context) error {
 	}
 	conns := make([]*websocket.Conn, n)
 	got := make([]atomic.Int64, n) // unix nanoseconds of the update, 0 until then
+	var arrived atomic.Int64
+	allArrived := make(chan struct{})
 	var snapshots sync.WaitGroup
 	snapshots.Add(n)
 	dialer := &websocket.Dialer{HandshakeTimeout: 30 * time.Second, ReadBufferSize: 1024, WriteBufferSize: 1024}
@@ -57,8 +59,10 @@ func (b *bench) fanoutSection(ctx context.Context) error {
 						snap = true
 						snapshots.Done()
 					}
-					if m.Type == "update" && len(m.Instances) == b.topo.perJob-1 {
-						got[i].CompareAndSwap(0, time.Now().UnixNano()) // the first one
+					if m.Type == "update" && len(m.Instances) == b.topo.perJob-1 &&
+						got[i].CompareAndSwap(0, time.Now().UnixNano()) && // the first one
+						arrived.Add(1) == int64(n) {
+						close(allArrived)
 					}
 				}
 			}()
@@ -90,32 +94,28 @@ func (b *bench) fanoutSection(ctx context.Context) error {
 	}
 	perSub := float64(after-before) / float64(n)
 
-	ops := b.topo.serviceOps(p, j, 0, api.HealthCritical)[1:]
+	ops := b.topo.checkOps(p, j, 0, api.HealthCritical)
 	t0 := time.Now()
 	if err := txn(ctx, b.capi, ops); err != nil {
 		return err
 	}
-	deadline := t0.Add(10 * time.Second)
+	select {
+	case <-allArrived:
+	case <-time.After(10 * time.Second):
+	}
 	var last time.Duration
 	received := 0
 	var lats []float64
-	for time.Now().Before(deadline) {
-		received, last, lats = 0, 0, lats[:0]
-		for i := range got {
-			if t := got[i].Load(); t != 0 {
-				received++
-				d := time.Duration(t - t0.UnixNano())
-				last = max(last, d)
-				lats = append(lats, float64(d.Microseconds())/1000)
-			}
+	for i := range got {
+		if t := got[i].Load(); t != 0 {
+			received++
+			d := time.Duration(t - t0.UnixNano())
+			last = max(last, d)
+			lats = append(lats, float64(d.Microseconds())/1000)
 		}
-		if received == n {
-			break
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 	// Back to passing, for the sections after this one.
-	if err := txn(ctx, b.capi, b.topo.serviceOps(p, j, 0, api.HealthPassing)[1:]); err != nil {
+	if err := txn(ctx, b.capi, b.topo.checkOps(p, j, 0, api.HealthPassing)); err != nil {
 		return err
 	}
 	logf("fan-out: %d of %d notified, last after %v; RSS %d → %d KiB: %.1f KiB per idle subscriber", received, n, last.Round(time.Millisecond), before, after, perSub)

@@ -204,11 +204,9 @@ func (b *bench) change(p, phase int) (api.TxnOps, int, string) {
 	n := b.topo.perJob
 	switch phase {
 	case 0:
-		ops := b.topo.serviceOps(p, 0, 0, api.HealthCritical)
-		return ops[1:], n - 1, "check to critical"
+		return b.topo.checkOps(p, 0, 0, api.HealthCritical), n - 1, "check to critical"
 	case 1:
-		ops := b.topo.serviceOps(p, 0, 0, api.HealthPassing)
-		return ops[1:], n, "check to passing"
+		return b.topo.checkOps(p, 0, 0, api.HealthPassing), n, "check to passing"
 	case 2:
 		return b.topo.serviceOps(p, 0, n, api.HealthPassing), n + 1, "registration"
 	default:

@@ -59,55 +59,11 @@ func (b *bench) scaleSection(ctx context.Context) error {
 		if err := b.unpin(b.consul.PID(), os.Getpid()); err != nil {
 			return err
 		}
-		row := scaleRow{instances: size, products: products}
-		if row.consulRead, err = b.readAll(ctx, products); err != nil {
-			return err
-		}
-		began := time.Now()
-		g, err := b.startGlimpse(ctx, b.consul.HTTPAddr(), fmt.Sprint("scale-", size))
-		if err != nil {
-			return err
-		}
-		synced, err := b.waitSynced(ctx, g, size, 300*time.Second)
-		if err != nil {
-			g.stop()
-			return err
-		}
-		row.sync = synced.Sub(began)
 		largest := size == b.cfg.scale[len(b.cfg.scale)-1]
-		if row.rssKiB, err = settledRSS(g); err != nil {
-			g.stop()
+		row, err := b.measureSize(ctx, size, products, base, largest)
+		if err != nil {
 			return err
 		}
-		if largest {
-			row.heapProfile = b.pprof(ctx, g, "heap", fmt.Sprintf("scale-%d-heap.pprof", size), "-sample_index=inuse_space")
-		}
-		row.memStats = memBreakdown(g)
-		row.perInstance = float64(row.rssKiB-base) / float64(size)
-		qf := filepath.Join(b.work, fmt.Sprint("scale-", size, ".queries"))
-		if err := os.WriteFile(qf, []byte(b.topo.queryLines(glimpseName)), 0o644); err != nil {
-			g.stop()
-			return err
-		}
-		if err := b.placeForDNS(g); err != nil {
-			g.stop()
-			return err
-		}
-		// Consul's own background work grows with the catalog; paused
-		// for these runs, it does not share glimpse's CPU. glimpse
-		// answers from memory either way.
-		syscall.Kill(b.consul.PID(), syscall.SIGSTOP)
-		for r := 0; r < b.cfg.runs; r++ {
-			res, err := b.dnsperf(ctx, g.dnsAddr, qf, b.cfg.duration, 0, false)
-			if err != nil {
-				syscall.Kill(b.consul.PID(), syscall.SIGCONT)
-				g.stop()
-				return err
-			}
-			row.qps = append(row.qps, res.qps)
-		}
-		syscall.Kill(b.consul.PID(), syscall.SIGCONT)
-		g.stop()
 		if err := b.unpin(b.consul.PID()); err != nil {
 			return err
 		}
@@ -150,6 +106,56 @@ func (b *bench) scaleSection(ctx context.Context) error {
 		b.rep.check(fmt.Sprintf("first sync of %d instances", r.instances), "≤ 10 s", fmt.Sprintf("%.2f s", r.sync.Seconds()), r.sync <= 10*time.Second)
 	}
 	return nil
+}
+
+// measureSize times a fresh glimpse-agent's first sync of size instances,
+// reads its memory and runs DNS against it; with largest, it keeps a heap
+// profile too.
+func (b *bench) measureSize(ctx context.Context, size, products int, base int64, largest bool) (scaleRow, error) {
+	row := scaleRow{instances: size, products: products}
+	var err error
+	if row.consulRead, err = b.readAll(ctx, products); err != nil {
+		return row, err
+	}
+	began := time.Now()
+	g, err := b.startGlimpse(ctx, b.consul.HTTPAddr(), fmt.Sprint("scale-", size))
+	if err != nil {
+		return row, err
+	}
+	defer g.stop()
+	synced, err := b.waitSynced(ctx, g, size, 300*time.Second)
+	if err != nil {
+		return row, err
+	}
+	row.sync = synced.Sub(began)
+	if row.rssKiB, err = settledRSS(g); err != nil {
+		return row, err
+	}
+	if largest {
+		row.heapProfile = b.pprof(ctx, g, "heap", fmt.Sprintf("scale-%d-heap.pprof", size), "-sample_index=inuse_space")
+	}
+	row.memStats = memBreakdown(g)
+	row.perInstance = float64(row.rssKiB-base) / float64(size)
+	qf := filepath.Join(b.work, fmt.Sprint("scale-", size, ".queries"))
+	if err := os.WriteFile(qf, []byte(b.topo.queryLines(glimpseName)), 0o644); err != nil {
+		return row, err
+	}
+	if err := b.placeForDNS(g); err != nil {
+		return row, err
+	}
+	// Consul's own background work grows with the catalog; paused for
+	// these runs, it does not share glimpse's CPU. glimpse answers from
+	// memory either way.
+	syscall.Kill(b.consul.PID(), syscall.SIGSTOP)
+	defer syscall.Kill(b.consul.PID(), syscall.SIGCONT)
+	for r := 0; r < b.cfg.runs; r++ {
+		res, err := b.dnsperf(ctx, g.dnsAddr, qf, b.cfg.duration, 0, false)
+		if err != nil {
+			return row, err
+		}
+		row.qps = append(row.qps, res.qps)
+	}
+	return row, nil
 }
 
 // profileSync starts a fresh glimpse-agent and takes a CPU profile of its

@@ -74,13 +74,17 @@ func (t topology) serviceOps(p, j, k int, status string) api.TxnOps {
 		Port:    port(k),
 		Tags:    []string{"glimpse:env=prod", "glimpse:job=" + jobName(j), "glimpse:service=http", jobName(j)},
 	}
-	return api.TxnOps{
-		{Service: &api.ServiceTxnOp{Verb: api.ServiceSet, Node: nodeName(n), Service: svc}},
-		{Check: &api.CheckTxnOp{Verb: api.CheckSet, Check: api.HealthCheck{
-			Node: nodeName(n), CheckID: checkID(p, j, k), Name: "alive", Status: status,
-			ServiceID: svc.ID, ServiceName: svc.Service,
-		}}},
-	}
+	return append(api.TxnOps{{Service: &api.ServiceTxnOp{Verb: api.ServiceSet, Node: nodeName(n), Service: svc}}},
+		t.checkOps(p, j, k, status)...)
+}
+
+// checkOps returns the transaction operation setting the check of instance
+// (p, j, k) to status.
+func (t topology) checkOps(p, j, k int, status string) api.TxnOps {
+	return api.TxnOps{{Check: &api.CheckTxnOp{Verb: api.CheckSet, Check: api.HealthCheck{
+		Node: nodeName(t.node(p, j, k)), CheckID: checkID(p, j, k), Name: "alive", Status: status,
+		ServiceID: serviceID(p, j, k), ServiceName: productName(p),
+	}}}}
 }
 
 // register registers products [from, t.products) (and every node) in
