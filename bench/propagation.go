@@ -183,7 +183,7 @@ func (b *bench) propagationSection(ctx context.Context) error {
 			name string
 			at   time.Time
 			lat  *[]float64
-		}{{"dns", dnsAt, &dnsLat}, {"websocket", wsAt, &wsLat}, {"long-poll", lpAt, &lpLat}, {"consul", consulAt, &consulLat}} {
+		}{{"DNS answer", dnsAt, &dnsLat}, {"websocket", wsAt, &wsLat}, {"long-poll", lpAt, &lpLat}, {"Consul blocking query", consulAt, &consulLat}} {
 			if o.at.IsZero() {
 				timeouts[o.name]++
 				continue
@@ -257,11 +257,10 @@ func (r *report) propagation(changes int, lat map[string][]float64, writeLat []f
 	b.WriteString("\n![Propagation latency](propagation.svg)\n")
 	r.charts["propagation.svg"] = cdfChartSVG("Consul change → seen by the client (CDF)", series, 50)
 	r.add("%s", b.String())
-	for _, nk := range [][2]string{{"DNS answer", "dns"}, {"websocket", "websocket"}, {"long-poll", "long-poll"}} {
-		name, key := nk[0], nk[1]
+	for _, name := range []string{"DNS answer", "websocket", "long-poll"} {
 		v := lat[name]
 		p99 := pct(v, 99)
-		missing := timeouts[key]
+		missing := timeouts[name]
 		got := fmt.Sprintf("%.1f ms", p99)
 		if missing > 0 {
 			got += fmt.Sprintf(" (%d changes never seen within 10 s)", missing)
