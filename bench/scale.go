@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -191,35 +189,13 @@ func (b *bench) readAll(ctx context.Context, products int) (time.Duration, error
 }
 
 // memBreakdown returns the heap in use, the goroutine stacks and the
-// goroutine count of g, from /debug/pprof/heap?debug=1 and
-// /debug/pprof/goroutine?debug=1.
+// goroutine count of g, from its /metrics.
 func memBreakdown(g *glimpse) string {
-	get := func(path string) string {
-		resp, err := http.Get("http://" + g.httpAddr + path)
-		if err != nil {
-			return ""
-		}
-		defer resp.Body.Close()
-		data, _ := io.ReadAll(resp.Body)
-		return string(data)
+	m, err := readMetrics(g)
+	if err != nil {
+		return "not read: " + err.Error()
 	}
-	heap := get("/debug/pprof/heap?debug=1")
-	field := func(name string) string {
-		for _, line := range strings.Split(heap, "\n") {
-			if v, ok := strings.CutPrefix(line, "# "+name+" = "); ok {
-				var n int64
-				fmt.Sscan(v, &n)
-				return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-			}
-		}
-		return "?"
-	}
-	goroutines := "?"
-	if gr := get("/debug/pprof/goroutine?debug=1"); gr != "" {
-		line, _, _ := strings.Cut(gr, "\n")
-		goroutines = strings.TrimPrefix(line, "goroutine profile: total ")
-	}
-	return fmt.Sprintf("heap in use %s, goroutine stacks %s, %s goroutines", field("HeapInuse"), field("Stack"), goroutines)
+	return fmt.Sprintf("heap in use %.1f MiB, goroutine stacks %.1f MiB, %.0f goroutines", m.heapInuse/(1<<20), m.stacks/(1<<20), m.goroutines)
 }
 
 // emptyRSS returns the RSS of a glimpse-agent synced on an empty Consul.

@@ -25,10 +25,10 @@ const (
 
 // sample is glimpse-agent's own account of itself at one moment.
 type sample struct {
-	at              time.Duration
-	goroutines, fds float64
-	heapInuse, rss  float64 // bytes
-	dnsAnswered     float64
+	at                     time.Duration
+	goroutines, fds        float64
+	heapInuse, stacks, rss float64 // bytes
+	dnsAnswered            float64
 }
 
 // soakSection runs mixed load against glimpse-agent for cfg.soak: DNS at a
@@ -167,7 +167,12 @@ func (b *bench) sampleGlimpse() (sample, error) {
 		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 	}
-	resp, err := http.Get("http://" + b.g.httpAddr + "/metrics")
+	return readMetrics(b.g)
+}
+
+// readMetrics reads g's process and Go runtime gauges from its /metrics.
+func readMetrics(g *glimpse) (sample, error) {
+	resp, err := http.Get("http://" + g.httpAddr + "/metrics")
 	if err != nil {
 		return sample{}, err
 	}
@@ -192,6 +197,8 @@ func (b *bench) sampleGlimpse() (sample, error) {
 			s.fds = v
 		case name == "go_memstats_heap_inuse_bytes":
 			s.heapInuse = v
+		case name == "go_memstats_stack_inuse_bytes":
+			s.stacks = v
 		case name == "process_resident_memory_bytes":
 			s.rss = v
 		case strings.HasPrefix(name, "glimpse_dns_requests_total{"):
