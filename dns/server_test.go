@@ -145,6 +145,7 @@ func TestTCPFloodEvictsIdle(t *testing.T) {
 	}
 	t.Logf("evicted %d, held %d", s.tcpl.evicted.Load(), s.tcpl.open())
 
+	var streams sync.WaitGroup
 	for _, tc := range []struct {
 		raw      []byte
 		answered bool // may be answered (FORMERR)
@@ -154,22 +155,28 @@ func TestTCPFloodEvictsIdle(t *testing.T) {
 		{[]byte{0, 12, 0, 1, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0}, false},                          // a response
 		{append([]byte{0, 40, 0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0}, make([]byte, 26)...), true}, // a question that runs off
 	} {
+		// At once: each may take up to the idle timeout to be closed.
 		c, err := net.Dial("tcp", s.Addr())
 		if err != nil {
 			t.Fatal(err)
 		}
-		c.Write(tc.raw)
-		c.SetReadDeadline(time.Now().Add(10 * time.Second)) // the idle timeout is 8 s
-		var hdr [2]byte
-		_, err = io.ReadFull(c, hdr[:])
-		c.Close()
-		if err == nil && !tc.answered {
-			t.Errorf("% x: an answer of %d bytes", tc.raw, binary.BigEndian.Uint16(hdr[:]))
-		}
-		if ne, ok := err.(net.Error); ok && ne.Timeout() {
-			t.Errorf("% x: the connection was still open after 10 s", tc.raw)
-		}
+		streams.Add(1)
+		go func() {
+			defer streams.Done()
+			defer c.Close()
+			c.Write(tc.raw)
+			c.SetReadDeadline(time.Now().Add(10 * time.Second)) // the idle timeout is 8 s
+			var hdr [2]byte
+			_, err := io.ReadFull(c, hdr[:])
+			if err == nil && !tc.answered {
+				t.Errorf("% x: an answer of %d bytes", tc.raw, binary.BigEndian.Uint16(hdr[:]))
+			}
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				t.Errorf("% x: the connection was still open after 10 s", tc.raw)
+			}
+		}()
 	}
+	streams.Wait()
 	if err := query(); err != nil {
 		t.Fatalf("a query after the malformed streams: %v", err)
 	}
