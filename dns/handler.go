@@ -132,7 +132,7 @@ func (h *Handler) serve(req *request, now time.Time) int {
 		}
 	}
 
-	z, rcode := h.zone(n.zone(), now)
+	z, rcode := h.zone(req, n.zone(), now)
 	if z == nil {
 		if rcode == mdns.RcodeNameError {
 			return h.serveApex(req, &n) // unknown zone: NXDOMAIN with the apex SOA
@@ -213,8 +213,9 @@ func pick(qtype uint16, srv, a, aaaa wire) wire {
 // zone returns the synced snapshot of a zone, or nil and the rcode to answer
 // with: NXDOMAIN for a zone Consul does not know, SERVFAIL for one not synced
 // in time. A zone Consul knows but nobody watches yet is asked for, and
-// waited for up to remoteWait.
-func (h *Handler) zone(name string, now time.Time) (*cache.Zone, int) {
+// waited for up to remoteWait, with the UDP socket's reading handed on
+// (Detacher) meanwhile.
+func (h *Handler) zone(req *request, name string, now time.Time) (*cache.Zone, int) {
 	if st := h.cache.Status(name); st != nil {
 		st.Touch(now)
 	}
@@ -233,6 +234,9 @@ func (h *Handler) zone(name string, now time.Time) (*cache.Zone, int) {
 		h.want(name)
 	} else if z.Local {
 		return nil, mdns.RcodeServerFailure
+	}
+	if d, ok := req.w.(Detacher); ok {
+		d.Detach()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), h.remoteWait)
 	defer cancel()

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"net"
 	"net/netip"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -13,49 +12,58 @@ import (
 	mdns "github.com/miekg/dns"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
-	"golang.org/x/sync/errgroup"
 )
 
-// udpServer answers queries on one UDP socket with a fixed set of worker
-// goroutines, each reading a query and answering it itself.
+// udpServer answers queries on one UDP socket with one goroutine that
+// reads a query and answers it itself, then reads the next.
 //
 // miekg/dns's own Server starts a goroutine per query. On a loaded agent
 // that costs more than the answer (a prepared answer is a copy), and with
 // few CPUs the Go scheduler then runs the newest queries first, so under a
 // burst the oldest wait longest: measured with dnsperf on one CPU, its
 // p99 latency at half load was several milliseconds and its maximum rate
-// about 60 % of this loop's (bench/RESULTS.md). Here the kernel queue is
-// read in order by whichever worker is free, and nothing is allocated for
-// the dispatch.
+// about 60 % of this loop's (bench/RESULTS.md). A pool of workers sharing
+// the socket did better, but they queued on the socket's lock and the
+// scheduler handed the CPU from one to the next; one reader per socket
+// (Listen opens one socket per CPU) answers in the kernel's order with no
+// hand-off at all.
 //
 // A handler that waits (the first query of a remote zone waits for its
-// sync) holds its worker; when every worker but the reading one is busy,
-// that one hands its query to a new goroutine instead, so the socket is
-// always read and a slow zone never stalls the others.
+// sync) calls Detach on its ResponseWriter first: another goroutine takes
+// over the reading, and the waiting one ends with its answer. A slow zone
+// never stalls the socket.
 type udpServer struct {
-	conn    *net.UDPConn
-	h       mdns.Handler
-	workers int32
+	conn *net.UDPConn
+	h    mdns.Handler
 	// wildcard is set when the socket is bound to 0.0.0.0 or ::: each
 	// answer then goes out from the address its query came to, which
 	// costs a control message per packet; a socket bound to one address
 	// (the default, 127.0.0.1) needs none.
 	wildcard bool
 
-	busy     atomic.Int32   // workers answering a query
-	inflight sync.WaitGroup // answers handed to goroutines of their own
+	inflight sync.WaitGroup // detached handlers still answering
 	closing  atomic.Bool
-	done     chan struct{} // closed when every worker has returned
+	// stopped receives, once, why the reading ended: nil at shutdown, or
+	// the socket's error.
+	stopped chan error
+	done    chan struct{} // closed when the reading has ended
 
 	mu      sync.Mutex // orders serve's start against shutdown
 	started bool
 }
 
-// udpWorkers is the worker count per socket.
-func udpWorkers() int32 { return int32(max(16, 4*runtime.GOMAXPROCS(0))) }
+// Detacher is implemented by the ResponseWriter of a UDP query. A handler
+// given to Listen answers a UDP socket's queries one at a time on the
+// goroutine that reads them, so one that is about to wait must call Detach
+// first: the socket is then read by another goroutine while this one waits
+// and answers. Detach is for the handler's own goroutine, before it
+// returns; calling it again does nothing.
+type Detacher interface {
+	Detach()
+}
 
 func newUDPServer(conn *net.UDPConn, h mdns.Handler) *udpServer {
-	u := &udpServer{conn: conn, h: h, workers: udpWorkers(), done: make(chan struct{})}
+	u := &udpServer{conn: conn, h: h, stopped: make(chan error, 1), done: make(chan struct{})}
 	if la, ok := conn.LocalAddr().(*net.UDPAddr); ok && la.IP.IsUnspecified() {
 		u.wildcard = true
 		// The destination address of each query. Either family may
@@ -66,7 +74,7 @@ func newUDPServer(conn *net.UDPConn, h mdns.Handler) *udpServer {
 	return u
 }
 
-// serve runs the workers until shutdown (nil) or a read error (returned).
+// serve reads and answers until shutdown (nil) or a read error (returned).
 func (u *udpServer) serve() error {
 	u.mu.Lock()
 	if u.closing.Load() {
@@ -75,18 +83,17 @@ func (u *udpServer) serve() error {
 	}
 	u.started = true
 	u.mu.Unlock()
-	var g errgroup.Group
-	for range u.workers {
-		g.Go(u.work)
-	}
-	err := g.Wait()
+	go u.read()
+	err := <-u.stopped
 	close(u.done)
 	return err
 }
 
-func (u *udpServer) work() error {
+// read is the socket's reader: it answers each query it reads, until the
+// reading ends or its handler detaches, which starts the next reader.
+func (u *udpServer) read() {
 	buf := make([]byte, maxUDPSize)
-	w := &udpWriter{conn: u.conn} // reused: a handler is done with it when it returns
+	w := &udpWriter{conn: u.conn, u: u} // reused: a handler is done with it when it returns
 	for {
 		var (
 			n   int
@@ -100,32 +107,23 @@ func (u *udpServer) work() error {
 		}
 		if err != nil {
 			if u.closing.Load() {
-				return nil
+				u.stopped <- nil
+				return
 			}
 			if errors.Is(err, net.ErrClosed) {
-				return err
+				u.stopped <- err
+				return
 			}
 			// Anything else (a timeout, a transient error such as
-			// ENOBUFS) must not stop this worker: the socket would be
-			// served by fewer and fewer of them.
+			// ENOBUFS) must not stop the reading.
 			time.Sleep(time.Millisecond)
 			continue
 		}
-		pkt := buf[:n]
-		if u.busy.Add(1) >= u.workers {
-			// The last free worker: answer on the side and keep reading.
-			u.busy.Add(-1)
-			pkt = append([]byte(nil), pkt...)
-			side := &udpWriter{conn: u.conn, sess: w.sess, to: w.to}
-			u.inflight.Add(1)
-			go func() {
-				defer u.inflight.Done()
-				serveRaw(u.h, pkt, side)
-			}()
-			continue
+		serveRaw(u.h, buf[:n], w)
+		if w.detached {
+			u.inflight.Done() // another reader has taken over
+			return
 		}
-		serveRaw(u.h, pkt, w) // shutdown waits for the workers themselves (done)
-		u.busy.Add(-1)
 	}
 }
 
@@ -170,7 +168,7 @@ func (u *udpServer) shutdown(ctx context.Context) error {
 	if !started {
 		return u.conn.Close()
 	}
-	_ = u.conn.SetReadDeadline(time.Now()) // wakes the readers
+	_ = u.conn.SetReadDeadline(time.Now()) // wakes the reader
 	answered := make(chan struct{})
 	go func() {
 		<-u.done
@@ -192,6 +190,20 @@ type udpWriter struct {
 	conn *net.UDPConn
 	sess *mdns.SessionUDP
 	to   netip.AddrPort
+	// u and detached: the server whose reader this writer belongs to,
+	// and whether its handler has handed the reading on.
+	u        *udpServer
+	detached bool
+}
+
+// Detach implements Detacher: it starts the socket's next reader.
+func (w *udpWriter) Detach() {
+	if w.u == nil || w.detached {
+		return
+	}
+	w.detached = true
+	w.u.inflight.Add(1) // before the next reader can end the reading
+	go w.u.read()
 }
 
 func (w *udpWriter) LocalAddr() net.Addr { return w.conn.LocalAddr() }

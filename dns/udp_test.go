@@ -2,6 +2,7 @@ package dns
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"sync"
 	"testing"
@@ -10,12 +11,16 @@ import (
 	mdns "github.com/miekg/dns"
 )
 
-// blockingHandler answers "block." only once release is closed, everything
+// blockingHandler answers "block." only once release is closed, handing
+// the socket's reading on first as a waiting handler must, and everything
 // else at once.
 type blockingHandler struct{ release chan struct{} }
 
 func (h blockingHandler) ServeDNS(w mdns.ResponseWriter, r *mdns.Msg) {
 	if len(r.Question) == 1 && r.Question[0].Name == "block." {
+		if d, ok := w.(Detacher); ok {
+			d.Detach()
+		}
 		<-h.release
 	}
 	m := new(mdns.Msg)
@@ -74,12 +79,12 @@ func TestUDPBadPackets(t *testing.T) {
 	}
 }
 
-// TestUDPWaitingHandlers: queries whose handler waits, more than there are
-// workers, do not stop the socket from answering the others.
+// TestUDPWaitingHandlers: queries whose handler waits, many at once, do not
+// stop the socket from answering the others, and each gets its answer.
 func TestUDPWaitingHandlers(t *testing.T) {
 	h := blockingHandler{release: make(chan struct{})}
 	s := startUDP(t, h)
-	n := int(udpWorkers()) + 10
+	const n = 50
 	var wg sync.WaitGroup
 	for range n {
 		wg.Add(1)
@@ -87,7 +92,9 @@ func TestUDPWaitingHandlers(t *testing.T) {
 			defer wg.Done()
 			m := new(mdns.Msg)
 			m.SetQuestion("block.", mdns.TypeA)
-			(&mdns.Client{Timeout: 10 * time.Second}).Exchange(m, s.Addr())
+			if r, _, err := (&mdns.Client{Timeout: 10 * time.Second}).Exchange(m, s.Addr()); err != nil || r.Id != m.Id {
+				t.Errorf("waiting query: %v %v", r, err)
+			}
 		}()
 	}
 	time.Sleep(200 * time.Millisecond) // every blocking query is in
@@ -101,4 +108,63 @@ func TestUDPWaitingHandlers(t *testing.T) {
 	t.Logf("answered in %v while %d handlers waited", time.Since(began), n)
 	close(h.release)
 	wg.Wait()
+}
+
+// TestRemoteWaitKeepsAnswering: glimpse's handler, waiting for the first
+// sync of a remote zone, hands the socket on: with one UDP socket, queries
+// of the local zone are answered meanwhile, and the waiting ones get
+// SERVFAIL once the wait is over.
+func TestRemoteWaitKeepsAnswering(t *testing.T) {
+	c, cfg := benchCache(t)
+	c.SetDatacenters([]string{"dc1", "dc9"})
+	wanted := make(chan string, 10)
+	h := NewHandler(c, HandlerOptions{Config: cfg, LocalZone: "dc1", RemoteWait: 2 * time.Second,
+		Want: func(zone string) {
+			select {
+			case wanted <- zone:
+			default:
+			}
+		}})
+	s := startUDP(t, h)
+	ask := func(name string, timeout time.Duration) (*mdns.Msg, error) {
+		m := new(mdns.Msg)
+		m.SetQuestion(name, mdns.TypeSRV)
+		r, _, err := (&mdns.Client{Timeout: timeout}).Exchange(m, s.Addr())
+		return r, err
+	}
+	const waiting = 5
+	remote := make(chan error, waiting)
+	for range waiting {
+		go func() {
+			r, err := ask("http.stream.prod.goku.dc9.srv.glimpse.io.", 5*time.Second)
+			if err == nil && r.Rcode != mdns.RcodeServerFailure {
+				err = fmt.Errorf("rcode %s, want SERVFAIL", mdns.RcodeToString[r.Rcode])
+			}
+			remote <- err
+		}()
+	}
+	select {
+	case z := <-wanted:
+		if z != "dc9" {
+			t.Fatalf("asked for zone %q", z)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("the remote zone was never asked for")
+	}
+	time.Sleep(100 * time.Millisecond) // the others are waiting too
+	for i := range 20 {
+		began := time.Now()
+		r, err := ask("http.stream.prod.goku.dc1.srv.glimpse.io.", time.Second)
+		if err != nil || r.Rcode != mdns.RcodeSuccess || len(r.Answer) != 4 {
+			t.Fatalf("local query %d while remote ones wait: %v %v", i, r, err)
+		}
+		if d := time.Since(began); d > 500*time.Millisecond {
+			t.Fatalf("local query %d took %v while remote ones waited", i, d)
+		}
+	}
+	for range waiting {
+		if err := <-remote; err != nil {
+			t.Errorf("remote query: %v", err)
+		}
+	}
 }
