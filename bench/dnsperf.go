@@ -25,6 +25,9 @@ type perfResult struct {
 	p50Ms, p99Ms          float64 // from the per-query latencies; -1 when not recorded
 	rcodes                string
 	respSize              int
+	// cpuUs is the server process's CPU time (user and system) per
+	// answer during the run, in µs; -1 when not read.
+	cpuUs float64
 }
 
 var (

@@ -79,7 +79,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.IntVar(&cfg.products, "products", 1000, "products in the topology")
 	fs.IntVar(&cfg.jobs, "jobs", 5, "jobs per product")
 	fs.IntVar(&cfg.perJob, "instances", 4, "instances per job")
-	fs.IntVar(&cfg.runs, "runs", 3, "runs per system for each DNS figure (the median is reported)")
+	fs.IntVar(&cfg.runs, "runs", 5, "runs per system for each DNS figure (the median is reported)")
 	fs.DurationVar(&cfg.duration, "duration", 10*time.Second, "length of one dnsperf run")
 	fs.IntVar(&cfg.clients, "dnsperf.clients", 16, "dnsperf -c: client sockets")
 	fs.IntVar(&cfg.outstanding, "dnsperf.outstanding", 256, "dnsperf -q: queries outstanding")

@@ -57,15 +57,46 @@ func ms(v float64) string {
 	return fmt.Sprintf("%.3f ms", v)
 }
 
+// us formats µs, "n/a" for a negative value.
+func us(v float64) string {
+	if v < 0 {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.2f µs", v)
+}
+
+// cpuPerAnswer is the runs' server CPU per answer, in µs, leaving out the
+// runs where it was not read.
+func cpuPerAnswer(rs []perfResult) []float64 {
+	var out []float64
+	for _, r := range rs {
+		if r.cpuUs >= 0 {
+			out = append(out, r.cpuUs)
+		}
+	}
+	return out
+}
+
+// medianCPU is the median server CPU per answer of the runs, -1 when no
+// run has it.
+func medianCPU(rs []perfResult) float64 {
+	vs := cpuPerAnswer(rs)
+	if len(vs) == 0 {
+		return -1
+	}
+	return median(vs)
+}
+
 // dns reports section 1.
 func (r *report) dns(systems []system, sizes map[string][2]int, maxRuns, halfRuns map[string][]perfResult, half int) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "## 1. DNS throughput and latency\n\n")
 	fmt.Fprintf(&b, "dnsperf, %d runs of %v per system and load, alternating between the systems (the order rotates each round), after an unrecorded %v warm-up run of each; medians. "+
 		"Query mix: an SRV and an A query for each of the %d job addresses, each answered with %d instances; every answer must be NOERROR. "+
+		"At the maximum rate dnsperf reports the average latency only: recording each answer costs it about 15 %% of its rate, so percentiles come from the runs at half load, which record every query. "+
 		"Percentiles are of every query sent: a lost one counts as the 2 s timeout.\n\n",
 		r.cfg.runs, r.cfg.duration, warmUp, r.cfg.products*r.cfg.jobs, r.cfg.perJob)
-	b.WriteString("| system | names queried | response bytes (SRV / A) | max qps | avg latency | p99 latency | lost (all runs) | p99 at " + fmt.Sprint(half) + " qps (50 % of glimpse's max) |\n|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| system | names queried | response bytes (SRV / A) | max qps | avg latency | server CPU per answer | lost (all runs) | p99 at " + fmt.Sprint(half) + " qps (50 % of glimpse's max) |\n|---|---|---|---|---|---|---|---|\n")
 	med := map[string]float64{}
 	var bars []Bar
 	for _, s := range systems {
@@ -84,8 +115,7 @@ func (r *report) dns(systems []system, sizes map[string][2]int, maxRuns, halfRun
 			lost += float64(p.lost)
 		}
 		fmt.Fprintf(&b, "| %s | %s | %d / %d | %.0f | %s | %s | %.0f | %s |\n", s.name, names, sizes[s.name][0], sizes[s.name][1], qps,
-			ms(median(field(mr, func(p perfResult) float64 { return p.avgMs }))),
-			ms(median(field(mr, func(p perfResult) float64 { return p.p99Ms }))), lost,
+			ms(median(field(mr, func(p perfResult) float64 { return p.avgMs }))), us(medianCPU(mr)), lost,
 			ms(median(field(hr, func(p perfResult) float64 { return p.p99Ms }))))
 		bars = append(bars, Bar{Label: s.name, Value: qps})
 	}
@@ -107,6 +137,15 @@ func (r *report) dns(systems []system, sizes map[string][2]int, maxRuns, halfRun
 		"that rate is what the server's CPU passes through this machine's loopback with dnsperf on the other CPU, and the ratio to the ceiling shows "+
 		"that glimpse's own work costs little, not that it could go faster.\n\n",
 		vsCeil, vsConsul, echo, echo/med["glimpse"])
+	// CPU per answer: what each server spends on a query, which the
+	// machine's swings in rate hardly move.
+	cpuG, cpuC := medianCPU(maxRuns["glimpse"]), medianCPU(maxRuns["ceiling"])
+	if cpuG > 0 && cpuC > 0 {
+		fmt.Fprintf(&b, "Server CPU per answer (user and system time of the server process over the run, divided by the answers) does not depend on how fast the machine runs at the moment: "+
+			"glimpse-agent %s, the ceiling %s (%.2f× glimpse's rate at equal CPU), Consul %s. Per run, glimpse %s µs; ceiling %s µs.\n\n",
+			us(cpuG), us(cpuC), cpuC/cpuG, us(medianCPU(maxRuns["consul"])),
+			joinf(cpuPerAnswer(maxRuns["glimpse"]), "%.2f"), joinf(cpuPerAnswer(maxRuns["ceiling"]), "%.2f"))
+	}
 	fmt.Fprintf(&b, "Every run, max qps per system: ")
 	for _, s := range append(systems[:len(systems):len(systems)], system{name: "udp-echo"}) {
 		fmt.Fprintf(&b, "%s %s; ", s.name, joinf(field(maxRuns[s.name], func(p perfResult) float64 { return p.qps }), "%.0f"))
@@ -118,7 +157,7 @@ func (r *report) dns(systems []system, sizes map[string][2]int, maxRuns, halfRun
 	bars[0].Note = fmt.Sprintf("%.2f× ceiling", vsCeil)
 	bars[1].Note = fmt.Sprintf("glimpse is %.1f×", vsConsul)
 	b.WriteString("\n`ceiling` is a handler that copies a fixed answer of glimpse's size (SRV or A) and patches the ID, served by glimpse's own DNS server code " +
-		"(dns.Listen: the same TCP listener and UDP sockets and the same UDP worker loop). `miekg-stock` is the same handler on miekg/dns's stock `Server` " +
+		"(dns.Listen: the same TCP listener and UDP sockets and the same UDP reading loop). `miekg-stock` is the same handler on miekg/dns's stock `Server` " +
 		"(a goroutine per query), which glimpse used before this benchmark showed its cost (see the history below).\n")
 	r.charts["dns.svg"] = barChartSVG("DNS queries per second (median of "+fmt.Sprint(r.cfg.runs)+" runs)", "queries/s", bars)
 	r.add("%s", b.String())

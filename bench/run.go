@@ -206,6 +206,7 @@ func exchange(addr, name string, qtype uint16) (*mdns.Msg, error) {
 // system is one DNS server of the comparison.
 type system struct {
 	name, addr, queries string
+	pid                 int // the server process, whose CPU time each run reads; 0: none
 }
 
 // dnsSection compares glimpse-agent, Consul's DNS and the ceiling.
@@ -221,7 +222,7 @@ func (b *bench) dnsSection(ctx context.Context) error {
 	// Each system answers the same 4 instances for the same job.
 	sizes := map[string][2]int{}
 	var answers strings.Builder
-	for _, s := range []system{{"glimpse", b.g.dnsAddr, ""}, {"consul", b.consul.DNSAddr(), ""}} {
+	for _, s := range []system{{"glimpse", b.g.dnsAddr, "", 0}, {"consul", b.consul.DNSAddr(), "", 0}} {
 		name := glimpseName(0, 0)
 		if s.name == "consul" {
 			name = consulName(0, 0)
@@ -254,6 +255,7 @@ func (b *bench) dnsSection(ctx context.Context) error {
 	// The ceiling on glimpse's own DNS server code, and the same handler on
 	// miekg/dns's stock Server for reference.
 	var ceilAddrs [2]string
+	var ceilPIDs [2]int
 	var err error
 	for i, name := range []string{"ceiling", "miekg-stock"} {
 		if ceilAddrs[i], err = freeAddr(); err != nil {
@@ -271,6 +273,7 @@ func (b *bench) dnsSection(ctx context.Context) error {
 		if err := waitDNS(ctx, p, ceilAddrs[i]); err != nil {
 			return err
 		}
+		ceilPIDs[i] = p.pid()
 	}
 	sizes["miekg-stock"] = sizes["glimpse"]
 	echoAddr, err := freeAddr()
@@ -286,7 +289,8 @@ func (b *bench) dnsSection(ctx context.Context) error {
 	if err := waitDNS(ctx, echo, echoAddr); err != nil {
 		return err
 	}
-	systems := []system{{"glimpse", b.g.dnsAddr, gq}, {"consul", b.consul.DNSAddr(), cq}, {"ceiling", ceilAddrs[0], gq}, {"miekg-stock", ceilAddrs[1], gq}}
+	systems := []system{{"glimpse", b.g.dnsAddr, gq, b.g.pid()}, {"consul", b.consul.DNSAddr(), cq, b.consul.PID()},
+		{"ceiling", ceilAddrs[0], gq, ceilPIDs[0]}, {"miekg-stock", ceilAddrs[1], gq, ceilPIDs[1]}}
 
 	// Maximum rate: runs alternate between the systems, the order
 	// rotating each round.
@@ -297,7 +301,7 @@ func (b *bench) dnsSection(ctx context.Context) error {
 	// The echo runs at both loads too: at the maximum rate, what dnsperf
 	// can drive against a server that does nothing (the headroom of the load
 	// generator); at half load, the floor of the machine and dnsperf.
-	measured := append(systems[:len(systems):len(systems)], system{"udp-echo", echoAddr, gq})
+	measured := append(systems[:len(systems):len(systems)], system{"udp-echo", echoAddr, gq, echo.pid()})
 	// A warm-up run of each, not recorded: glimpse-agent's first run after
 	// its sync was its slowest in every full run before this warm-up.
 	for _, s := range measured {
@@ -305,7 +309,11 @@ func (b *bench) dnsSection(ctx context.Context) error {
 			return fmt.Errorf("%s warm-up: %w", s.name, err)
 		}
 	}
-	maxRuns, err := b.rounds(ctx, measured, 0, func(s system, res perfResult, took time.Duration) {
+	// At the maximum rate dnsperf does not record each query: writing a
+	// line per answer cost the load generator about 15 % of its rate (the
+	// echo's median was 81,495 qps with the lines and 96,187 without, in
+	// two runs of this harness), so it capped every server at its own pace.
+	maxRuns, err := b.rounds(ctx, measured, 0, false, func(s system, res perfResult, took time.Duration) {
 		if s.name == "glimpse" {
 			glimpseCompleted += res.completed
 			glimpseDNS += took
@@ -331,7 +339,7 @@ func (b *bench) dnsSection(ctx context.Context) error {
 
 	// p99 at half of glimpse's maximum rate, every system at that rate.
 	half := int(median(field(maxRuns["glimpse"], func(r perfResult) float64 { return r.qps })) / 2)
-	halfRuns, err := b.rounds(ctx, measured, half, nil)
+	halfRuns, err := b.rounds(ctx, measured, half, b.cfg.perQuery, nil)
 	if err != nil {
 		return err
 	}
@@ -343,9 +351,10 @@ func (b *bench) dnsSection(ctx context.Context) error {
 
 // rounds runs dnsperf cfg.runs times against each system at rate (0: as
 // fast as it answers), alternating between the systems with the order
-// rotating each round, and returns each system's results. each, when set,
-// is told of every run and how long it took.
-func (b *bench) rounds(ctx context.Context, systems []system, rate int, each func(system, perfResult, time.Duration)) (map[string][]perfResult, error) {
+// rotating each round, and returns each system's results; perQuery records
+// each query's latency. each, when set, is told of every run and how long
+// it took.
+func (b *bench) rounds(ctx context.Context, systems []system, rate int, perQuery bool, each func(system, perfResult, time.Duration)) (map[string][]perfResult, error) {
 	runs := map[string][]perfResult{}
 	load := "max rate"
 	if rate > 0 {
@@ -355,14 +364,19 @@ func (b *bench) rounds(ctx context.Context, systems []system, rate int, each fun
 		for i := range systems {
 			s := systems[(i+r)%len(systems)]
 			t0 := time.Now()
-			res, err := b.dnsperf(ctx, s.addr, s.queries, b.cfg.duration, rate, b.cfg.perQuery)
+			cpu0, cpuErr := cpuTime(s.pid)
+			res, err := b.dnsperf(ctx, s.addr, s.queries, b.cfg.duration, rate, perQuery)
 			if err != nil {
 				return nil, fmt.Errorf("%s at %s: %w", s.name, load, err)
+			}
+			res.cpuUs = -1
+			if cpu1, err := cpuTime(s.pid); err == nil && cpuErr == nil && res.completed > 0 {
+				res.cpuUs = float64((cpu1 - cpu0).Microseconds()) / float64(res.completed)
 			}
 			if each != nil {
 				each(s, res, time.Since(t0))
 			}
-			logf("%s %-8s run %d: %8.0f qps  avg %.3f ms  p99 %.3f ms  lost %d  %s", load, s.name, r+1, res.qps, res.avgMs, res.p99Ms, res.lost, res.rcodes)
+			logf("%s %-8s run %d: %8.0f qps  avg %s  p99 %s  CPU %.2f µs/answer  lost %d  %s", load, s.name, r+1, res.qps, ms(res.avgMs), ms(res.p99Ms), res.cpuUs, res.lost, res.rcodes)
 			runs[s.name] = append(runs[s.name], res)
 		}
 	}
