@@ -137,12 +137,11 @@ func (r *report) dns(systems []system, sizes map[string][2]int, maxRuns, halfRun
 		"that rate is what the server's CPU passes through this machine's loopback with dnsperf on the other CPU, and the ratio to the ceiling shows "+
 		"that glimpse's own work costs little, not that it could go faster.\n\n",
 		vsCeil, vsConsul, echo, echo/med["glimpse"])
-	// CPU per answer: what each server spends on a query, which the
-	// machine's swings in rate hardly move.
+	// CPU per answer: what each server spends on a query, beside its rate.
 	cpuG, cpuC := medianCPU(maxRuns["glimpse"]), medianCPU(maxRuns["ceiling"])
 	if cpuG > 0 && cpuC > 0 {
-		fmt.Fprintf(&b, "Server CPU per answer (user and system time of the server process over the run, divided by the answers) does not depend on how fast the machine runs at the moment: "+
-			"glimpse-agent %s, the ceiling %s (%.2f× glimpse's rate at equal CPU), Consul %s. Per run, glimpse %s µs; ceiling %s µs.\n\n",
+		fmt.Fprintf(&b, "Server CPU per answer at the maximum rate (user and system time of the server process over the run, divided by its answers; most of it is the kernel's UDP path): "+
+			"glimpse-agent %s, the ceiling %s (the ceiling's CPU per answer is %.2f× glimpse's), Consul %s. It swings with the machine too. Per run, glimpse %s µs; ceiling %s µs.\n\n",
 			us(cpuG), us(cpuC), cpuC/cpuG, us(medianCPU(maxRuns["consul"])),
 			joinf(cpuPerAnswer(maxRuns["glimpse"]), "%.2f"), joinf(cpuPerAnswer(maxRuns["ceiling"]), "%.2f"))
 	}
