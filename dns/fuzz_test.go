@@ -1,6 +1,7 @@
 package dns
 
 import (
+	"bytes"
 	"net"
 	"testing"
 
@@ -78,9 +79,30 @@ func FuzzServeRaw(f *testing.F) {
 	f.Add([]byte{0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0}, false)                        // a question missing
 	f.Add([]byte{0, 1, 1}, false)
 
+	fuzzSeed(f, "nodea.node.dc1."+d, mdns.TypeA, 0, nil)
+	fuzzSeed(f, "NODEA.node.dc1."+d, mdns.TypeANY, 4096, nil)
+	fuzzSeed(f, "http.stream.prod.goku.dc1."+d, mdns.TypeSRV, 4096, func(m *mdns.Msg) { m.CheckingDisabled = true })
+	fuzzSeed(f, "http.stream.prod.goku.dc1."+d, mdns.TypeSRV, 4096, func(m *mdns.Msg) { m.IsEdns0().SetVersion(1) })
+	fuzzSeed(f, "http.stream.prod.goku.dc1."+d, mdns.TypeSRV, 4096, func(m *mdns.Msg) {
+		m.IsEdns0().Option = append(m.IsEdns0().Option, &mdns.EDNS0_COOKIE{Code: mdns.EDNS0COOKIE, Cookie: "0102030405060708"})
+	})
+	fuzzSeed(f, "http.stream.prod.goku.dc1."+d, mdns.TypeSRV, 0, func(m *mdns.Msg) { m.Truncated, m.RecursionDesired = true, false })
+
 	c, cfg := benchCache(f)
 	h := NewHandler(c, HandlerOptions{Config: cfg, LocalZone: "dc1"})
 	f.Fuzz(func(t *testing.T, pkt []byte, tcp bool) {
+		// Where the raw path answers, the full one gives the same bytes.
+		if fast := (&recorder{tcp: tcp}); h.ServeRaw(pkt, fast) {
+			slow := &recorder{tcp: tcp}
+			req := new(mdns.Msg)
+			if err := req.Unpack(pkt); err != nil {
+				t.Fatalf("the raw path answered a packet that does not unpack (%v): % x", err, pkt)
+			}
+			h.ServeDNS(slow, req)
+			if len(fast.out) != 1 || len(slow.out) != 1 || !bytes.Equal(fast.out[0], slow.out[0]) {
+				t.Fatalf("to % x\nthe raw path answered % x\nthe full one      % x", pkt, fast.out, slow.out)
+			}
+		}
 		w := &recorder{tcp: tcp}
 		serveRaw(h, pkt, w)
 		if len(pkt) < 12 || pkt[2]&0x80 != 0 {

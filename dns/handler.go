@@ -411,29 +411,56 @@ func (h *Handler) serveWire(req *request, wa wire, soa *mdns.SOA) int {
 		// name is the query's in lower case); it guards the patching.
 		return h.serveTrimmed(req, wa)
 	}
+	p := patch{id: req.r.Id, rd: req.r.RecursionDesired, cd: req.r.CheckingDisabled, qtype: req.q.Qtype, opt: req.opt != nil}
+	if p.opt {
+		p.do = req.opt.Do()
+	}
+	h.sendPrepared(req.w, wa, p, req.q.Name, nil)
+	return mdns.RcodeSuccess
+}
+
+// patch is what a prepared response takes from the query it answers.
+type patch struct {
+	id     uint16
+	rd, cd bool
+	qtype  uint16
+	opt    bool // the query had an OPT record: the answer gets one
+	do     bool
+}
+
+// sendPrepared writes the prepared response wa patched for a query: its
+// ID, RD and CD (RFC 4035 §3.1.6: CD is copied), the question name as the
+// client spelled it (qname in presentation form, or wireName when set),
+// its type, and an OPT record. The caller has checked that it fits and
+// that the names have the same length.
+func (h *Handler) sendPrepared(w mdns.ResponseWriter, wa wire, p patch, qname string, wireName []byte) {
 	bp := h.bufs.Get().(*[]byte)
 	buf := append((*bp)[:0], wa...)
-	binary.BigEndian.PutUint16(buf[0:], req.r.Id)
-	if req.r.RecursionDesired {
+	binary.BigEndian.PutUint16(buf[0:], p.id)
+	if p.rd {
 		buf[2] |= 0x01
 	}
-	if req.r.CheckingDisabled {
-		buf[3] |= 0x10 // RFC 4035 §3.1.6: CD is copied
+	if p.cd {
+		buf[3] |= 0x10
 	}
-	end := putName(buf[12:], req.q.Name) + 12
-	binary.BigEndian.PutUint16(buf[end:], req.q.Qtype)
-	if req.opt != nil {
+	var end int
+	if wireName != nil {
+		end = copy(buf[12:], wireName) + 12
+	} else {
+		end = putName(buf[12:], qname) + 12
+	}
+	binary.BigEndian.PutUint16(buf[end:], p.qtype)
+	if p.opt {
 		var do byte
-		if req.opt.Do() {
+		if p.do {
 			do = 0x80
 		}
 		buf = append(buf, 0, 0, 41, maxUDPSize>>8, maxUDPSize&0xff, 0, 0, do, 0, 0, 0)
 		binary.BigEndian.PutUint16(buf[10:], binary.BigEndian.Uint16(buf[10:])+1)
 	}
-	_, _ = req.w.Write(buf)
+	_, _ = w.Write(buf)
 	*bp = buf
 	h.bufs.Put(bp)
-	return mdns.RcodeSuccess
 }
 
 // serveTrimmed answers with a prepared response too large for the client.

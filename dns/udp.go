@@ -137,9 +137,13 @@ func ignored(pkt []byte) bool {
 }
 
 // serveRaw handles one query packet as miekg/dns's server would: an ignored
-// packet gets nothing, one that does not parse gets FORMERR.
+// packet gets nothing, one that does not parse gets FORMERR. A handler
+// that can answer from the raw packet (RawHandler) is asked first.
 func serveRaw(h mdns.Handler, pkt []byte, w mdns.ResponseWriter) {
 	if ignored(pkt) {
+		return
+	}
+	if rh, ok := h.(RawHandler); ok && rh.ServeRaw(pkt, w) {
 		return
 	}
 	req := new(mdns.Msg)

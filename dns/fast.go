@@ -1,0 +1,194 @@
+package dns
+
+import (
+	"encoding/binary"
+	"net"
+	"time"
+
+	mdns "github.com/miekg/dns"
+)
+
+// RawHandler is a handler that can answer some UDP queries from the packet
+// itself, before miekg/dns unpacks it; the UDP server asks it first.
+type RawHandler interface {
+	// ServeRaw answers pkt and reports true, or reports false having
+	// written nothing, and the query takes the usual way.
+	ServeRaw(pkt []byte, w mdns.ResponseWriter) bool
+}
+
+var _ RawHandler = (*Handler)(nil)
+
+// ServeRaw answers the common UDP query, an SRV, A, AAAA or ANY query for
+// an address or a node of a synced zone that has an answer, straight from
+// the packet: it reads the header, the question and an OPT record without
+// building a message, and patches the prepared response as serveWire does.
+// Unpacking the query was the largest part of the agent's own work per
+// answer. Anything else (another shape of packet, a name with other
+// characters, a name with no prepared answer, an answer that needs
+// trimming) is left to ServeDNS, which answers it in full; the answers the
+// two give are the same bytes (FuzzServeRaw compares them).
+func (h *Handler) ServeRaw(pkt []byte, w mdns.ResponseWriter) bool {
+	start := time.Now()
+	if _, tcp := w.LocalAddr().(*net.TCPAddr); tcp {
+		return false // the limits below are UDP's
+	}
+	q, ok := parseQuery(pkt)
+	if !ok {
+		return false
+	}
+	var lower [maxNameLen]byte
+	n := presentLower(lower[:], q.name)
+	nm := parseName(string(lower[:n]), h.cfg.Domain)
+	if nm.kind != kindAddress && nm.kind != kindNode {
+		return false
+	}
+	zone := nm.zone()
+	if st := h.cache.Status(zone); st != nil {
+		st.Touch(start)
+	}
+	z := h.cache.Zone(zone)
+	if z == nil || !z.Synced {
+		return false
+	}
+	var wa wire
+	if nm.kind == kindNode {
+		node := z.Nodes[nm.labels[2]]
+		if node == nil {
+			return false
+		}
+		na := node.Derived.(*nodeAnswers)
+		switch {
+		case q.qtype != mdns.TypeANY:
+			wa = pick(q.qtype, nil, na.a, na.aaaa)
+		case na.a != nil: // ANY on a node: its address record
+			wa = na.a
+		default:
+			wa = na.aaaa
+		}
+	} else {
+		p := z.Products[nm.labels[1]]
+		if p == nil {
+			return false
+		}
+		a := p.Addresses[nm.rest]
+		if a == nil {
+			return false
+		}
+		aa := a.Derived.(*addrAnswers)
+		if !aa.healthy {
+			return false
+		}
+		wa = pick(q.qtype, aa.srv, aa.a, aa.aaaa)
+	}
+	if wa == nil || nameLen(wa) != len(q.name) {
+		return false
+	}
+	size, limit := len(wa), mdns.MinMsgSize
+	if q.opt {
+		size += optLen
+		limit = max(mdns.MinMsgSize, min(int(q.udpSize), maxUDPSize))
+	}
+	if size > limit {
+		return false
+	}
+	h.sendPrepared(w, wa, q.patch, "", q.name)
+	if h.metrics != nil {
+		h.metrics.observe(false, q.qtype, mdns.RcodeSuccess, time.Since(start))
+	}
+	return true
+}
+
+// maxNameLen is the longest name in wire form (RFC 1035 §3.1).
+const maxNameLen = 255
+
+// rawQuery is what ServeRaw reads from a packet.
+type rawQuery struct {
+	patch
+	name    []byte // the question name in wire form, as sent
+	udpSize uint16
+}
+
+// parseQuery reads a packet that is exactly a standard query with one
+// question of class IN and type SRV, A, AAAA or ANY, whose name is made of
+// letters, digits and hyphens and uncompressed, and at most an OPT record
+// of version 0 with no options. Anything else is not ok.
+func parseQuery(pkt []byte) (q rawQuery, ok bool) {
+	if len(pkt) < 12 {
+		return q, false
+	}
+	flags := binary.BigEndian.Uint16(pkt[2:])
+	qd, an, ns, ar := binary.BigEndian.Uint16(pkt[4:]), binary.BigEndian.Uint16(pkt[6:]), binary.BigEndian.Uint16(pkt[8:]), binary.BigEndian.Uint16(pkt[10:])
+	if flags&qrBit != 0 || (flags>>11)&0xF != mdns.OpcodeQuery || qd != 1 || an != 0 || ns != 0 || ar > 1 {
+		return q, false
+	}
+	q.id = binary.BigEndian.Uint16(pkt)
+	q.rd = flags&(1<<8) != 0
+	q.cd = flags&(1<<4) != 0
+	off := 12
+	for {
+		if off >= len(pkt) {
+			return q, false
+		}
+		l := int(pkt[off])
+		if l == 0 {
+			off++
+			break
+		}
+		if l > 63 || off+1+l > len(pkt) {
+			return q, false // a pointer or other label type, or past the end
+		}
+		for _, c := range pkt[off+1 : off+1+l] {
+			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-') {
+				return q, false
+			}
+		}
+		off += 1 + l
+	}
+	if off-12 > maxNameLen || off == 13 || off+4 > len(pkt) {
+		return q, false
+	}
+	q.name = pkt[12:off]
+	q.qtype = binary.BigEndian.Uint16(pkt[off:])
+	switch q.qtype {
+	case mdns.TypeSRV, mdns.TypeA, mdns.TypeAAAA, mdns.TypeANY:
+	default:
+		return q, false
+	}
+	if binary.BigEndian.Uint16(pkt[off+2:]) != mdns.ClassINET {
+		return q, false
+	}
+	off += 4
+	if ar == 1 {
+		// OPT: the root name, type 41, the UDP size as class, then
+		// extended rcode, version and flags as TTL, and no RDATA.
+		if off+11 != len(pkt) || pkt[off] != 0 || binary.BigEndian.Uint16(pkt[off+1:]) != mdns.TypeOPT ||
+			pkt[off+6] != 0 || binary.BigEndian.Uint16(pkt[off+9:]) != 0 {
+			return q, false
+		}
+		q.opt = true
+		q.udpSize = binary.BigEndian.Uint16(pkt[off+3:])
+		q.do = pkt[off+7]&0x80 != 0
+		off += 11
+	}
+	return q, off == len(pkt)
+}
+
+// presentLower writes a wire name checked by parseQuery in presentation
+// form, lower case and fully qualified, into buf and returns its length.
+func presentLower(buf []byte, name []byte) int {
+	n := 0
+	for off := 0; name[off] != 0; {
+		l := int(name[off])
+		for _, c := range name[off+1 : off+1+l] {
+			if 'A' <= c && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			buf[n] = c
+			n++
+		}
+		buf[n] = '.'
+		n++
+		off += 1 + l
+	}
+	return n
+}

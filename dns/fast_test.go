@@ -1,0 +1,89 @@
+package dns
+
+import (
+	"bytes"
+	"testing"
+
+	mdns "github.com/miekg/dns"
+)
+
+// TestServeRaw: the raw path answers the common queries, with the same bytes
+// as the full path, and leaves every other query to it.
+func TestServeRaw(t *testing.T) {
+	c, cfg := benchCache(t)
+	c.SetDatacenters([]string{"dc1", "dc9"})
+	h := NewHandler(c, HandlerOptions{Config: cfg, LocalZone: "dc1"})
+	const d = "srv.glimpse.io."
+	addr := "http.stream.prod.goku.dc1." + d
+	for _, tc := range []struct {
+		name   string
+		qtype  uint16
+		edns   uint16
+		mutate func(*mdns.Msg)
+		raw    bool // answered by the raw path
+	}{
+		{addr, mdns.TypeSRV, 0, nil, true},
+		{addr, mdns.TypeSRV, 1232, nil, true},
+		{addr, mdns.TypeA, 4096, func(m *mdns.Msg) { m.IsEdns0().SetDo() }, true},
+		{"HTTP.Stream.PROD.goku.dc1.SRV.glimpse.io.", mdns.TypeSRV, 4096, nil, true},
+		{addr, mdns.TypeANY, 0, nil, true},
+		{addr, mdns.TypeSRV, 4096, func(m *mdns.Msg) { m.CheckingDisabled, m.RecursionDesired = true, false }, true},
+		{"nodeb.node.dc1." + d, mdns.TypeA, 0, nil, true},
+		{"nodeb.node.dc1." + d, mdns.TypeANY, 0, nil, true},
+		// Left to the full path.
+		{addr, mdns.TypeAAAA, 0, nil, false},                 // no AAAA: NODATA
+		{"nodeb.node.dc1." + d, mdns.TypeSRV, 0, nil, false}, // NODATA
+		{"nope.stream.prod.goku.dc1." + d, mdns.TypeSRV, 0, nil, false},
+		{"http.stream.prod.nope.dc1." + d, mdns.TypeSRV, 0, nil, false},
+		{"http.stream.prod.goku.dc9." + d, mdns.TypeSRV, 0, nil, false}, // not synced
+		{"stream.prod.goku.dc1." + d, mdns.TypeSRV, 0, nil, false},
+		{"dc1." + d, mdns.TypeSOA, 0, nil, false},
+		{"example.com.", mdns.TypeA, 0, nil, false},
+		{"http_x.stream.prod.goku.dc1." + d, mdns.TypeSRV, 0, nil, false},
+		{addr, mdns.TypeTXT, 0, nil, false},
+		{addr, mdns.TypeSRV, 4096, func(m *mdns.Msg) { m.IsEdns0().SetVersion(1) }, false},
+		{addr, mdns.TypeSRV, 4096, func(m *mdns.Msg) {
+			m.IsEdns0().Option = append(m.IsEdns0().Option, &mdns.EDNS0_COOKIE{Code: mdns.EDNS0COOKIE, Cookie: "0102030405060708"})
+		}, false},
+		{addr, mdns.TypeSRV, 0, func(m *mdns.Msg) { m.Question[0].Qclass = mdns.ClassCHAOS }, false},
+		{addr, mdns.TypeSRV, 0, func(m *mdns.Msg) { m.Opcode = mdns.OpcodeNotify }, false},
+		{addr, mdns.TypeSRV, 0, func(m *mdns.Msg) { m.Question = append(m.Question, m.Question[0]) }, false},
+	} {
+		m := new(mdns.Msg)
+		m.SetQuestion(tc.name, tc.qtype)
+		m.Id = 0xabcd
+		if tc.edns > 0 {
+			m.SetEdns0(tc.edns, false)
+		}
+		if tc.mutate != nil {
+			tc.mutate(m)
+		}
+		pkt, err := m.Pack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		fast := &recorder{}
+		if got := h.ServeRaw(pkt, fast); got != tc.raw {
+			t.Errorf("%s %s (%v): raw path answered %v, want %v", tc.name, mdns.TypeToString[tc.qtype], m.IsEdns0(), got, tc.raw)
+			continue
+		}
+		if !tc.raw {
+			if len(fast.out) != 0 {
+				t.Errorf("%s %s: the raw path declined but wrote % x", tc.name, mdns.TypeToString[tc.qtype], fast.out)
+			}
+			continue
+		}
+		slow := &recorder{}
+		h.ServeDNS(slow, m)
+		if len(fast.out) != 1 || len(slow.out) != 1 || !bytes.Equal(fast.out[0], slow.out[0]) {
+			t.Errorf("%s %s: raw path % x\nfull path % x", tc.name, mdns.TypeToString[tc.qtype], fast.out, slow.out)
+		}
+	}
+	// Over TCP the limits differ: always the full path.
+	m := new(mdns.Msg)
+	m.SetQuestion(addr, mdns.TypeSRV)
+	pkt, _ := m.Pack()
+	if h.ServeRaw(pkt, &recorder{tcp: true}) {
+		t.Error("the raw path answered over TCP")
+	}
+}
