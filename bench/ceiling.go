@@ -21,7 +21,9 @@ import (
 // listener and the same number of SO_REUSEPORT UDP sockets), and its
 // handler answers every query with a fixed wire answer of the size glimpse
 // gives for that query type: a copy with the query's ID patched in, no
-// lookup, no name handling. glimpse can approach it but not pass it.
+// lookup, no name handling. Over UDP it answers from the raw packet, as
+// glimpse does for its common queries (dns.RawHandler). glimpse can
+// approach it but not pass it.
 type ceiling struct {
 	answers map[uint16][]byte // by query type; 0 for any other type
 	// bufs holds the answer buffers, as glimpse's handler pools its own: a
@@ -39,12 +41,41 @@ func (c *ceiling) ServeDNS(w mdns.ResponseWriter, r *mdns.Msg) {
 	if !ok {
 		a = c.answers[0]
 	}
+	c.write(w, a, byte(r.Id>>8), byte(r.Id))
+}
+
+var _ dns.RawHandler = (*ceiling)(nil)
+
+// ServeRaw implements dns.RawHandler, as glimpse's handler does: the
+// ceiling answers from the packet too, without unpacking it, so that it
+// stays the least work on the same loop.
+func (c *ceiling) ServeRaw(pkt []byte, w mdns.ResponseWriter) bool {
+	off := 12
+	for off < len(pkt) && pkt[off] != 0 {
+		if pkt[off] > 63 {
+			return false
+		}
+		off += 1 + int(pkt[off])
+	}
+	if off+3 > len(pkt) {
+		return false
+	}
+	a, ok := c.answers[uint16(pkt[off+1])<<8|uint16(pkt[off+2])]
+	if !ok {
+		a = c.answers[0]
+	}
+	c.write(w, a, pkt[0], pkt[1])
+	return true
+}
+
+// write sends answer a with the query's ID.
+func (c *ceiling) write(w mdns.ResponseWriter, a []byte, id0, id1 byte) {
 	bp, _ := c.bufs.Get().(*[]byte)
 	if bp == nil {
 		bp = new([]byte)
 	}
 	buf := append((*bp)[:0], a...)
-	buf[0], buf[1] = byte(r.Id>>8), byte(r.Id)
+	buf[0], buf[1] = id0, id1
 	w.Write(buf)
 	*bp = buf
 	c.bufs.Put(bp)

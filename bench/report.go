@@ -156,7 +156,7 @@ func (r *report) dns(systems []system, sizes map[string][2]int, maxRuns, halfRun
 	bars[0].Note = fmt.Sprintf("%.2f× ceiling", vsCeil)
 	bars[1].Note = fmt.Sprintf("glimpse is %.1f×", vsConsul)
 	b.WriteString("\n`ceiling` is a handler that copies a fixed answer of glimpse's size (SRV or A) and patches the ID, served by glimpse's own DNS server code " +
-		"(dns.Listen: the same TCP listener and UDP sockets and the same UDP reading loop). `miekg-stock` is the same handler on miekg/dns's stock `Server` " +
+		"(dns.Listen: the same TCP listener and UDP sockets and the same UDP reading loop), and like glimpse it answers from the raw packet without unpacking it. `miekg-stock` is the same handler on miekg/dns's stock `Server` " +
 		"(a goroutine per query), which glimpse used before this benchmark showed its cost (see the history below).\n")
 	r.charts["dns.svg"] = barChartSVG("DNS queries per second (median of "+fmt.Sprint(r.cfg.runs)+" runs)", "queries/s", bars)
 	r.add("%s", b.String())
