@@ -83,7 +83,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.DurationVar(&cfg.duration, "duration", 10*time.Second, "length of one dnsperf run")
 	fs.IntVar(&cfg.clients, "dnsperf.clients", 16, "dnsperf -c: client sockets")
 	fs.IntVar(&cfg.outstanding, "dnsperf.outstanding", 256, "dnsperf -q: queries outstanding")
-	fs.BoolVar(&cfg.perQuery, "dnsperf.per-query", true, "record each query's latency (dnsperf -v) for p50/p99")
+	fs.BoolVar(&cfg.perQuery, "dnsperf.per-query", true, "record each query's latency (dnsperf -v) in the half-load runs, for p50/p99")
 	fs.IntVar(&cfg.changes, "changes", 200, "Consul changes in the propagation test")
 	fs.IntVar(&cfg.subscribers, "subscribers", 10000, "websocket subscribers in the fan-out test")
 	fs.StringVar(&scale, "scale", "20000,100000", "instance counts of the scale test (multiples of jobs×instances)")
