@@ -1,8 +1,8 @@
 package cache
 
 // ValidLabel reports whether s is a glimpse label: letters, digits and '-',
-// 1 to 63 characters.
-func ValidLabel(s string) bool {
+// 1 to 63 characters. It takes a label off the wire ([]byte) as well.
+func ValidLabel[T ~string | ~[]byte](s T) bool {
 	if len(s) == 0 || len(s) > 63 {
 		return false
 	}

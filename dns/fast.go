@@ -6,6 +6,8 @@ import (
 	"time"
 
 	mdns "github.com/miekg/dns"
+
+	"glimpse/cache"
 )
 
 // RawHandler is a handler that can answer some UDP queries from the packet
@@ -42,56 +44,23 @@ func (h *Handler) ServeRaw(pkt []byte, w mdns.ResponseWriter) bool {
 	if nm.kind != kindAddress && nm.kind != kindNode {
 		return false
 	}
-	zone := nm.zone()
-	if st := h.cache.Status(zone); st != nil {
-		st.Touch(start)
-	}
-	z := h.cache.Zone(zone)
+	z := h.touchZone(nm.zone(), start)
 	if z == nil || !z.Synced {
 		return false
 	}
-	var wa wire
-	if nm.kind == kindNode {
-		node := z.Nodes[nm.labels[2]]
-		if node == nil {
-			return false
-		}
-		na := node.Derived.(*nodeAnswers)
-		switch {
-		case q.qtype != mdns.TypeANY:
-			wa = pick(q.qtype, nil, na.a, na.aaaa)
-		case na.a != nil: // ANY on a node: its address record
-			wa = na.a
-		default:
-			wa = na.aaaa
-		}
-	} else {
-		p := z.Products[nm.labels[1]]
-		if p == nil {
-			return false
-		}
-		a := p.Addresses[nm.rest]
-		if a == nil {
-			return false
-		}
-		aa := a.Derived.(*addrAnswers)
-		if !aa.healthy {
-			return false
-		}
-		wa = pick(q.qtype, aa.srv, aa.a, aa.aaaa)
-	}
-	if wa == nil || nameLen(wa) != len(q.name) {
+	wa, ok := prepared(z, &nm, q.qtype)
+	if !ok || wa == nil || nameLen(wa) != len(q.name) {
 		return false
 	}
 	size, limit := len(wa), mdns.MinMsgSize
 	if q.opt {
 		size += optLen
-		limit = max(mdns.MinMsgSize, min(int(q.udpSize), maxUDPSize))
+		limit = udpLimit(q.udpSize)
 	}
 	if size > limit {
 		return false
 	}
-	h.sendPrepared(w, wa, q.patch, "", q.name)
+	h.sendPrepared(w, wa, q.patch, q.name)
 	if h.metrics != nil {
 		h.metrics.observe(false, q.qtype, mdns.RcodeSuccess, time.Since(start))
 	}
@@ -134,13 +103,8 @@ func parseQuery(pkt []byte) (q rawQuery, ok bool) {
 			off++
 			break
 		}
-		if l > 63 || off+1+l > len(pkt) {
-			return q, false // a pointer or other label type, or past the end
-		}
-		for _, c := range pkt[off+1 : off+1+l] {
-			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-') {
-				return q, false
-			}
+		if off+1+l > len(pkt) || !cache.ValidLabel(pkt[off+1:off+1+l]) {
+			return q, false // past the end, a pointer, or a label with other bytes
 		}
 		off += 1 + l
 	}

@@ -105,7 +105,7 @@ func (h *Handler) serve(req *request, now time.Time) int {
 	case req.tcp:
 		req.limit = mdns.MaxMsgSize
 	case req.opt != nil:
-		req.limit = max(mdns.MinMsgSize, min(int(req.opt.UDPSize()), maxUDPSize))
+		req.limit = udpLimit(req.opt.UDPSize())
 	}
 	if req.opt != nil && req.opt.Version() != 0 {
 		return h.fail(req, mdns.RcodeBadVers)
@@ -158,18 +158,11 @@ func (h *Handler) serve(req *request, now time.Time) int {
 		}
 		return h.serveServer(req, za.glue, i, za.soa)
 	case kindNode:
-		node := z.Nodes[n.labels[2]]
-		if node == nil {
+		wa, ok := prepared(z, &n, req.q.Qtype)
+		if !ok {
 			return h.missing(req, z, &n, za.soa)
 		}
-		na := node.Derived.(*nodeAnswers)
-		if req.q.Qtype == mdns.TypeANY { // ANY on a node: its address record
-			if na.a != nil {
-				return h.serveWire(req, na.a, za.soa)
-			}
-			return h.serveWire(req, na.aaaa, za.soa)
-		}
-		return h.serveWire(req, pick(req.q.Qtype, nil, na.a, na.aaaa), za.soa)
+		return h.serveWire(req, wa, za.soa)
 	case kindAddr:
 		ip, ok := parseHexAddr(n.labels[2])
 		if !ok {
@@ -179,21 +172,53 @@ func (h *Handler) serve(req *request, now time.Time) int {
 	case kindPrefix:
 		return h.missing(req, z, &n, za.soa)
 	case kindAddress:
-		p := z.Products[n.labels[1]]
-		if p == nil {
+		wa, ok := prepared(z, &n, req.q.Qtype)
+		if !ok {
 			return h.nxdomain(req, za.soa)
 		}
-		a := p.Addresses[n.rest]
-		if a == nil {
-			return h.nxdomain(req, za.soa)
-		}
-		aa := a.Derived.(*addrAnswers)
-		if !aa.healthy {
-			return h.nxdomain(req, za.soa)
-		}
-		return h.serveWire(req, pick(req.q.Qtype, aa.srv, aa.a, aa.aaaa), za.soa)
+		return h.serveWire(req, wa, za.soa)
 	}
 	return h.nxdomain(req, za.soa)
+}
+
+// prepared returns the prepared answer of qtype for an address or a node
+// of z: ok is false when the name has none (no such node, no such address
+// or none of its instances healthy), and the answer is nil for a type it
+// has no records of (NODATA).
+func prepared(z *cache.Zone, n *name, qtype uint16) (wa wire, ok bool) {
+	if n.kind == kindNode {
+		node := z.Nodes[n.labels[2]]
+		if node == nil {
+			return nil, false
+		}
+		na := node.Derived.(*nodeAnswers)
+		if qtype == mdns.TypeANY { // ANY on a node: its address record
+			if na.a != nil {
+				return na.a, true
+			}
+			return na.aaaa, true
+		}
+		return pick(qtype, nil, na.a, na.aaaa), true
+	}
+	p := z.Products[n.labels[1]]
+	if p == nil {
+		return nil, false
+	}
+	a := p.Addresses[n.rest]
+	if a == nil {
+		return nil, false
+	}
+	aa := a.Derived.(*addrAnswers)
+	if !aa.healthy {
+		return nil, false
+	}
+	return pick(qtype, aa.srv, aa.a, aa.aaaa), true
+}
+
+// udpLimit is the largest UDP response to a client advertising size
+// bytes with EDNS.
+func udpLimit(size uint16) int {
+	return max(mdns.MinMsgSize, min(int(size), maxUDPSize))
 }
 
 // pick returns the prepared answer for qtype: srv for SRV and ANY (RFC 8482
@@ -216,10 +241,7 @@ func pick(qtype uint16, srv, a, aaaa wire) wire {
 // waited for up to remoteWait, with the UDP socket's reading handed on
 // (Detacher) meanwhile.
 func (h *Handler) zone(req *request, name string, now time.Time) (*cache.Zone, int) {
-	if st := h.cache.Status(name); st != nil {
-		st.Touch(now)
-	}
-	z := h.cache.Zone(name)
+	z := h.touchZone(name, now)
 	if z != nil && z.Synced {
 		return z, mdns.RcodeSuccess
 	}
@@ -251,6 +273,15 @@ func (h *Handler) zone(req *request, name string, now time.Time) (*cache.Zone, i
 			return nil, mdns.RcodeServerFailure
 		}
 	}
+}
+
+// touchZone records a query of zone name at now and returns the zone's
+// snapshot, nil when the cache has none.
+func (h *Handler) touchZone(name string, now time.Time) *cache.Zone {
+	if st := h.cache.Status(name); st != nil {
+		st.Touch(now)
+	}
+	return h.cache.Zone(name)
 }
 
 // serveApex answers names directly under the domain that are not zones,
@@ -415,7 +446,8 @@ func (h *Handler) serveWire(req *request, wa wire, soa *mdns.SOA) int {
 	if p.opt {
 		p.do = req.opt.Do()
 	}
-	h.sendPrepared(req.w, wa, p, req.q.Name, nil)
+	var qname [maxNameLen]byte
+	h.sendPrepared(req.w, wa, p, qname[:putName(qname[:], req.q.Name)])
 	return mdns.RcodeSuccess
 }
 
@@ -430,10 +462,10 @@ type patch struct {
 
 // sendPrepared writes the prepared response wa patched for a query: its
 // ID, RD and CD (RFC 4035 §3.1.6: CD is copied), the question name as the
-// client spelled it (qname in presentation form, or wireName when set),
-// its type, and an OPT record. The caller has checked that it fits and
-// that the names have the same length.
-func (h *Handler) sendPrepared(w mdns.ResponseWriter, wa wire, p patch, qname string, wireName []byte) {
+// client spelled it (qname, in wire form), its type, and an OPT record.
+// The caller has checked that it fits and that the names have the same
+// length.
+func (h *Handler) sendPrepared(w mdns.ResponseWriter, wa wire, p patch, qname []byte) {
 	bp := h.bufs.Get().(*[]byte)
 	buf := append((*bp)[:0], wa...)
 	binary.BigEndian.PutUint16(buf[0:], p.id)
@@ -443,12 +475,7 @@ func (h *Handler) sendPrepared(w mdns.ResponseWriter, wa wire, p patch, qname st
 	if p.cd {
 		buf[3] |= 0x10
 	}
-	var end int
-	if wireName != nil {
-		end = copy(buf[12:], wireName) + 12
-	} else {
-		end = putName(buf[12:], qname) + 12
-	}
+	end := copy(buf[12:], qname) + 12
 	binary.BigEndian.PutUint16(buf[end:], p.qtype)
 	if p.opt {
 		var do byte

@@ -1,11 +1,9 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,29 +15,14 @@ import (
 	"glimpse/internal/testconsul"
 )
 
-// syncBuffer is a log sink safe for concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-// debugLogger logs everything, as JSON, to a buffer the test reads.
-func debugLogger() (*zap.Logger, *syncBuffer) {
-	buf := &syncBuffer{}
-	core := zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(buf), zap.DebugLevel)
-	return zap.New(core), buf
+// debugAgent runs an agent with cfg that logs at debug level into the
+// returned buffer; it does not wait for a sync.
+func debugAgent(t *testing.T, cfg Config) (*Agent, *testconsul.SyncBuffer) {
+	t.Helper()
+	logs := &testconsul.SyncBuffer{}
+	core := zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(logs), zap.DebugLevel)
+	a, _ := launchAgent(t, cfg, zap.New(core))
+	return a, logs
 }
 
 // With Consul's ACLs on and a default deny, glimpse works with a read token
@@ -78,12 +61,7 @@ agent_prefix "" { policy = "read" }`}, nil)
 	t.Run("no token: unready and says why", func(t *testing.T) {
 		cfg := testConfig(t, srv.HTTPAddr())
 		cfg.Zone = "dc1"
-		log, _ := debugLogger()
-		a, err := New(context.Background(), cfg, log)
-		if err != nil {
-			t.Fatal(err)
-		}
-		runAgent(t, a)
+		a, _ := debugAgent(t, cfg)
 		base := "http://" + a.HTTPAddr()
 		var zones zonesBody
 		testconsul.WaitFor(t, 10*time.Second, func() bool {
@@ -104,7 +82,7 @@ agent_prefix "" { policy = "read" }`}, nil)
 		}
 	})
 
-	check := func(t *testing.T, a *Agent, logs *syncBuffer) {
+	check := func(t *testing.T, a *Agent, logs *testconsul.SyncBuffer) {
 		t.Helper()
 		waitSynced(t, a)
 		waitDNS(t, a.DNSAddr(), name, mdns.TypeSRV, func(m *mdns.Msg) bool { return len(m.Answer) == 1 }, "the instance behind the ACLs")
@@ -122,34 +100,19 @@ agent_prefix "" { policy = "read" }`}, nil)
 	t.Run("token by flag", func(t *testing.T) {
 		cfg := testConfig(t, srv.HTTPAddr())
 		cfg.ConsulToken = tok.SecretID
-		log, logs := debugLogger()
-		a, err := New(context.Background(), cfg, log)
-		if err != nil {
-			t.Fatal(err)
-		}
-		runAgent(t, a)
+		a, logs := debugAgent(t, cfg)
 		check(t, a, logs)
 	})
 	t.Run("token from CONSUL_HTTP_TOKEN", func(t *testing.T) {
 		t.Setenv("CONSUL_HTTP_TOKEN", tok.SecretID)
-		log, logs := debugLogger()
-		a, err := New(context.Background(), testConfig(t, srv.HTTPAddr()), log)
-		if err != nil {
-			t.Fatal(err)
-		}
-		runAgent(t, a)
+		a, logs := debugAgent(t, testConfig(t, srv.HTTPAddr()))
 		check(t, a, logs)
 	})
 	t.Run("unknown token", func(t *testing.T) {
 		cfg := testConfig(t, srv.HTTPAddr())
 		cfg.Zone = "dc1"
 		cfg.ConsulToken = "00000000-1111-2222-3333-444444444444"
-		log, logs := debugLogger()
-		a, err := New(context.Background(), cfg, log)
-		if err != nil {
-			t.Fatal(err)
-		}
-		runAgent(t, a)
+		a, logs := debugAgent(t, cfg)
 		testconsul.WaitFor(t, 10*time.Second, func() bool {
 			code, body := do(t, "GET", "http://"+a.HTTPAddr()+"/readyz", nil)
 			return code == http.StatusServiceUnavailable && strings.Contains(body, "refused glimpse's token")

@@ -61,13 +61,21 @@ func startAgent(t testing.TB, cfg Config) *Agent {
 // agent before the test ends (and waiting until it has).
 func stoppableAgent(t testing.TB, cfg Config) (*Agent, func()) {
 	t.Helper()
-	a, err := New(context.Background(), cfg, nopLogger(t))
+	a, stop := launchAgent(t, cfg, nopLogger(t))
+	waitSynced(t, a)
+	return a, stop
+}
+
+// launchAgent starts an agent with cfg logging to log and returns it with
+// the function that stops it (also called when the test ends); it does not
+// wait for a sync.
+func launchAgent(t testing.TB, cfg Config, log *zap.Logger) (*Agent, func()) {
+	t.Helper()
+	a, err := New(context.Background(), cfg, log)
 	if err != nil {
 		t.Fatalf("agent: %v", err)
 	}
-	stop := runAgent(t, a)
-	waitSynced(t, a)
-	return a, stop
+	return a, runAgent(t, a)
 }
 
 // waitSynced waits for a's local zone's first sync.

@@ -7,7 +7,6 @@ import (
 	"os"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -203,27 +202,9 @@ func TestACLDefaultDeny(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for concurrent use.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 func TestStartEAndClose(t *testing.T) {
 	t.Parallel()
-	var out syncBuffer
+	var out SyncBuffer
 	a, err := StartE(context.Background(), Options{Dev: true, DNS: true, LogOutput: &out}, t.Logf)
 	if err != nil {
 		t.Fatal(err)
