@@ -312,7 +312,8 @@ func (b *bench) dnsSection(ctx context.Context) error {
 	// At the maximum rate dnsperf does not record each query: writing a
 	// line per answer cost the load generator about 15 % of its rate (the
 	// echo's median was 81,495 qps with the lines and 96,187 without, in
-	// two runs of this harness), so it capped every server at its own pace.
+	// two runs of this harness), so it capped the fastest servers at its own
+	// pace.
 	maxRuns, err := b.rounds(ctx, measured, 0, false, func(s system, res perfResult, took time.Duration) {
 		if s.name == "glimpse" {
 			glimpseCompleted += res.completed
@@ -376,7 +377,7 @@ func (b *bench) rounds(ctx context.Context, systems []system, rate int, perQuery
 			if each != nil {
 				each(s, res, time.Since(t0))
 			}
-			logf("%s %-8s run %d: %8.0f qps  avg %s  p99 %s  CPU %.2f µs/answer  lost %d  %s", load, s.name, r+1, res.qps, ms(res.avgMs), ms(res.p99Ms), res.cpuUs, res.lost, res.rcodes)
+			logf("%s %-8s run %d: %8.0f qps  avg %s  p99 %s  CPU %s per answer  lost %d  %s", load, s.name, r+1, res.qps, ms(res.avgMs), ms(res.p99Ms), us(res.cpuUs), res.lost, res.rcodes)
 			runs[s.name] = append(runs[s.name], res)
 		}
 	}
