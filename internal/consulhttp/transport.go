@@ -13,6 +13,14 @@
 // It speaks HTTP/1.1 over TCP, TLS or a Unix socket, reuses connections and
 // honours the request's context. It does not follow proxies or negotiate
 // HTTP/2, neither of which the Consul agent's HTTP API needs.
+//
+// The Consul agent limits the connections of each client address
+// (limits.http_max_conns_per_client, 200 by default), and every Consul client
+// on a host shares that budget. Options.MaxConns caps what this transport
+// holds: a request finding no idle connection and no room waits for one. A
+// 429 from Consul (its answer to a connection over the limit) stops new
+// connections for a second, so that a host over its budget is not hammered
+// with refused connections.
 package consulhttp
 
 import (
@@ -25,6 +33,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -39,6 +48,9 @@ type Options struct {
 	// TLS, when set, wraps each connection (for an https Consul address).
 	// Without a ServerName, the host of Address is verified.
 	TLS *tls.Config
+	// MaxConns caps the connections open (or being dialled) at once; 0
+	// means no cap.
+	MaxConns int
 }
 
 // Limits of the transport.
@@ -53,6 +65,9 @@ const (
 	// readBufferSize is each connection's read buffer. Responses are
 	// decoded as they stream, so it need only hold a header line.
 	readBufferSize = 2048
+	// coolDown is how long no new connection is dialled after Consul
+	// answered 429 Too Many Requests.
+	coolDown = time.Second
 )
 
 // Transport is an http.RoundTripper that runs each exchange on the calling
@@ -64,6 +79,16 @@ type Transport struct {
 
 	mu   sync.Mutex
 	idle []*conn // a stack: the most recently used on top, the oldest at the bottom
+	// open counts the connections open or being dialled, against
+	// o.MaxConns; peak is its highest value.
+	open, peak int
+	// freed is closed and replaced when a connection goes idle or closes:
+	// requests waiting for room wake up.
+	freed chan struct{}
+	// coolUntil is when new connections may be dialled again after a 429.
+	coolUntil time.Time
+
+	waits, throttled atomic.Uint64
 }
 
 // New returns a Transport for o.
@@ -72,16 +97,37 @@ func New(o Options) *Transport {
 		o.TLS = o.TLS.Clone()
 		o.TLS.ServerName, _, _ = net.SplitHostPort(o.Address)
 	}
-	return &Transport{o: o}
+	return &Transport{o: o, freed: make(chan struct{})}
 }
 
 // conn is one connection to Consul.
 type conn struct {
 	net.Conn
+	t         *Transport
+	closed    bool         // counted out of t.open; guarded by t.mu
 	raw       syscall.Conn // the socket under TLS, for the liveness check
 	br        *bufio.Reader
 	read      int64 // bytes read, to tell a dead idle connection from a failed answer
 	idleSince time.Time
+}
+
+// Close closes the connection and makes room for another.
+func (c *conn) Close() error {
+	t := c.t
+	t.mu.Lock()
+	if !c.closed {
+		c.closed = true
+		t.open--
+		t.signal()
+	}
+	t.mu.Unlock()
+	return c.Conn.Close()
+}
+
+// signal wakes the requests waiting for a connection. Called with t.mu held.
+func (t *Transport) signal() {
+	close(t.freed)
+	t.freed = make(chan struct{})
 }
 
 func (c *conn) Read(p []byte) (int, error) {
@@ -182,11 +228,18 @@ func (t *Transport) exchange(req *http.Request, c *conn) (_ *http.Response, wrot
 		stop()
 		return nil, cw.n, err
 	}
+	if resp.StatusCode == http.StatusTooManyRequests {
+		t.throttled.Add(1)
+		t.mu.Lock()
+		t.coolUntil = time.Now().Add(coolDown)
+		t.mu.Unlock()
+	}
 	resp.Body = &body{rc: resp.Body, c: c, t: t, ctx: ctx, stop: stop, close: resp.Close || req.Close}
 	return resp, cw.n, nil
 }
 
-// get returns an idle connection that is still alive, or a new one.
+// get returns an idle connection that is still alive, or a new one when
+// there is room for it; otherwise it waits for one until ctx ends.
 func (t *Transport) get(ctx context.Context) (*conn, bool, error) {
 	var dead []*conn
 	defer func() {
@@ -194,25 +247,70 @@ func (t *Transport) get(ctx context.Context) (*conn, bool, error) {
 			c.Close()
 		}
 	}()
-	now := time.Now()
+	waited := false
 	for {
+		now := time.Now()
 		t.mu.Lock()
-		n := len(t.idle)
-		if n == 0 {
+		if n := len(t.idle); n > 0 {
+			c := t.idle[n-1]
+			t.idle[n-1] = nil
+			t.idle = t.idle[:n-1]
 			t.mu.Unlock()
-			break
+			if now.Sub(c.idleSince) < idleTimeout && c.alive() {
+				return c, true, nil
+			}
+			dead = append(dead, c)
+			continue
 		}
-		c := t.idle[n-1]
-		t.idle[n-1] = nil
-		t.idle = t.idle[:n-1]
+		if len(dead) > 0 {
+			// Closing them makes room: close before deciding to wait.
+			t.mu.Unlock()
+			for _, c := range dead {
+				c.Close()
+			}
+			dead = dead[:0]
+			continue
+		}
+		cooling := now.Before(t.coolUntil)
+		if !cooling && (t.o.MaxConns <= 0 || t.open < t.o.MaxConns) {
+			t.open++
+			t.peak = max(t.peak, t.open)
+			t.mu.Unlock()
+			c, err := t.dial(ctx)
+			if err != nil {
+				t.mu.Lock()
+				t.open--
+				t.signal()
+				t.mu.Unlock()
+			}
+			return c, false, err
+		}
+		freed := t.freed
+		var timer *time.Timer
+		var wake <-chan time.Time
+		if cooling {
+			timer = time.NewTimer(t.coolUntil.Sub(now))
+			wake = timer.C
+		}
 		t.mu.Unlock()
-		if now.Sub(c.idleSince) < idleTimeout && c.alive() {
-			return c, true, nil
+		if !waited {
+			waited = true
+			t.waits.Add(1)
 		}
-		dead = append(dead, c)
+		var err error
+		select {
+		case <-freed:
+		case <-wake:
+		case <-ctx.Done():
+			err = fmt.Errorf("consulhttp: waiting for a connection (at most %d): %w", t.o.MaxConns, ctx.Err())
+		}
+		if timer != nil {
+			timer.Stop()
+		}
+		if err != nil {
+			return nil, false, err
+		}
 	}
-	c, err := t.dial(ctx)
-	return c, false, err
 }
 
 func (t *Transport) dial(ctx context.Context) (*conn, error) {
@@ -223,7 +321,7 @@ func (t *Transport) dial(ctx context.Context) (*conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &conn{Conn: nc}
+	c := &conn{Conn: nc, t: t}
 	c.raw, _ = nc.(syscall.Conn)
 	if t.o.TLS != nil {
 		tc := tls.Client(nc, t.o.TLS)
@@ -256,6 +354,7 @@ func (t *Transport) put(c *conn) {
 	}
 	if len(t.idle) < maxIdle {
 		t.idle = append(t.idle, c)
+		t.signal()
 	} else {
 		drop = append(drop, c)
 	}
@@ -275,6 +374,30 @@ func (t *Transport) CloseIdleConnections() {
 		c.Close()
 	}
 }
+
+// Open reports the connections open or being dialled.
+func (t *Transport) Open() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.open
+}
+
+// Peak reports the most connections that were open at once.
+func (t *Transport) Peak() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.peak
+}
+
+// Waits counts the requests that found no idle connection and no room for
+// a new one, and waited.
+func (t *Transport) Waits() uint64 { return t.waits.Load() }
+
+// Throttled counts the responses that were 429 Too Many Requests.
+func (t *Transport) Throttled() uint64 { return t.throttled.Load() }
+
+// MaxConns returns the cap on open connections, 0 for none.
+func (t *Transport) MaxConns() int { return t.o.MaxConns }
 
 // Idle reports the number of pooled idle connections.
 func (t *Transport) Idle() int {

@@ -351,3 +351,155 @@ func TestBadURL(t *testing.T) {
 		t.Error("a refused connection gave no error")
 	}
 }
+
+// With MaxConns, requests beyond the cap wait for a connection instead of
+// dialling one: 20 concurrent requests on a cap of 3 open at most 3.
+func TestMaxConnsCapsConnections(t *testing.T) {
+	release := make(chan struct{})
+	var inFlight, most atomic.Int64
+	s, conns := server(t, func(w http.ResponseWriter, r *http.Request) {
+		n := inFlight.Add(1)
+		for {
+			m := most.Load()
+			if n <= m || most.CompareAndSwap(m, n) {
+				break
+			}
+		}
+		<-release
+		inFlight.Add(-1)
+		io.WriteString(w, "ok")
+	})
+	c, tr := client(t, s, Options{MaxConns: 3})
+	var wg sync.WaitGroup
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if got := get(t, c, s.URL+"/"); got != "ok" {
+				t.Errorf("got %q", got)
+			}
+		}()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for inFlight.Load() < 3 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if tr.Waits() == 0 {
+		// The 17 others queue up; wait until at least one has.
+		for tr.Waits() == 0 && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	close(release)
+	wg.Wait()
+	if n := conns.Load(); n > 3 {
+		t.Errorf("the server accepted %d connections, cap 3", n)
+	}
+	if m := most.Load(); m != 3 {
+		t.Errorf("at most %d requests were in flight at once, want 3", m)
+	}
+	if p := tr.Peak(); p != 3 {
+		t.Errorf("Peak() = %d, want 3", p)
+	}
+	if tr.Waits() == 0 {
+		t.Error("no request waited for a connection")
+	}
+	if o := tr.Open(); o > 3 {
+		t.Errorf("Open() = %d after the requests, want at most 3", o)
+	}
+}
+
+// A request waiting for room gives up when its context ends, and says why.
+func TestMaxConnsWaitEndsWithContext(t *testing.T) {
+	release, entered := make(chan struct{}), make(chan struct{}, 1)
+	s, _ := server(t, func(w http.ResponseWriter, r *http.Request) {
+		entered <- struct{}{}
+		<-release
+	})
+	defer close(release)
+	c, _ := client(t, s, Options{MaxConns: 1})
+	go func() {
+		resp, err := c.Get(s.URL + "/")
+		if err == nil {
+			resp.Body.Close()
+		}
+	}()
+	<-entered // the first request holds the one connection
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", s.URL+"/", nil)
+	_, err := c.Do(req)
+	if err == nil || !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "waiting for a connection") {
+		t.Fatalf("err = %v, want a deadline while waiting for a connection", err)
+	}
+}
+
+// Connections closed by errors free their room: a server that drops every
+// connection does not leak the count.
+func TestMaxConnsCountsClosedConnections(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	tr := New(Options{Network: "tcp", Address: ln.Addr().String(), MaxConns: 2})
+	c := &http.Client{Transport: tr}
+	for i := 0; i < 10; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+ln.Addr().String()+"/", nil)
+		_, err := c.Do(req)
+		cancel()
+		if err == nil {
+			t.Fatal("a dropped connection answered")
+		}
+		if strings.Contains(err.Error(), "waiting for a connection") {
+			t.Fatalf("request %d waited for room: the count leaked (%v)", i, err)
+		}
+	}
+	if o := tr.Open(); o != 0 {
+		t.Errorf("Open() = %d with no connection left, want 0", o)
+	}
+}
+
+// A 429 is counted, and no new connection is dialled for a moment after it.
+func TestTooManyRequestsCoolsDown(t *testing.T) {
+	var refuse atomic.Bool
+	refuse.Store(true)
+	s, conns := server(t, func(w http.ResponseWriter, r *http.Request) {
+		if refuse.Load() {
+			w.Header().Set("Connection", "close")
+			w.WriteHeader(http.StatusTooManyRequests)
+			return
+		}
+		io.WriteString(w, "ok")
+	})
+	c, tr := client(t, s, Options{MaxConns: 4})
+	resp, err := c.Get(s.URL + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusTooManyRequests || tr.Throttled() != 1 {
+		t.Fatalf("status %d, throttled %d", resp.StatusCode, tr.Throttled())
+	}
+	refuse.Store(false)
+	start := time.Now()
+	if got := get(t, c, s.URL+"/"); got != "ok" {
+		t.Fatalf("got %q", got)
+	}
+	if d := time.Since(start); d < coolDown/2 {
+		t.Errorf("the next connection was dialled %v after the 429, before the cool-down", d)
+	}
+	if n := conns.Load(); n != 2 {
+		t.Errorf("%d connections, want 2", n)
+	}
+}
