@@ -194,14 +194,55 @@ func (c *Cache) DropZone(name string) {
 	c.notify()
 }
 
-// SetSynced marks a zone as synced: every watcher of it has delivered its
-// first result.
-func (c *Cache) SetSynced(zone string) {
+// SetSynced marks a zone as synced (its product list and servers read) and,
+// with ready, as ready (its pinned products settled too).
+func (c *Cache) SetSynced(zone string, ready bool) {
 	c.update(zone, func(e *zoneEntry, z *Zone, idx uint64) []*Address {
-		if z.Synced {
+		if z.Synced && z.Ready == ready {
 			return nil
 		}
-		z.Synced = true
+		z.Synced, z.Ready = true, ready
+		return []*Address{}
+	})
+}
+
+// SetKnown replaces the names of the zone's glimpse products, as Consul
+// lists them.
+func (c *Cache) SetKnown(zone string, names []string) {
+	known := make(map[string]struct{}, len(names))
+	for _, n := range names {
+		known[n] = struct{}{}
+	}
+	c.update(zone, func(e *zoneEntry, z *Zone, idx uint64) []*Address {
+		if len(known) == len(z.Known) {
+			same := true
+			for n := range known {
+				if _, ok := z.Known[n]; !ok {
+					same = false
+					break
+				}
+			}
+			if same {
+				return nil
+			}
+		}
+		z.Known = known
+		return []*Address{}
+	})
+}
+
+// SetProblem records why a product's last read failed; msg "" clears it.
+func (c *Cache) SetProblem(zone, product, msg string) {
+	c.update(zone, func(e *zoneEntry, z *Zone, idx uint64) []*Address {
+		if old, ok := z.Problems[product]; ok == (msg != "") && old == msg {
+			return nil
+		}
+		z.Problems = copyMap(z.Problems)
+		if msg == "" {
+			delete(z.Problems, product)
+		} else {
+			z.Problems[product] = msg
+		}
 		return []*Address{}
 	})
 }
@@ -248,9 +289,15 @@ func (c *Cache) SetProducts(zone string, ups []ProductUpdate) int {
 	changed := 0
 	c.update(zone, func(e *zoneEntry, z *Zone, idx uint64) []*Address {
 		var all []*Address
-		copied, nodesCopied := false, false
+		copied, nodesCopied, cleared := false, false, false
 		now := time.Now()
 		for _, u := range ups {
+			if _, ok := z.Problems[u.Product]; ok {
+				// A result is the end of the product's problem.
+				z.Problems = copyMap(z.Problems)
+				delete(z.Problems, u.Product)
+				cleared = true
+			}
 			old := z.Products[u.Product]
 			p, addrs := c.buildProduct(zone, u.Product, u.Instances, u.Ignored, old)
 			if p == nil {
@@ -279,11 +326,11 @@ func (c *Cache) SetProducts(zone string, ups []ProductUpdate) int {
 			changed++
 			all = append(all, addrs...)
 		}
-		if changed == 0 {
+		if changed == 0 && !cleared {
 			return nil
 		}
 		if all == nil {
-			return []*Address{} // only ignored counts changed
+			return []*Address{} // only ignored counts or problems changed
 		}
 		return all
 	})
@@ -293,8 +340,16 @@ func (c *Cache) SetProducts(zone string, ups []ProductUpdate) int {
 // RemoveProduct removes a product from a zone.
 func (c *Cache) RemoveProduct(zone, product string) {
 	c.update(zone, func(e *zoneEntry, z *Zone, idx uint64) []*Address {
+		_, failing := z.Problems[product]
+		if failing {
+			z.Problems = copyMap(z.Problems)
+			delete(z.Problems, product)
+		}
 		p := z.Products[product]
 		if p == nil {
+			if failing {
+				return []*Address{}
+			}
 			return nil
 		}
 		z.Products = copyMap(z.Products)
@@ -473,14 +528,11 @@ type Status struct {
 	created     time.Time
 	lastContact atomic.Int64 // unix nanoseconds of the last fresh result
 	failing     atomic.Int32 // watchers whose last result was an error or leaderless
-	lastQuery   atomic.Int64 // unix nanoseconds of the last read, to 100 ms
 	problem     atomic.Pointer[string]
 }
 
 func newStatus() *Status {
-	s := &Status{created: time.Now()}
-	s.lastQuery.Store(s.created.UnixNano())
-	return s
+	return &Status{created: time.Now()}
 }
 
 // Contact records a fresh result from Consul (a known leader) at t.
@@ -530,15 +582,3 @@ func (s *Status) SecondsStale(now time.Time) float64 {
 	return now.Sub(last).Seconds()
 }
 
-// Touch records a read of the zone; the watchers drop remote zones nobody
-// reads. It writes at most every 100 ms, so concurrent readers rarely
-// contend for the cache line.
-func (s *Status) Touch(now time.Time) {
-	n := now.UnixNano()
-	if d := n - s.lastQuery.Load(); d >= int64(100*time.Millisecond) || d < 0 {
-		s.lastQuery.Store(n)
-	}
-}
-
-// LastQuery returns the time of the last read of the zone, to 100 ms.
-func (s *Status) LastQuery() time.Time { return time.Unix(0, s.lastQuery.Load()) }

@@ -99,12 +99,12 @@ func TestAddDropZone(t *testing.T) {
 		t.Errorf("Zones() = %v, want dc1, dc2", got)
 	}
 
-	c.SetSynced("dc1")
+	c.SetSynced("dc1", true)
 	if !c.Zone("dc1").Synced {
 		t.Error("SetSynced did not mark the zone synced")
 	}
 	idx = c.Index()
-	c.SetSynced("dc1")
+	c.SetSynced("dc1", true)
 	if c.Index() != idx {
 		t.Error("SetSynced twice moved the index")
 	}
@@ -516,23 +516,6 @@ func TestStatusSecondsStale(t *testing.T) {
 	s.Failing(-1)
 	if s.Stale() || s.SecondsStale(t0.Add(time.Hour)) != 0 {
 		t.Error("stale after every watcher recovered")
-	}
-}
-
-func TestStatusTouch(t *testing.T) {
-	s := newStatus()
-	t0 := time.Unix(1_700_000_000, 0)
-	s.Touch(t0)
-	if !s.LastQuery().Equal(t0) {
-		t.Errorf("LastQuery = %v, want %v", s.LastQuery(), t0)
-	}
-	s.Touch(t0.Add(40 * time.Millisecond)) // within 100 ms: not written
-	if !s.LastQuery().Equal(t0) {
-		t.Errorf("LastQuery = %v, want %v (writes at most every 100 ms)", s.LastQuery(), t0)
-	}
-	s.Touch(t0.Add(3 * time.Second))
-	if !s.LastQuery().Equal(t0.Add(3 * time.Second)) {
-		t.Errorf("LastQuery = %v, want %v", s.LastQuery(), t0.Add(3*time.Second))
 	}
 }
 

@@ -1,8 +1,8 @@
 package cache
 
 import (
+	"context"
 	"sort"
-	"time"
 )
 
 // Wildcard stands for any env, job or service in a Query.
@@ -39,9 +39,6 @@ func (c *Cache) Lookup(q Query) Result {
 	if z == nil {
 		return Result{Index: c.Index()}
 	}
-	if st := c.Status(q.Zone); st != nil {
-		st.Touch(time.Now())
-	}
 	p := z.Products[q.Product]
 	if p == nil {
 		return Result{Index: z.Index, Zone: z}
@@ -60,4 +57,44 @@ func (c *Cache) Lookup(q Query) Result {
 	}
 	sort.Slice(r.Addresses, func(i, j int) bool { return r.Addresses[i].Name() < r.Addresses[j].Name() })
 	return r
+}
+
+// Static is the Demand of a cache fed by other means than watchers (tests,
+// the benchmark's ceiling): it watches nothing, and Resolve waits until the
+// snapshot says something other than Pending of the product. Use records
+// the reads when Used is set.
+type Static struct {
+	Cache *Cache
+	// Used, if set, is called with every Use and Hold.
+	Used func(zone, product string)
+}
+
+var _ Demand = Static{}
+
+// Use implements Demand.
+func (s Static) Use(zone, product string) {
+	if s.Used != nil {
+		s.Used(zone, product)
+	}
+}
+
+// Hold implements Demand.
+func (s Static) Hold(zone, product string) func() {
+	s.Use(zone, product)
+	return func() {}
+}
+
+// Resolve implements Demand.
+func (s Static) Resolve(ctx context.Context, zone, product string) {
+	for {
+		changed := s.Cache.Changed()
+		if s.Cache.Zone(zone).State(product) != Pending {
+			return
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return
+		}
+	}
 }

@@ -8,6 +8,7 @@
 package cache
 
 import (
+	"context"
 	"net/netip"
 	"strings"
 	"time"
@@ -146,19 +147,83 @@ type Zone struct {
 	Name string
 	// Local is true for the agent's own zone, which is never dropped.
 	Local bool
-	// Synced is true once every watcher of the zone delivered its first
-	// result.
+	// Synced is true once the zone's product list and its Consul servers
+	// have been read: from then on a product the list lacks does not exist
+	// (NXDOMAIN), and any other is watched on its first read.
 	Synced bool
+	// Ready is true once the zone is synced and every product pinned to be
+	// watched from the start has delivered its first result or failed.
+	Ready bool
 	// Index is the cache index at which this zone last changed; DNS uses it
 	// as the SOA serial.
 	Index    uint64
+	// Products holds the products watched on this host that have delivered
+	// a result; Known the names of every glimpse product of the zone, as
+	// Consul lists them, watched or not. Known is shared by snapshots
+	// until the list changes.
 	Products map[string]*Product
+	Known    map[string]struct{}
+	// Problems holds, by product, why the product's last read failed. A
+	// product with a problem that has no state in Products cannot be
+	// answered for (SERVFAIL); one with a state serves it, stale.
+	Problems map[string]string
 	// Nodes by lower-case node name.
 	Nodes map[string]*Node
 	// Servers in the order of their node names.
 	Servers []Server
 	// Derived is what the cache's Builder made of this zone (SOA, NS).
 	Derived any
+}
+
+// Demand is how readers tell the watchers what they read (implemented by
+// watch.Manager). Each zone and product is watched from its first read on,
+// while it is held, and until it has not been read for an idle period.
+type Demand interface {
+	// Use records a read of product in zone (product "" for the zone
+	// itself) and starts watching it if it is not. It does not block.
+	Use(zone, product string)
+	// Hold keeps product in zone watched until release is called.
+	Hold(zone, product string) (release func())
+	// Resolve waits, until ctx ends, for the cache to be able to answer
+	// for product in zone: the zone synced and the product Present,
+	// Failing, or Unlisted after a fresh read of the product list (a
+	// product registered a moment ago is not taken for a missing one).
+	// Product "" waits for the zone only.
+	Resolve(ctx context.Context, zone, product string)
+}
+
+// ProductState is what a zone's snapshot can say of a product.
+type ProductState uint8
+
+const (
+	// Pending: the zone is not synced, or the product is listed but has
+	// neither a state nor a problem yet: wait for its first result.
+	Pending ProductState = iota
+	// Present: the product has a state in Products (maybe stale).
+	Present
+	// Failing: the product is listed, has no state and its reads fail.
+	Failing
+	// Unlisted: the synced zone's product list lacks it: no such product,
+	// unless it was registered since the list was read.
+	Unlisted
+)
+
+// State returns what z says of product; product "" asks for the zone
+// itself (Present once it is synced). A nil zone is Pending.
+func (z *Zone) State(product string) ProductState {
+	if z == nil || !z.Synced {
+		return Pending
+	}
+	if product == "" || z.Products[product] != nil {
+		return Present
+	}
+	if _, failing := z.Problems[product]; failing {
+		return Failing
+	}
+	if _, known := z.Known[product]; !known {
+		return Unlisted
+	}
+	return Pending
 }
 
 // Builder derives read-optimised forms (for DNS, packed answers) from the

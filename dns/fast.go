@@ -44,8 +44,10 @@ func (h *Handler) ServeRaw(pkt []byte, w mdns.ResponseWriter) bool {
 	if nm.kind != kindAddress && nm.kind != kindNode {
 		return false
 	}
-	z := h.touchZone(nm.zone(), start)
-	if z == nil || !z.Synced {
+	product := nm.product()
+	h.demand.Use(nm.zone(), product)
+	z := h.cache.Zone(nm.zone())
+	if z.State(product) != cache.Present {
 		return false
 	}
 	wa, ok := prepared(z, &nm, q.qtype)

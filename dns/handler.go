@@ -32,12 +32,12 @@ type Handler struct {
 	cfg     Config
 	local   string
 	metrics *Metrics
-	// want asks the watchers to start watching a remote zone.
-	want func(zone string)
-	// remoteWait is how long a query for a zone that is not synced yet
-	// waits for its first sync before the answer is SERVFAIL.
-	remoteWait time.Duration
-	bufs       sync.Pool
+	// demand records what is read and watches it on demand.
+	demand cache.Demand
+	// firstWait is how long a query for a zone or product that has no
+	// state yet waits for its first result before the answer is SERVFAIL.
+	firstWait time.Duration
+	bufs      sync.Pool
 }
 
 // HandlerOptions are the Handler's collaborators.
@@ -46,20 +46,27 @@ type HandlerOptions struct {
 	// LocalZone answers for the domain's apex and for unknown zones.
 	LocalZone string
 	Metrics   *Metrics // may be nil
-	// Want is called with a zone Consul knows but the cache does not hold
-	// yet; it must not block.
-	Want func(zone string)
-	// RemoteWait bounds how long a query waits for a remote zone's first
-	// sync.
-	RemoteWait time.Duration
+	// Demand is told what every query reads, so that it is watched (nil:
+	// nothing is watched on demand; the cache is answered from as it is).
+	Demand cache.Demand
+	// FirstWait bounds how long a query waits for the first result of a
+	// zone or product it is the first to read.
+	FirstWait time.Duration
 }
+
+// noDemand is the Demand of a handler given none: it watches nothing.
+type noDemand struct{}
+
+func (noDemand) Use(string, string)                      {}
+func (noDemand) Hold(string, string) func()              { return func() {} }
+func (noDemand) Resolve(context.Context, string, string) {}
 
 // NewHandler returns a handler answering from c. The cache must have been
 // built with NewBuilder(opts.Config).
 func NewHandler(c *cache.Cache, opts HandlerOptions) *Handler {
-	h := &Handler{cache: c, cfg: opts.Config, local: opts.LocalZone, metrics: opts.Metrics, want: opts.Want, remoteWait: opts.RemoteWait}
-	if h.want == nil {
-		h.want = func(string) {}
+	h := &Handler{cache: c, cfg: opts.Config, local: opts.LocalZone, metrics: opts.Metrics, demand: opts.Demand, firstWait: opts.FirstWait}
+	if h.demand == nil {
+		h.demand = noDemand{}
 	}
 	h.bufs.New = func() any { b := make([]byte, 0, 1024); return &b }
 	return h
@@ -80,7 +87,7 @@ func (h *Handler) ServeDNS(w mdns.ResponseWriter, r *mdns.Msg) {
 	start := time.Now()
 	req := request{w: w, r: r, limit: mdns.MinMsgSize}
 	_, req.tcp = w.LocalAddr().(*net.TCPAddr) // LocalAddr does not allocate; RemoteAddr may
-	rcode := h.serve(&req, start)
+	rcode := h.serve(&req)
 	if h.metrics != nil {
 		qtype := uint16(0)
 		if len(r.Question) > 0 {
@@ -91,7 +98,7 @@ func (h *Handler) ServeDNS(w mdns.ResponseWriter, r *mdns.Msg) {
 }
 
 // serve answers the request and returns the rcode it answered with.
-func (h *Handler) serve(req *request, now time.Time) int {
+func (h *Handler) serve(req *request) int {
 	r := req.r
 	req.opt = r.IsEdns0() // error answers echo OPT too
 	if r.Opcode != mdns.OpcodeQuery {
@@ -132,12 +139,18 @@ func (h *Handler) serve(req *request, now time.Time) int {
 		}
 	}
 
-	z, rcode := h.zone(req, n.zone(), now)
+	product := n.product()
+	z, state, rcode := h.zone(req, n.zone(), product)
 	if z == nil {
 		if rcode == mdns.RcodeNameError {
 			return h.serveApex(req, &n) // unknown zone: NXDOMAIN with the apex SOA
 		}
 		return h.fail(req, rcode)
+	}
+	if state == cache.Pending || state == cache.Failing {
+		// A product Consul lists whose state could not be read: never an
+		// NXDOMAIN for it.
+		return h.fail(req, mdns.RcodeServerFailure)
 	}
 	za := z.Derived.(*zoneAnswers)
 	switch n.kind {
@@ -235,53 +248,40 @@ func pick(qtype uint16, srv, a, aaaa wire) wire {
 	return nil
 }
 
-// zone returns the synced snapshot of a zone, or nil and the rcode to answer
-// with: NXDOMAIN for a zone Consul does not know, SERVFAIL for one not synced
-// in time. A zone Consul knows but nobody watches yet is asked for, and
-// waited for up to remoteWait, with the UDP socket's reading handed on
-// (Detacher) meanwhile.
-func (h *Handler) zone(req *request, name string, now time.Time) (*cache.Zone, int) {
-	z := h.touchZone(name, now)
-	if z != nil && z.Synced {
-		return z, mdns.RcodeSuccess
+// zone returns the synced snapshot of a zone and the state of product in
+// it, or nil and the rcode to answer with: NXDOMAIN for a zone Consul does
+// not know, SERVFAIL for one not synced in time. The read is recorded
+// (Demand.Use). A zone or product with no state yet is asked for and
+// waited for up to firstWait, with the UDP socket's reading handed on
+// (Detacher) meanwhile; so is a product the zone's list lacks, whose list
+// is read again in case it is new.
+func (h *Handler) zone(req *request, name, product string) (*cache.Zone, cache.ProductState, int) {
+	h.demand.Use(name, product)
+	z := h.cache.Zone(name)
+	state := z.State(product)
+	if state == cache.Present || state == cache.Failing {
+		return z, state, mdns.RcodeSuccess
 	}
 	if z == nil {
 		exists, known := h.cache.Datacenter(name)
-		if !known {
-			return nil, mdns.RcodeServerFailure
+		if known && !exists && name != h.local {
+			return nil, state, mdns.RcodeNameError
 		}
-		if !exists {
-			return nil, mdns.RcodeNameError
-		}
-		h.want(name)
-	} else if z.Local {
-		return nil, mdns.RcodeServerFailure
 	}
 	if d, ok := req.w.(Detacher); ok {
 		d.Detach()
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), h.remoteWait)
+	ctx, cancel := context.WithTimeout(context.Background(), h.firstWait)
 	defer cancel()
-	for {
-		changed := h.cache.Changed()
-		if z := h.cache.Zone(name); z != nil && z.Synced {
-			return z, mdns.RcodeSuccess
+	h.demand.Resolve(ctx, name, product)
+	z = h.cache.Zone(name)
+	if z == nil || !z.Synced {
+		if exists, known := h.cache.Datacenter(name); known && !exists && name != h.local {
+			return nil, cache.Pending, mdns.RcodeNameError
 		}
-		select {
-		case <-changed:
-		case <-ctx.Done():
-			return nil, mdns.RcodeServerFailure
-		}
+		return nil, cache.Pending, mdns.RcodeServerFailure
 	}
-}
-
-// touchZone records a query of zone name at now and returns the zone's
-// snapshot, nil when the cache has none.
-func (h *Handler) touchZone(name string, now time.Time) *cache.Zone {
-	if st := h.cache.Status(name); st != nil {
-		st.Touch(now)
-	}
-	return h.cache.Zone(name)
+	return z, z.State(product), mdns.RcodeSuccess
 }
 
 // serveApex answers names directly under the domain that are not zones,

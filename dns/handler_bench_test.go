@@ -33,7 +33,7 @@ func benchCache(testing.TB) (*cache.Cache, Config) {
 			Port: 8000, Env: "prod", Job: "stream", Service: "http"})
 	}
 	c.SetProduct("dc1", "goku", in, 0)
-	c.SetSynced("dc1")
+	c.SetSynced("dc1", true)
 	return c, cfg
 }
 

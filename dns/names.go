@@ -40,6 +40,20 @@ type name struct {
 
 func (n *name) zone() string { return n.labels[0] }
 
+// product returns the product a name reads, "" for names of the zone
+// itself (ns<i>, nodes, addresses, the zone's own name).
+func (n *name) product() string {
+	switch n.kind {
+	case kindAddress:
+		return n.labels[1]
+	case kindPrefix:
+		if n.n > 2 || n.labels[1] != "node" && n.labels[1] != "addr" {
+			return n.labels[1]
+		}
+	}
+	return ""
+}
+
 // parseName classifies a query name (presentation form, fully qualified)
 // against domain (lower case, fully qualified).
 func parseName(qname, domain string) name {

@@ -3,6 +3,7 @@ package dns
 import (
 	"context"
 	"fmt"
+	"glimpse/cache"
 	"net"
 	"sync"
 	"testing"
@@ -118,13 +119,16 @@ func TestRemoteWaitKeepsAnswering(t *testing.T) {
 	c, cfg := benchCache(t)
 	c.SetDatacenters([]string{"dc1", "dc9"})
 	wanted := make(chan string, 10)
-	h := NewHandler(c, HandlerOptions{Config: cfg, LocalZone: "dc1", RemoteWait: 2 * time.Second,
-		Want: func(zone string) {
+	h := NewHandler(c, HandlerOptions{Config: cfg, LocalZone: "dc1", FirstWait: 2 * time.Second,
+		Demand: cache.Static{Cache: c, Used: func(zone, _ string) {
+			if zone == "dc1" {
+				return
+			}
 			select {
 			case wanted <- zone:
 			default:
 			}
-		}})
+		}}})
 	s := startUDP(t, h)
 	ask := func(name string, timeout time.Duration) (*mdns.Msg, error) {
 		m := new(mdns.Msg)

@@ -181,10 +181,13 @@ func (s *Server) lookup(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	s.wantZone(q.Zone)
 	var res cache.Result
 	if p.index == 0 {
-		res = s.cache.Lookup(q)
+		res, err = s.lookupNow(r.Context(), q)
+		if err != nil {
+			writeError(w, http.StatusServiceUnavailable, err.Error())
+			return
+		}
 	} else {
 		if !s.longPolls.acquire() {
 			w.Header().Set("Retry-After", "1")
@@ -204,16 +207,36 @@ func (s *Server) lookup(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-// wantZone asks the watchers to watch a zone that is not in the cache, when
-// Consul knows its datacenter. The answer does not wait for the zone: it is
-// what the cache holds, and a long-poll wakes when the zone syncs.
-func (s *Server) wantZone(zone string) {
-	if s.cache.Zone(zone) != nil {
-		return
+// lookupNow answers a lookup at once, but for a zone or product this host
+// reads for the first time, whose first result it waits for (up to
+// firstWait). It fails for a product Consul lists whose state cannot be
+// read: never an empty answer taken for the truth.
+func (s *Server) lookupNow(ctx context.Context, q cache.Query) (cache.Result, error) {
+	s.demand.Use(q.Zone, q.Product)
+	res := s.cache.Lookup(q)
+	switch res.Zone.State(q.Product) {
+	case cache.Present, cache.Failing:
+	default:
+		if res.Zone == nil {
+			if exists, known := s.cache.Datacenter(q.Zone); known && !exists {
+				return res, nil // no such zone: nothing there
+			}
+		}
+		wctx, cancel := context.WithTimeout(ctx, s.firstWait)
+		s.demand.Resolve(wctx, q.Zone, q.Product)
+		cancel()
+		res = s.cache.Lookup(q)
 	}
-	if exists, _ := s.cache.Datacenter(zone); exists {
-		s.want(zone)
+	switch res.Zone.State(q.Product) {
+	case cache.Failing:
+		return res, fmt.Errorf("product %q of zone %q cannot be read from Consul: %s", q.Product, q.Zone, res.Zone.Problems[q.Product])
+	case cache.Pending:
+		if res.Zone == nil || !res.Zone.Synced {
+			return res, fmt.Errorf("zone %q is not synced with Consul yet; retry later", q.Zone)
+		}
+		return res, fmt.Errorf("product %q of zone %q has not been read from Consul yet; retry later", q.Product, q.Zone)
 	}
+	return res, nil
 }
 
 // await waits until the result of q has an index other than index, the wait
@@ -228,14 +251,9 @@ func (s *Server) wantZone(zone string) {
 func (s *Server) await(ctx context.Context, q cache.Query, index uint64, wait time.Duration) cache.Result {
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
-	// A remote zone is dropped when nobody reads it for a while; waiting
-	// on it counts as reading it.
-	var touch <-chan time.Time
-	if q.Zone != s.local {
-		t := time.NewTicker(s.touchEvery)
-		defer t.Stop()
-		touch = t.C
-	}
+	// The product stays watched while the long-poll waits on it.
+	release := s.demand.Hold(q.Zone, q.Product)
+	defer release()
 	s.metrics.longPolls.Inc()
 	defer s.metrics.longPolls.Dec()
 	for {
@@ -246,8 +264,6 @@ func (s *Server) await(ctx context.Context, q cache.Query, index uint64, wait ti
 		}
 		select {
 		case <-changed:
-		case <-touch:
-			// Looking the query up again marks the zone as read.
 		case <-timer.C:
 			return s.cache.Lookup(q)
 		case <-ctx.Done():

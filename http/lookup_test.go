@@ -103,11 +103,15 @@ func newTestServer(t testing.TB, c *cache.Cache) *testServer {
 	ts := &testServer{c: c}
 	s, err := Listen("127.0.0.1:0", Options{
 		Cache: c, LocalZone: "dc1", Gatherer: prometheus.NewRegistry(), Registerer: prometheus.NewRegistry(),
-		Want: func(zone string) {
+		Demand: cache.Static{Cache: c, Used: func(zone, _ string) {
+			if c.Zone(zone) != nil {
+				return
+			}
 			ts.mu.Lock()
 			ts.wanted = append(ts.wanted, zone)
 			ts.mu.Unlock()
-		},
+		}},
+		FirstWait: 200 * time.Millisecond,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -170,7 +174,9 @@ func testCache() *cache.Cache {
 		inst("prod", "batch", "http", "n4", "10.0.0.4", 80, cache.Passing),
 		inst("dev", "stream", "http", "n5", "10.0.0.5", 80, cache.Passing),
 	}, 0)
-	c.SetSynced("dc1")
+	c.SetKnown("dc1", []string{"goku"})
+	c.SetDatacenters([]string{"dc1"})
+	c.SetSynced("dc1", true)
 	return c
 }
 
@@ -350,24 +356,27 @@ func TestLookupRemoteZoneWanted(t *testing.T) {
 	c.SetDatacenters([]string{"dc1", "DC2"})
 	ts := newTestServer(t, c)
 	var r lookupResponse
-	resp := ts.get(t, "GET", "/v1/lookup/http.stream.prod.goku.dc2", &r)
-	if resp.StatusCode != 200 || len(r.Instances) != 0 || resp.Header.Get("X-Glimpse-Synced") != "false" {
-		t.Errorf("lookup in an unwatched zone: %d %+v synced=%s", resp.StatusCode, r, resp.Header.Get("X-Glimpse-Synced"))
+	var e map[string]string
+	// A zone that never syncs within the first wait: 503, saying so.
+	if resp := ts.get(t, "GET", "/v1/lookup/http.stream.prod.goku.dc2", &e); resp.StatusCode != 503 || !strings.Contains(e["error"], "not synced") {
+		t.Errorf("lookup in a zone that does not sync: %d %v", resp.StatusCode, e)
 	}
-	ts.get(t, "GET", "/v1/lookup/http.stream.prod.goku.dc3", &r)
+	// A zone Consul does not know: nothing there, at once.
+	if resp := ts.get(t, "GET", "/v1/lookup/http.stream.prod.goku.dc3", &r); resp.StatusCode != 200 || len(r.Instances) != 0 {
+		t.Errorf("lookup in an unknown zone: %d %+v", resp.StatusCode, r)
+	}
 	ts.get(t, "GET", "/v1/lookup/http.stream.prod.goku.dc1", &r)
 	ts.mu.Lock()
 	wanted := strings.Join(ts.wanted, ",")
 	ts.mu.Unlock()
-	if wanted != "dc2" {
-		t.Errorf("zones wanted: %q, want dc2 only", wanted)
+	if wanted != "dc2,dc3" {
+		t.Errorf("zones read before they were watched: %q, want dc2,dc3 (the watchers ignore dc3, which Consul does not know)", wanted)
 	}
 
 	var top topologyResponse
 	if resp := ts.get(t, "GET", "/v1/topology?zone=dc2", &top); resp.StatusCode != 200 || top.Synced || len(top.Products) != 0 {
 		t.Errorf("topology of an unwatched zone: %d %+v", resp.StatusCode, top)
 	}
-	var e map[string]string
 	if resp := ts.get(t, "GET", "/v1/topology?zone=dc3", &e); resp.StatusCode != 404 || !strings.Contains(e["error"], "dc3") {
 		t.Errorf("topology of an unknown zone: %d %v", resp.StatusCode, e)
 	}
@@ -382,7 +391,7 @@ func TestTopologyAndZonesHandlers(t *testing.T) {
 	var top topologyResponse
 	ts.get(t, "GET", "/v1/topology", &top)
 	b, _ := json.Marshal(top)
-	want := `{"zone":"dc1","index":` + jsonIndex(c.Zone("dc1").Index) + `,"synced":true,"products":{"goku":{"envs":{` +
+	want := `{"zone":"dc1","index":` + jsonIndex(c.Zone("dc1").Index) + `,"synced":true,"products":{"goku":{"watched":true,"envs":{` +
 		`"dev":{"jobs":{"stream":{"services":{"http":{"passing":1,"warning":0,"critical":0}}}}},` +
 		`"prod":{"jobs":{"batch":{"services":{"http":{"passing":1,"warning":0,"critical":0}}},` +
 		`"stream":{"services":{"grpc":{"passing":1,"warning":0,"critical":0},"http":{"passing":1,"warning":1,"critical":1}}}}}}}}}`

@@ -28,11 +28,12 @@ import (
 type Server struct {
 	cache *cache.Cache
 	local string
-	want  func(zone string)
-	// touchEvery is how often a long-poll on a remote zone marks the zone
-	// as read.
-	touchEvery time.Duration
-	metrics    *metrics
+	// demand records what requests read and watches it on demand.
+	demand cache.Demand
+	// firstWait bounds how long a lookup waits for the first result of a
+	// zone or product it is the first to read.
+	firstWait time.Duration
+	metrics   *metrics
 	mux        *http.ServeMux
 	srv        *http.Server
 	ln         net.Listener
@@ -60,14 +61,13 @@ type Options struct {
 	Gatherer prometheus.Gatherer
 	// Registerer, if not nil, receives the HTTP API's metrics.
 	Registerer prometheus.Registerer
-	// Want is called with a zone that Consul knows but the cache does not
-	// hold, when a request asks for it: it should start watching the zone
-	// (watch.Manager.Want). Nil: remote zones are not watched on demand.
-	Want func(zone string)
-	// ZoneIdle is how long the watchers keep a remote zone nobody reads
-	// (watch.Config.Idle); long-polls on a remote zone mark it as read
-	// often enough to keep it. Zero: 10 minutes.
-	ZoneIdle time.Duration
+	// Demand is told what requests read, and holds what long-polls and
+	// subscriptions wait on (watch.Manager). Nil: nothing is watched on
+	// demand.
+	Demand cache.Demand
+	// FirstWait bounds how long a lookup waits for the first result of a
+	// zone or product it is the first to read. Zero: 2 s.
+	FirstWait time.Duration
 	// Subscribe limits websocket subscriptions; zero: the defaults.
 	Subscribe SubscribeLimits
 	// Providers serves /v1/providers/{provider}; nil: 404.
@@ -82,24 +82,21 @@ func Listen(addr string, opts Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("http: listen %s: %w", addr, err)
 	}
-	idle := opts.ZoneIdle
-	if idle <= 0 {
-		idle = 10 * time.Minute
-	}
 	s := &Server{
-		cache: opts.Cache,
-		local: opts.LocalZone,
-		want:  opts.Want,
-		// Well within the idle period, and no more often than
-		// cache.Status.Touch records reads.
-		touchEvery: min(max(idle/4, 100*time.Millisecond), 30*time.Second),
-		metrics:    newMetrics(opts.Registerer),
-		mux:        http.NewServeMux(),
-		ln:         ln,
-		closing:    make(chan struct{}),
+		cache:     opts.Cache,
+		local:     opts.LocalZone,
+		demand:    opts.Demand,
+		firstWait: opts.FirstWait,
+		metrics:   newMetrics(opts.Registerer),
+		mux:       http.NewServeMux(),
+		ln:        ln,
+		closing:   make(chan struct{}),
 	}
-	if s.want == nil {
-		s.want = func(string) {}
+	if s.demand == nil {
+		s.demand = noDemand{}
+	}
+	if s.firstWait <= 0 {
+		s.firstWait = 2 * time.Second
 	}
 	s.limits = opts.Subscribe.withDefaults()
 	s.websockets.max, s.longPolls.max = int64(s.limits.MaxSubscribers), int64(s.limits.MaxLongPolls)
@@ -165,10 +162,22 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return s.srv.Shutdown(ctx)
 }
 
+// noDemand is the Demand of a server given none: it watches nothing.
+type noDemand struct{}
+
+func (noDemand) Use(string, string)                      {}
+func (noDemand) Hold(string, string) func()              { return func() {} }
+func (noDemand) Resolve(context.Context, string, string) {}
+
+// readyz is ready once the local zone's product list, servers and pinned
+// products are read.
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	z := s.cache.Zone(s.local)
-	if z == nil || !z.Synced {
+	if z == nil || !z.Ready {
 		msg := fmt.Sprintf("local zone %q is not synced with Consul yet", s.local)
+		if z != nil && z.Synced {
+			msg = fmt.Sprintf("local zone %q: the pinned products have not all been read yet", s.local)
+		}
 		if st := s.cache.Status(s.local); st != nil {
 			if p := st.Problem(); p != "" {
 				msg += ": " + p

@@ -222,8 +222,9 @@ func (s *Server) subscribe(w http.ResponseWriter, r *http.Request) {
 // away, a write fails or the server shuts down.
 func (s *Server) serveSubscriber(conn *websocket.Conn, queries []cache.Query, since uint64, keep HealthFilter) {
 	hub := s.cache.Hub()
+	// The subscription holds what it names: watched while it is open.
 	for _, cq := range queries {
-		s.wantZone(cq.Zone)
+		defer s.demand.Hold(cq.Zone, cq.Product)()
 	}
 	sub, _ := hub.Subscribe(queries, since)
 	defer sub.Close()
@@ -245,25 +246,8 @@ func (s *Server) serveSubscriber(conn *websocket.Conn, queries []cache.Query, si
 
 	ping := time.NewTicker(s.limits.PingEvery)
 	defer ping.Stop()
-	// A subscription reads its zones: remote ones stay watched while it is
-	// open. Only a subscription to a remote zone needs the timer.
-	var touchC <-chan time.Time
-	for _, cq := range queries {
-		if cq.Zone != s.local {
-			touch := time.NewTicker(s.touchEvery)
-			defer touch.Stop()
-			touchC = touch.C
-			break
-		}
-	}
 	for {
 		select {
-		case now := <-touchC:
-			for _, cq := range queries {
-				if st := s.cache.Status(cq.Zone); st != nil {
-					st.Touch(now)
-				}
-			}
 		case <-sub.C():
 			for _, u := range sub.Take() {
 				b, err := s.encoded.message(u, keep)

@@ -37,9 +37,21 @@ type zoneStatus struct {
 	// Consul, else the seconds since the last fresh result.
 	SecondsStale float64 `json:"seconds_stale"`
 	// Error is why the zone is stale: the last failure of its watchers.
-	Error     string `json:"error,omitempty"`
-	Products  int    `json:"products"`
-	Instances int    `json:"instances"`
+	Error string `json:"error,omitempty"`
+	// Products counts the zone's glimpse products Consul lists; Watched
+	// those this host reads (or pinned) that have a state.
+	Products        int `json:"products"`
+	WatchedProducts int `json:"watched_products"`
+	Instances       int `json:"instances"`
+	// Failing lists the products whose last read failed, with why; they
+	// answer from their last state, or SERVFAIL without one.
+	Failing []productProblem `json:"failing,omitempty"`
+}
+
+// productProblem is a product whose reads fail.
+type productProblem struct {
+	Product string `json:"product"`
+	Error   string `json:"error"`
 }
 
 // zones serves GET /v1/zones.
@@ -49,10 +61,15 @@ func (s *Server) zones(w http.ResponseWriter, r *http.Request) {
 	seen := map[string]bool{}
 	for _, z := range s.cache.Zones() {
 		seen[z.Name] = true
-		zs := zoneStatus{Zone: z.Name, Local: z.Local, Watched: true, Synced: z.Synced, Index: z.Index, Products: len(z.Products)}
+		zs := zoneStatus{Zone: z.Name, Local: z.Local, Watched: true, Synced: z.Synced, Index: z.Index,
+			Products: len(z.Known), WatchedProducts: len(z.Products)}
 		for _, p := range z.Products {
 			zs.Instances += p.Instances
 		}
+		for name, msg := range z.Problems {
+			zs.Failing = append(zs.Failing, productProblem{Product: name, Error: msg})
+		}
+		sort.Slice(zs.Failing, func(i, j int) bool { return zs.Failing[i].Product < zs.Failing[j].Product })
 		if st := s.cache.Status(z.Name); st != nil {
 			if t := st.LastContact(); !t.IsZero() {
 				t = t.UTC()
@@ -82,12 +99,19 @@ type topologyResponse struct {
 	Index uint64 `json:"index"`
 	// Synced is false while the zone's first sync is pending: the
 	// hierarchy may be incomplete.
-	Synced   bool                       `json:"synced"`
+	Synced bool `json:"synced"`
+	// Products holds every glimpse product Consul lists; only those this
+	// host reads (watched) have their hierarchy.
 	Products map[string]productTopology `json:"products"`
 }
 
 type productTopology struct {
-	Envs map[string]envTopology `json:"envs"`
+	// Watched is true for a product this host reads or pins, whose
+	// hierarchy follows; false for one it has not read.
+	Watched bool                   `json:"watched"`
+	Envs    map[string]envTopology `json:"envs"`
+	// Error is why the product's reads fail, if they do.
+	Error string `json:"error,omitempty"`
 }
 
 type envTopology struct {
@@ -129,7 +153,7 @@ func (s *Server) topology(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		// Consul knows it: watch it from now on, and answer what there is.
-		s.want(zone)
+		s.demand.Use(zone, "")
 		resp.Index = s.cache.Index()
 		if z = s.cache.Zone(zone); z == nil {
 			w.Header().Set("X-Glimpse-Index", strconv.FormatUint(resp.Index, 10))
@@ -137,12 +161,13 @@ func (s *Server) topology(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if st := s.cache.Status(zone); st != nil {
-		st.Touch(time.Now())
-	}
+	s.demand.Use(zone, "")
 	resp.Index, resp.Synced = z.Index, z.Synced
+	for name := range z.Known {
+		resp.Products[name] = productTopology{Envs: map[string]envTopology{}, Error: z.Problems[name]}
+	}
 	for _, p := range z.Products {
-		pt := productTopology{Envs: map[string]envTopology{}}
+		pt := productTopology{Watched: true, Envs: map[string]envTopology{}, Error: z.Problems[p.Name]}
 		for _, a := range p.Addresses {
 			et, ok := pt.Envs[a.Env]
 			if !ok {

@@ -1,9 +1,23 @@
-// Package watch feeds the cache from Consul with blocking queries.
+// Package watch feeds the cache from Consul with blocking queries, for what
+// this host reads.
 //
-// Per zone (a Consul datacenter) it runs one loop on the catalog's service
-// list, one health loop per glimpse product, and one on the "consul" service
-// for the zone's servers. The local zone is watched from the start; a remote
-// zone from its first read on, until nobody has read it for an idle period.
+// Per watched zone (a Consul datacenter) it runs one loop on the zone's
+// product list and one on its Consul servers, and one health loop per
+// product in use: a product is watched from its first read on this host (a
+// DNS query, an HTTP lookup, a long-poll or a websocket subscription), kept
+// while it is read or held, and dropped after Config.Idle without reads.
+// Pinned products (Config.Pins) are watched from the start and never
+// dropped. The local zone is watched from the start; a remote zone from its
+// first read, until it has no product in use and has not been read for the
+// idle period. Manager's Use, Hold and Resolve are the one way readers mark
+// what they use (cache.Demand).
+//
+// Every loop's reads go through a connection budget (Config.MaxConns): a
+// share of it for blocking reads (see slots), a share for first reads, which
+// do not block, and the rest for everything else (the datacenter list, the
+// providers' registrations). The local Consul agent's other clients share
+// its per-client connection limit; glimpse never takes more than its
+// budget.
 //
 // The loops are written here rather than with Consul's api/watch package:
 // api/watch hides errors behind a fixed 5 s × n² back-off (up to 180 s)
@@ -18,16 +32,16 @@ package watch
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
-	"net/http"
-	"net/url"
+	"path"
 	"runtime/debug"
 	"slices"
-	"strings"
+	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/consul/api"
 	"go.uber.org/zap"
 	"golang.org/x/time/rate"
 
@@ -40,55 +54,119 @@ type Config struct {
 	Local string
 	// Wait is the longest a blocking query waits for a change.
 	Wait time.Duration
+	// RotateWait is how long a blocking query waits while other loops wait
+	// for its slot (more products in use than the budget has room for).
+	RotateWait time.Duration
 	// Rate and Burst shape each loop's token bucket of Consul requests.
 	Rate  rate.Limit
 	Burst int
 	// MinBackoff and MaxBackoff bound the jittered back-off after errors.
 	MinBackoff, MaxBackoff time.Duration
-	// Idle is how long a remote zone stays watched after its last read.
+	// Idle is how long a product, or a remote zone, stays watched after its
+	// last read.
 	Idle time.Duration
 	// DatacentersEvery is how often the list of datacenters is refreshed.
 	DatacentersEvery time.Duration
+	// MaxConns is the connection budget towards the Consul agent, which
+	// the transport enforces; the watchers plan their reads within it.
+	MaxConns int
+	// Pins are patterns (path.Match syntax; "*" for all) of local products
+	// watched from the start and never dropped.
+	Pins []string
+	// ListRefreshRate bounds how often per zone a read of a product the
+	// list lacks reads the list again, in case the product is new.
+	ListRefreshRate rate.Limit
 }
+
+// DefaultMaxConns is the default connection budget: half of the Consul
+// agent's default limits.http_max_conns_per_client (200), which the host's
+// other Consul clients share.
+const DefaultMaxConns = 100
+
+// MinMaxConns is the smallest budget the watchers can work with: a
+// blocking read each for the local zone's product list and servers, one for
+// products, one for first reads and one for everything else.
+const MinMaxConns = 5
 
 // DefaultConfig returns the defaults of glimpse-agent's flags.
 func DefaultConfig() Config {
 	return Config{
 		Wait:             time.Minute,
+		RotateWait:       time.Second,
 		Rate:             20,
 		Burst:            20,
 		MinBackoff:       100 * time.Millisecond,
 		MaxBackoff:       3 * time.Second,
 		Idle:             10 * time.Minute,
 		DatacentersEvery: 30 * time.Second,
+		MaxConns:         DefaultMaxConns,
+		ListRefreshRate:  5,
 	}
 }
 
-// Manager runs the watchers of every watched zone.
+// budget splits the connection budget: blocking reads, concurrent first
+// reads, and the rest (at least one) for the datacenter list and provider
+// writes.
+func budget(maxConns int) (blocking, first int) {
+	maxConns = max(maxConns, MinMaxConns)
+	first = max(1, maxConns/10)
+	rest := max(1, maxConns/20)
+	return maxConns - first - rest, first
+}
+
+// ValidPin checks a -watch.pin pattern.
+func ValidPin(p string) error {
+	if _, err := path.Match(p, ""); err != nil || p == "" {
+		return fmt.Errorf("pattern %q is not a valid product pattern (* ? [a-z] as in shell globs)", p)
+	}
+	return nil
+}
+
+// Manager runs the watchers of every watched zone. It implements
+// cache.Demand.
 type Manager struct {
-	client  *api.Client
+	backend Backend
 	cache   *cache.Cache
 	cfg     Config
 	log     *zap.Logger
 	metrics *Metrics
+	slots   *slots
+	// first bounds the non-blocking reads in flight.
+	first chan struct{}
 
 	ctx context.Context // set by Run
 	wg  sync.WaitGroup
-	mu  sync.Mutex
-	// zones being watched; guarded by mu.
+	// mu guards zones and the starting and stopping of zones; it is taken
+	// before a zoneWatch's mu.
+	mu    sync.Mutex
 	zones map[string]*zoneWatch
+	// index is a copy of zones for Use, which takes no lock.
+	index atomic.Pointer[map[string]*zoneWatch]
 }
 
-// New returns a Manager; Run starts it.
-func New(client *api.Client, c *cache.Cache, cfg Config, log *zap.Logger, m *Metrics) *Manager {
+var _ cache.Demand = (*Manager)(nil)
+
+// New returns a Manager reading from backend; Run starts it.
+func New(backend Backend, c *cache.Cache, cfg Config, log *zap.Logger, m *Metrics) *Manager {
 	if m == nil {
 		m = NewMetrics(nil)
 	}
-	return &Manager{client: client, cache: c, cfg: cfg, log: log, metrics: m, zones: map[string]*zoneWatch{}}
+	if cfg.RotateWait <= 0 {
+		cfg.RotateWait = time.Second
+	}
+	if cfg.ListRefreshRate <= 0 {
+		cfg.ListRefreshRate = 5
+	}
+	blocking, first := budget(cfg.MaxConns)
+	w := &Manager{backend: backend, cache: c, cfg: cfg, log: log, metrics: m, zones: map[string]*zoneWatch{},
+		slots: newSlots(blocking), first: make(chan struct{}, first)}
+	w.index.Store(&map[string]*zoneWatch{})
+	m.observe(w)
+	return w
 }
 
-// Run watches the local zone, the datacenter list and idle remote zones
-// until ctx ends, then waits for every loop to stop.
+// Run watches the local zone, the datacenter list and idle products and
+// zones until ctx ends, then waits for every loop to stop.
 func (m *Manager) Run(ctx context.Context) {
 	m.mu.Lock()
 	m.ctx = ctx
@@ -102,49 +180,205 @@ func (m *Manager) Run(ctx context.Context) {
 	m.wg.Wait()
 }
 
-// Want starts watching a remote zone if it is not watched yet. It does not
-// block; the zone's first sync shows in the cache.
-func (m *Manager) Want(zone string) {
+// usage records the reads of a zone or product: the last one, to 100 ms,
+// and the holders (long-polls, subscriptions) that keep it in use.
+type usage struct {
+	last atomic.Int64 // unix nanoseconds
+	refs atomic.Int32
+}
+
+func (u *usage) touch(now int64) {
+	if d := now - u.last.Load(); d >= int64(100*time.Millisecond) || d < 0 {
+		u.last.Store(now)
+	}
+}
+
+// idle reports whether nothing holds u and its last read is older than ttl.
+func (u *usage) idle(now int64, ttl time.Duration) bool {
+	return u.refs.Load() <= 0 && now-u.last.Load() > int64(ttl)
+}
+
+// Use implements cache.Demand. For what is watched already it takes no lock
+// and allocates nothing: it is on every DNS answer's path.
+func (m *Manager) Use(zone, product string) {
+	now := time.Now().UnixNano()
+	if u := m.lookup(zone, product); u != nil {
+		u.touch(now)
+		return
+	}
+	if u := m.want(zone, product, false); u != nil {
+		u.touch(now)
+	}
+}
+
+// Hold implements cache.Demand. A product held before Consul lists it is
+// watched as soon as it is listed.
+func (m *Manager) Hold(zone, product string) (release func()) {
+	u := m.want(zone, product, true)
+	if u == nil {
+		return func() {}
+	}
+	u.refs.Add(1)
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			u.touch(time.Now().UnixNano())
+			u.refs.Add(-1)
+		})
+	}
+}
+
+// lookup returns the usage of a watched zone or product, nil if it is not
+// watched.
+func (m *Manager) lookup(zone, product string) *usage {
+	z := (*m.index.Load())[zone]
+	if z == nil {
+		return nil
+	}
+	if product == "" {
+		return &z.use
+	}
+	if p := (*z.index.Load())[product]; p != nil {
+		return &p.use
+	}
+	return nil
+}
+
+// maxUnlisted bounds the products a zone keeps wanted (read but not held)
+// before its product list is known, when it cannot tell products from
+// made-up names.
+const maxUnlisted = 1024
+
+// want starts watching a zone and a product of it, and returns its usage;
+// nil when there is nothing to watch: a zone Consul does not know, a
+// product its list lacks (unless hold), or the Manager not running.
+func (m *Manager) want(zone, product string, hold bool) *usage {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.ctx == nil || m.ctx.Err() != nil {
-		return
+		return nil
 	}
-	if _, ok := m.zones[zone]; ok {
-		return
+	z := m.zones[zone]
+	if z == nil {
+		if exists, _ := m.cache.Datacenter(zone); !exists && zone != m.cfg.Local {
+			return nil
+		}
+		z = m.startZone(zone, false)
 	}
-	if exists, _ := m.cache.Datacenter(zone); !exists {
-		return
+	if product == "" {
+		return &z.use
 	}
-	m.startZone(zone, false)
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	p := z.products[product]
+	if p == nil {
+		switch {
+		case hold:
+		case z.known == nil && len(z.products) >= maxUnlisted:
+			return nil
+		case z.known != nil && !z.known[product]:
+			return nil
+		}
+		p = z.addProduct(product, false)
+		z.publishIndex()
+	}
+	return &p.use
+}
+
+// Resolve implements cache.Demand.
+func (m *Manager) Resolve(ctx context.Context, zone, product string) {
+	m.Use(zone, product)
+	refreshed := false
+	for {
+		changed := m.cache.Changed()
+		z := m.cache.Zone(zone)
+		switch z.State(product) {
+		case cache.Present, cache.Failing:
+			return
+		case cache.Unlisted:
+			if refreshed {
+				return
+			}
+			// Not a product the list has: read the list again, once, in
+			// case the product was registered since.
+			refreshed = true
+			if !m.refreshList(ctx, zone) {
+				return
+			}
+			m.Use(zone, product)
+			continue
+		}
+		if z == nil {
+			if exists, known := m.cache.Datacenter(zone); known && !exists && zone != m.cfg.Local {
+				return
+			}
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 // startZone starts the loops of a zone. Called with m.mu held.
-func (m *Manager) startZone(name string, local bool) {
+func (m *Manager) startZone(name string, local bool) *zoneWatch {
 	m.cache.AddZone(name, local)
 	ctx, cancel := context.WithCancel(m.ctx)
 	z := &zoneWatch{
 		m: m, name: name, local: local, ctx: ctx, cancel: cancel,
 		status:   m.cache.Status(name),
-		products: map[string]context.CancelFunc{},
-		pending:  map[string]bool{},
+		products: map[string]*productWatch{},
 		started:  time.Now(),
+		refresh:  rate.NewLimiter(m.cfg.ListRefreshRate, int(max(1, m.cfg.ListRefreshRate))),
 	}
+	z.use.last.Store(time.Now().UnixNano())
+	z.index.Store(&map[string]*productWatch{})
 	m.zones[name] = z
+	m.publishIndex()
 	m.log.Info("zone watch started", zap.String("zone", name), zap.Bool("local", local))
-	z.loop("services", z.fetchServices)
-	z.loop("servers", z.fetchServers)
+	z.loop(z.ctx, "services", "", prioZone, z.fetchList)
+	z.loop(z.ctx, "servers", "", prioZone, z.fetchServers)
+	return z
 }
 
 // stopZone stops a remote zone's loops and drops it from the cache.
 // Called with m.mu held.
 func (m *Manager) stopZone(z *zoneWatch, why string) {
 	delete(m.zones, z.name)
+	m.publishIndex()
 	z.mu.Lock()
-	z.cancel() // under z.mu: see fetchProduct
+	z.qmu.Lock()
+	z.cancel() // under both: see fetchProduct and productFailed
+	z.qmu.Unlock()
+	for _, p := range z.products {
+		m.metrics.setFailing(z.name, p, "")
+	}
 	z.mu.Unlock()
 	m.cache.DropZone(z.name)
 	m.log.Info("zone watch stopped", zap.String("zone", z.name), zap.String("reason", why))
+}
+
+// publishIndex makes Use see m.zones. Called with m.mu held.
+func (m *Manager) publishIndex() {
+	idx := make(map[string]*zoneWatch, len(m.zones))
+	for k, v := range m.zones {
+		idx[k] = v
+	}
+	m.index.Store(&idx)
+}
+
+// pinned reports whether a product of the local zone is pinned.
+func (m *Manager) pinned(zone, product string) bool {
+	if zone != m.cfg.Local {
+		return false
+	}
+	for _, p := range m.cfg.Pins {
+		if ok, _ := path.Match(p, product); ok {
+			return true
+		}
+	}
+	return false
 }
 
 // datacenters keeps the cache's list of Consul datacenters current. The
@@ -153,9 +387,8 @@ func (m *Manager) datacenters(ctx context.Context) {
 	defer m.wg.Done()
 	failures := 0
 	for {
-		var dcs []string
 		rctx, cancel := context.WithTimeout(ctx, requestSlack)
-		_, err := m.client.Raw().Query("/v1/catalog/datacenters", &dcs, (&api.QueryOptions{}).WithContext(rctx))
+		dcs, err := m.backend.Datacenters(rctx)
 		cancel()
 		if ctx.Err() != nil {
 			return
@@ -164,7 +397,7 @@ func (m *Manager) datacenters(ctx context.Context) {
 		wait := m.cfg.DatacentersEvery
 		if err != nil {
 			if failures == 0 {
-				m.log.Warn("listing datacenters failed", zap.Error(err))
+				m.log.Warn("listing datacenters failed", zap.String("error", Explain(err)))
 			}
 			failures++
 			wait = backoff(m.cfg, failures)
@@ -181,20 +414,68 @@ func (m *Manager) datacenters(ctx context.Context) {
 	}
 }
 
-// reapIdle stops remote zones nobody has read for cfg.Idle.
+// reapIdle stops the products and remote zones nobody has read for
+// cfg.Idle.
 func (m *Manager) reapIdle(ctx context.Context) {
 	defer m.wg.Done()
 	every := min(max(m.cfg.Idle/4, 10*time.Millisecond), 30*time.Second)
 	for sleep(ctx, every) {
-		// Checked and stopped under one lock, so a zone is never dropped
-		// on a stale verdict.
+		now := time.Now().UnixNano()
+		// Checked and stopped under the locks, so nothing is dropped on a
+		// stale verdict; a reader that took the old index in that moment
+		// only marks a dropped entry, and its next read watches it anew.
 		m.mu.Lock()
 		for _, z := range m.zones {
-			if !z.local && time.Since(z.status.LastQuery()) > m.cfg.Idle {
+			z.mu.Lock()
+			dropped := 0
+			for name, p := range z.products {
+				if !p.pinned && p.use.idle(now, m.cfg.Idle) {
+					z.stopProduct(p, "idle")
+					delete(z.products, name)
+					dropped++
+				}
+			}
+			if dropped > 0 {
+				z.publishIndex()
+			}
+			empty := len(z.products) == 0
+			z.mu.Unlock()
+			if !z.local && empty && z.use.idle(now, m.cfg.Idle) {
 				m.stopZone(z, "idle")
 			}
 		}
 		m.mu.Unlock()
+	}
+}
+
+// refreshList reads a zone's product list once more, at once, and applies
+// it; it reports whether it did. Concurrent calls share one read, and reads
+// are rate-limited per zone (cfg.ListRefreshRate): a flood of made-up names
+// costs Consul little.
+func (m *Manager) refreshList(ctx context.Context, zone string) bool {
+	m.mu.Lock()
+	z := m.zones[zone]
+	m.mu.Unlock()
+	if z == nil {
+		return false
+	}
+	z.mu.Lock()
+	call := z.refreshing
+	if call == nil {
+		if !z.refresh.Allow() {
+			z.mu.Unlock()
+			return false
+		}
+		call = &refreshCall{done: make(chan struct{})}
+		z.refreshing = call
+		go z.refreshOnce(call)
+	}
+	z.mu.Unlock()
+	select {
+	case <-call.done:
+		return call.ok
+	case <-ctx.Done():
+		return false
 	}
 }
 
@@ -207,16 +488,26 @@ type zoneWatch struct {
 	cancel  context.CancelFunc
 	status  *cache.Status
 	started time.Time
+	// use records the zone's own reads (names that are no product's).
+	use usage
+	// index is a copy of products for Use, which takes no lock.
+	index atomic.Pointer[map[string]*productWatch]
+	// refresh limits refreshList's reads.
+	refresh *rate.Limiter
 
 	mu sync.Mutex
-	// products maps each watched product to the cancel of its loop.
-	products map[string]context.CancelFunc
-	// pending holds products whose first result has not come yet; the zone
-	// is synced once it is empty and the services and servers loops have
-	// delivered.
-	pending                   map[string]bool
-	haveServices, haveServers bool
-	synced                    bool
+	// products holds the products in use, pinned or held.
+	products map[string]*productWatch
+	// known is the product list as last read, nil before the first read;
+	// listIndex is that read's index.
+	known     map[string]bool
+	listIndex uint64
+	// refreshing is the refreshList read in flight.
+	refreshing  *refreshCall
+	haveServers bool
+	// synced: the list and servers were read; ready: and every pinned
+	// product settled too.
+	synced, ready bool
 
 	// queued holds product results not yet in the cache. A loop queues its
 	// result, then takes z.mu and applies everything queued: while one
@@ -231,29 +522,80 @@ type zoneWatch struct {
 	filteredOnce sync.Once
 }
 
-// tokenAdvice says what a token glimpse-agent can work with needs.
-const tokenAdvice = "it needs service:read on the glimpse services and on consul, and node:read (set -consul.token or CONSUL_HTTP_TOKEN)"
-
-// ErrHidden is the error of a read whose every result Consul's ACLs hid
-// from glimpse's token: a service list without even Consul's own service,
-// or a list Consul says it filtered down to nothing. glimpse cannot tell an
-// empty catalog from one it may not see, so it serves neither.
-var ErrHidden = errors.New("consul's ACLs hide every result from glimpse's token; " + tokenAdvice)
-
-// Denied reports whether err is Consul refusing glimpse's token: a 403, or
-// every result hidden by ACLs.
-func Denied(err error) bool {
-	var se api.StatusError
-	return errors.Is(err, ErrHidden) || errors.As(err, &se) && se.Code == http.StatusForbidden
+// productWatch is one product in use, pinned or held.
+type productWatch struct {
+	name   string
+	use    usage
+	pinned bool
+	// cancel stops the product's loop; nil while it has none (the list
+	// does not have the product, or was not read yet).
+	cancel context.CancelFunc
+	// settled is true once the product delivered a result or failed.
+	settled bool
+	// cause is the kind of its last failure ("" while it has none), for
+	// the metrics; written with z.mu held.
+	cause string
 }
 
-// Explain returns err's message, with what to do about a refused token.
-func Explain(err error) string {
-	var se api.StatusError
-	if errors.As(err, &se) && se.Code == http.StatusForbidden {
-		return "consul refused glimpse's token (" + strings.TrimSpace(se.Body) + "); " + tokenAdvice
+type refreshCall struct {
+	done chan struct{}
+	ok   bool
+}
+
+// addProduct adds a product to the zone's watched set and starts its loop
+// if the list has it. Called with z.mu held; the caller publishes the index.
+func (z *zoneWatch) addProduct(name string, pinned bool) *productWatch {
+	p := &productWatch{name: name, pinned: pinned}
+	p.use.last.Store(time.Now().UnixNano())
+	z.products[name] = p
+	if z.known[name] {
+		z.startProduct(p)
 	}
-	return err.Error()
+	return p
+}
+
+// startProduct starts a product's loop. Called with z.mu held.
+func (z *zoneWatch) startProduct(p *productWatch) {
+	pctx, cancel := context.WithCancel(z.ctx)
+	p.cancel = cancel
+	prio := func() int {
+		if p.pinned && p.use.idle(time.Now().UnixNano(), z.m.cfg.Idle) {
+			return prioPinned
+		}
+		return prioInUse
+	}
+	z.loopPrio(pctx, "health", p.name, prio, func(ctx context.Context, q Query) (Meta, error) {
+		return z.fetchProduct(ctx, pctx, p, q)
+	}, func(err error) { z.productFailed(pctx, p, err) })
+	if z.synced {
+		z.m.log.Debug("product watch started", zap.String("zone", z.name), zap.String("product", p.name))
+	}
+}
+
+// stopProduct stops a product's loop and drops its state from the cache.
+// Called with z.mu held.
+func (z *zoneWatch) stopProduct(p *productWatch, why string) {
+	if p.cancel == nil {
+		return
+	}
+	z.qmu.Lock()
+	p.cancel()
+	z.queued = slices.DeleteFunc(z.queued, func(u cache.ProductUpdate) bool { return u.Product == p.name })
+	z.qmu.Unlock()
+	p.cancel = nil
+	p.settled = false
+	z.m.metrics.setFailing(z.name, p, "")
+	z.m.cache.RemoveProduct(z.name, p.name)
+	z.m.log.Debug("product watch stopped", zap.String("zone", z.name), zap.String("product", p.name), zap.String("reason", why))
+}
+
+// publishIndex makes Use see z.products. Called with z.mu held.
+func (z *zoneWatch) publishIndex() {
+	idx := make(map[string]*productWatch, len(z.products))
+	for k, v := range z.products {
+		idx[k] = v
+	}
+	z.index.Store(&idx)
 }
 
 // warnFiltered logs, once per zone, that ACLs hide part of a read's results.
@@ -263,18 +605,22 @@ func (z *zoneWatch) warnFiltered(what string) {
 	})
 }
 
-// fetch runs one Consul request of a loop with q (which carries the
-// request's deadline), applies its result unless ctx (the loop's) has ended,
-// and returns Consul's query metadata.
-type fetch func(ctx context.Context, q *api.QueryOptions) (*api.QueryMeta, error)
+// fetch runs one read of a loop with q, within ctx (which carries the
+// request's deadline), applies its result unless the loop has ended, and
+// returns the read's metadata.
+type fetch func(ctx context.Context, q Query) (Meta, error)
 
-// loop runs fn as a blocking-query loop until the zone's context (or ctx of
-// a product loop) ends.
-func (z *zoneWatch) loop(what string, fn fetch) {
-	z.loopCtx(z.ctx, what, "", fn)
+// loop runs fn as a blocking-query loop of priority prio until ctx ends.
+func (z *zoneWatch) loop(ctx context.Context, endpoint, product string, prio int, fn fetch) {
+	z.loopPrio(ctx, endpoint, product, func() int { return prio }, fn, nil)
 }
 
-func (z *zoneWatch) loopCtx(ctx context.Context, endpoint, product string, fn fetch) {
+// errPreempted ends a read cut short to give its slot to another loop.
+var errPreempted = errors.New("read cut short for another loop's turn")
+
+// loopPrio is loop with a priority that may change from read to read, and
+// fail, if not nil, called with each failed read's error.
+func (z *zoneWatch) loopPrio(ctx context.Context, endpoint, product string, prio func() int, fn fetch, fail func(error)) {
 	m := z.m
 	m.wg.Add(1)
 	m.metrics.watchers.WithLabelValues(z.name).Inc()
@@ -282,7 +628,7 @@ func (z *zoneWatch) loopCtx(ctx context.Context, endpoint, product string, fn fe
 	if product != "" {
 		log = log.WithLazy(zap.String("product", product))
 	}
-	log.Debug("watcher started")
+	zoneLoop := product == ""
 	go func() {
 		defer m.wg.Done()
 		defer m.metrics.watchers.WithLabelValues(z.name).Dec()
@@ -291,7 +637,7 @@ func (z *zoneWatch) loopCtx(ctx context.Context, endpoint, product string, fn fe
 		failures := 0
 		failing := false
 		setFailing := func(f bool) {
-			if f != failing {
+			if zoneLoop && f != failing {
 				failing = f
 				if f {
 					z.status.Failing(1)
@@ -303,28 +649,24 @@ func (z *zoneWatch) loopCtx(ctx context.Context, endpoint, product string, fn fe
 		defer setFailing(false)
 		for {
 			if err := limiter.Wait(ctx); err != nil {
-				log.Debug("watcher stopped")
 				return
 			}
-			// A request gets the wait, Consul's jitter of up to wait/16 and
-			// some slack; a Consul that hangs longer counts as failing.
-			rctx, cancel := context.WithTimeout(ctx, m.cfg.Wait+m.cfg.Wait/16+requestSlack)
-			q := (&api.QueryOptions{
-				Datacenter: z.name,
-				AllowStale: true,
-				WaitIndex:  index,
-				WaitTime:   m.cfg.Wait,
-			}).WithContext(rctx)
-			meta, err := fn(ctx, q)
-			cancel()
+			meta, err := z.read(ctx, index, prio(), fn)
 			if ctx.Err() != nil {
-				log.Debug("watcher stopped")
 				return
+			}
+			if errors.Is(err, errPreempted) {
+				continue // the same read again, at its next turn
 			}
 			m.metrics.request(z.name, endpoint, err)
 			if err != nil {
+				if fail != nil {
+					fail(err)
+				}
 				msg := Explain(err)
-				z.status.SetProblem(msg)
+				if zoneLoop {
+					z.status.SetProblem(msg)
+				}
 				if failures == 0 {
 					log.Warn("consul request failed; serving the last known state", zap.String("error", msg))
 				} else {
@@ -336,7 +678,11 @@ func (z *zoneWatch) loopCtx(ctx context.Context, endpoint, product string, fn fe
 				// watcher resyncs (and reports contact) at once, not after a
 				// whole wait with nothing changed.
 				index = 0
-				if !sleep(ctx, backoff(m.cfg, failures)) {
+				n := failures
+				if Throttled(err) {
+					n += 4 // Consul is out of connections for this host: no hurry
+				}
+				if !sleep(ctx, backoff(m.cfg, n)) {
 					return
 				}
 				continue
@@ -345,111 +691,167 @@ func (z *zoneWatch) loopCtx(ctx context.Context, endpoint, product string, fn fe
 				log.Info("consul request recovered", zap.Int("failures", failures))
 			}
 			failures = 0
-			// Consul's streaming backend, which serves blocking health
-			// queries, never reports a leader; its results are fresh.
-			fresh := meta.KnownLeader || meta.QueryBackend == api.QueryBackendStreaming
-			if fresh {
+			if meta.Fresh {
 				z.status.Contact(time.Now())
 			}
-			setFailing(!fresh)
+			setFailing(!meta.Fresh)
 			switch {
-			case meta.LastIndex < index:
+			case meta.Index < index:
 				// The index went backwards (a restored or rebuilt Consul):
 				// start over with a non-blocking read.
-				log.Info("consul index went backwards; resyncing", zap.Uint64("was", index), zap.Uint64("now", meta.LastIndex))
+				log.Info("consul index went backwards; resyncing", zap.Uint64("was", index), zap.Uint64("now", meta.Index))
 				index = 0
-			case meta.LastIndex == 0:
+			case meta.Index == 0:
 				index = 1 // never loop on index 0: it does not block
 			default:
-				index = meta.LastIndex
+				index = meta.Index
 			}
 		}
 	}()
 }
 
-// fetchServices reads the catalog's service list and starts and stops
-// product loops to match it.
-func (z *zoneWatch) fetchServices(ctx context.Context, q *api.QueryOptions) (*api.QueryMeta, error) {
-	services, meta, err := z.m.client.Catalog().Services(q)
+// read runs one read of a loop within the budget. A first read (index 0)
+// does not block and takes a first-read slot; a blocking read takes a
+// blocking slot, and waits the full wait unless other loops wait for a slot.
+func (z *zoneWatch) read(ctx context.Context, index uint64, prio int, fn fetch) (Meta, error) {
+	m := z.m
+	wait := m.cfg.Wait
+	if index == 0 {
+		select {
+		case m.first <- struct{}{}:
+		case <-ctx.Done():
+			return Meta{}, ctx.Err()
+		}
+		defer func() { <-m.first }()
+		rctx, cancel := context.WithTimeout(ctx, requestSlack)
+		defer cancel()
+		return fn(rctx, Query{Index: 0, Wait: wait})
+	}
+	h, err := m.slots.acquire(ctx, prio)
 	if err != nil {
-		return nil, err
+		return Meta{}, err
 	}
-	// A datacenter's catalog always holds the "consul" service of its
-	// servers; Consul 1.14 filters a list by ACLs without saying so, so an
-	// empty list means the token may read nothing.
-	if len(services) == 0 {
-		return nil, ErrHidden
+	rctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	if !m.slots.begin(h, func() { cancel(errPreempted) }) {
+		wait = m.cfg.RotateWait
 	}
-	if meta.ResultsFilteredByACLs {
+	// A request gets the wait, Consul's jitter of up to wait/16 and some
+	// slack; a Consul that hangs longer counts as failing.
+	tctx, tcancel := context.WithTimeout(rctx, wait+wait/16+requestSlack)
+	defer tcancel()
+	meta, err := fn(tctx, Query{Index: index, Wait: wait})
+	if m.slots.release(h) && err != nil && ctx.Err() == nil {
+		return Meta{}, errPreempted
+	}
+	return meta, err
+}
+
+// fetchList reads the zone's product list and applies it.
+func (z *zoneWatch) fetchList(ctx context.Context, q Query) (Meta, error) {
+	names, meta, err := z.m.backend.Products(ctx, z.name, q)
+	if err != nil {
+		return meta, err
+	}
+	z.applyList(z.ctx, names, meta, false)
+	return meta, nil
+}
+
+// refreshOnce is refreshList's read.
+func (z *zoneWatch) refreshOnce(call *refreshCall) {
+	defer close(call.done)
+	m := z.m
+	select {
+	case m.first <- struct{}{}:
+	case <-z.ctx.Done():
+		return
+	}
+	defer func() { <-m.first }()
+	ctx, cancel := context.WithTimeout(z.ctx, requestSlack)
+	defer cancel()
+	names, meta, err := m.backend.Products(ctx, z.name, Query{})
+	m.metrics.request(z.name, "services", err)
+	z.mu.Lock()
+	z.refreshing = nil
+	z.mu.Unlock()
+	if err != nil {
+		return
+	}
+	call.ok = z.applyList(z.ctx, names, meta, true)
+}
+
+// applyList makes the watched products follow the zone's product list:
+// products gone from it stop, pinned and wanted ones it has start. A list
+// read by refresh older than the one applied last is ignored (the loop's
+// newer read crossed it). It reports whether the list was applied.
+func (z *zoneWatch) applyList(ctx context.Context, names []string, meta Meta, refresh bool) bool {
+	if meta.Filtered {
 		z.warnFiltered("catalog services")
 	}
 	z.mu.Lock()
 	defer z.mu.Unlock()
-	if ctx.Err() != nil { // the zone was stopped meanwhile (see fetchProduct)
-		return meta, nil
+	if ctx.Err() != nil || z.ctx.Err() != nil { // the zone was stopped meanwhile
+		return false
 	}
-	want := map[string]bool{}
-	for name, tags := range services {
-		if IsProduct(name, tags) {
-			want[cache.Lower(name)] = true
-		}
+	if refresh && z.known != nil && meta.Index < z.listIndex {
+		return false
 	}
-	for name, cancel := range z.products {
-		if !want[name] {
-			z.qmu.Lock()
-			cancel()
-			z.queued = slices.DeleteFunc(z.queued, func(u cache.ProductUpdate) bool { return u.Product == name })
-			z.qmu.Unlock()
-			delete(z.products, name)
-			delete(z.pending, name)
-			z.m.cache.RemoveProduct(z.name, name)
-			z.m.log.Info("product watch stopped", zap.String("zone", z.name), zap.String("product", name))
-		}
+	known := make(map[string]bool, len(names))
+	for _, n := range names {
+		known[n] = true
 	}
-	for name := range want {
-		if _, ok := z.products[name]; ok {
+	z.known, z.listIndex = known, meta.Index
+	z.m.cache.SetKnown(z.name, names)
+	changed := false
+	for name, p := range z.products {
+		if known[name] {
 			continue
 		}
-		pctx, cancel := context.WithCancel(z.ctx)
-		z.products[name] = cancel
-		if !z.synced {
-			z.pending[name] = true
-		}
-		product := name
-		z.loopCtx(pctx, "health", product, func(ctx context.Context, q *api.QueryOptions) (*api.QueryMeta, error) {
-			return z.fetchProduct(ctx, product, q)
-		})
-		if z.synced {
-			z.m.log.Info("product watch started", zap.String("zone", z.name), zap.String("product", name))
+		z.stopProduct(p, "gone from consul")
+		if p.use.refs.Load() <= 0 {
+			delete(z.products, name)
+			changed = true
 		}
 	}
-	z.haveServices = true
+	for _, name := range names {
+		p := z.products[name]
+		if p == nil {
+			if !z.m.pinned(z.name, name) {
+				continue
+			}
+			// Never read yet: it ranks below the products in use.
+			p = &productWatch{name: name, pinned: true}
+			z.products[name] = p
+			changed = true
+		}
+		if p.cancel == nil {
+			z.startProduct(p)
+		}
+	}
+	if changed {
+		z.publishIndex()
+	}
 	z.checkSynced()
-	return meta, nil
+	return true
 }
 
-// fetchProduct reads the health of every instance of a product.
-// A result that arrives after the product's loop was stopped is dropped:
-// the product may be gone from the cache already.
-func (z *zoneWatch) fetchProduct(ctx context.Context, product string, q *api.QueryOptions) (*api.QueryMeta, error) {
-	var entries []*healthEntry
-	meta, err := z.m.client.Raw().Query("/v1/health/service/"+url.PathEscape(product), &entries, q)
+// fetchProduct reads the health of every instance of a product. A result
+// that arrives after the product's loop (loop, its context) was stopped is
+// dropped: the product may be gone from the cache already.
+func (z *zoneWatch) fetchProduct(ctx, loop context.Context, p *productWatch, q Query) (Meta, error) {
+	in, ignored, meta, err := z.m.backend.Product(ctx, z.name, p.name, q)
 	if err != nil {
-		return nil, err
+		return meta, err
 	}
-	if meta.ResultsFilteredByACLs {
-		if len(entries) == 0 {
-			return nil, ErrHidden
-		}
-		z.warnFiltered("health of " + product)
+	if meta.Filtered {
+		z.warnFiltered("health of " + p.name)
 	}
-	in, ignored := instances(entries)
 	z.qmu.Lock()
-	if ctx.Err() != nil { // stopped under z.qmu, so this check is exact
+	if loop.Err() != nil { // stopped under z.qmu, so this check is exact
 		z.qmu.Unlock()
 		return meta, nil
 	}
-	z.queued = append(z.queued, cache.ProductUpdate{Product: product, Instances: in, Ignored: ignored})
+	z.queued = append(z.queued, cache.ProductUpdate{Product: p.name, Instances: in, Ignored: ignored})
 	z.qmu.Unlock()
 
 	z.mu.Lock()
@@ -463,53 +865,114 @@ func (z *zoneWatch) fetchProduct(ctx context.Context, product string, q *api.Que
 	}
 	z.m.cache.SetProducts(z.name, batch)
 	for _, u := range batch {
-		delete(z.pending, u.Product)
+		if w := z.products[u.Product]; w != nil {
+			w.settled = true
+			z.m.metrics.setFailing(z.name, w, "")
+		}
 	}
 	z.checkSynced()
 	return meta, nil
+}
+
+// productFailed records why a product's read failed: its own names answer
+// SERVFAIL until it has a state, and /v1/zones and the metrics say why. It
+// never touches the rest of the zone.
+func (z *zoneWatch) productFailed(loop context.Context, p *productWatch, err error) {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	if loop.Err() != nil { // stopped under z.mu, so this check is exact
+		return
+	}
+	z.m.cache.SetProblem(z.name, p.name, Explain(err))
+	z.m.metrics.setFailing(z.name, p, cause(err))
+	p.settled = true
+	z.checkSynced()
 }
 
 // fetchServers reads the zone's Consul servers.
-func (z *zoneWatch) fetchServers(ctx context.Context, q *api.QueryOptions) (*api.QueryMeta, error) {
-	entries, meta, err := z.m.client.Catalog().Service("consul", "", q)
+func (z *zoneWatch) fetchServers(ctx context.Context, q Query) (Meta, error) {
+	servers, meta, err := z.m.backend.Servers(ctx, z.name, q)
 	if err != nil {
-		return nil, err
+		return meta, err
 	}
 	z.mu.Lock()
-	if ctx.Err() != nil {
-		z.mu.Unlock()
+	defer z.mu.Unlock()
+	if z.ctx.Err() != nil { // the zone was stopped meanwhile
 		return meta, nil
 	}
-	z.m.cache.SetServers(z.name, servers(entries))
+	z.m.cache.SetServers(z.name, servers)
 	z.haveServers = true
 	z.checkSynced()
-	z.mu.Unlock()
 	return meta, nil
 }
 
-// checkSynced marks the zone synced once every loop has delivered. Called
-// with z.mu held.
+// checkSynced marks the zone synced once its list and servers were read,
+// and ready once its pinned products settled too. Called with z.mu held.
 func (z *zoneWatch) checkSynced() {
-	if z.synced || !z.haveServices || !z.haveServers || len(z.pending) > 0 {
+	if z.ready || z.known == nil || !z.haveServers {
 		return
 	}
-	z.synced = true
-	z.m.cache.SetSynced(z.name)
-	if z.local {
-		// The first sync decoded the whole catalog: hand the garbage of
-		// that back to the system now rather than over many minutes, so
-		// that the agent's footprint is its steady state from the start.
-		go debug.FreeOSMemory()
-	}
-	zone := z.m.cache.Zone(z.name)
-	instances := 0
-	if zone != nil {
-		for _, p := range zone.Products {
-			instances += p.Instances
+	pending := 0
+	for _, p := range z.products {
+		if p.pinned && !p.settled {
+			pending++
 		}
 	}
-	z.m.log.Info("zone synced", zap.String("zone", z.name), zap.Int("products", len(z.products)),
-		zap.Int("instances", instances), zap.Duration("took", time.Since(z.started)))
+	ready := pending == 0
+	if z.synced && !ready {
+		return
+	}
+	first := !z.synced
+	z.synced, z.ready = true, ready
+	z.m.cache.SetSynced(z.name, ready)
+	if first {
+		z.m.log.Info("zone synced", zap.String("zone", z.name), zap.Int("products", len(z.known)),
+			zap.Int("pinned_pending", pending), zap.Duration("took", time.Since(z.started)))
+	}
+	if ready {
+		pinned, instances := 0, 0
+		if zone := z.m.cache.Zone(z.name); zone != nil {
+			for _, p := range zone.Products {
+				instances += p.Instances
+			}
+		}
+		for _, p := range z.products {
+			if p.pinned {
+				pinned++
+			}
+		}
+		if pinned > 0 || z.local {
+			z.m.log.Info("zone ready", zap.String("zone", z.name), zap.Int("pinned", pinned),
+				zap.Int("instances", instances), zap.Duration("took", time.Since(z.started)))
+		}
+		if z.local && pinned > 0 {
+			// The pinned products' first reads decoded much of the
+			// catalog: hand the garbage of that back to the system now
+			// rather than over many minutes, so that the agent's footprint
+			// is its steady state from the start.
+			go debug.FreeOSMemory()
+		}
+	}
+}
+
+// WatchedProducts returns the products of a zone being watched, sorted.
+func (m *Manager) WatchedProducts(zone string) []string {
+	m.mu.Lock()
+	z := m.zones[zone]
+	m.mu.Unlock()
+	if z == nil {
+		return nil
+	}
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	var out []string
+	for name, p := range z.products {
+		if p.cancel != nil {
+			out = append(out, name)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 // requestSlack is how long a Consul request may take beyond its blocking

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"glimpse/internal/agent"
+	"glimpse/watch"
 )
 
 func main() {
@@ -42,7 +43,11 @@ func run(args []string, stderr io.Writer) error {
 	fs.IntVar(&cfg.Watch.Burst, "consul.burst", cfg.Watch.Burst, "burst of each watcher's token bucket")
 	fs.DurationVar(&cfg.Watch.MaxBackoff, "consul.max-backoff", cfg.Watch.MaxBackoff, "longest back-off between retries after Consul errors")
 	fs.StringVar(&cfg.Zone, "zone", "", "the local zone (default: the Consul agent's datacenter)")
-	fs.DurationVar(&cfg.Watch.Idle, "zone.idle", cfg.Watch.Idle, "how long a remote zone stays watched after its last query")
+	fs.IntVar(&cfg.Watch.MaxConns, "consul.max-conns", cfg.Watch.MaxConns, "most connections held to the Consul agent, which the host's other Consul clients share (its limits.http_max_conns_per_client is 200 by default)")
+	fs.DurationVar(&cfg.Watch.Idle, "watch.idle", cfg.Watch.Idle, "how long a product, or a remote zone, stays watched after its last read")
+	fs.DurationVar(&cfg.Watch.Idle, "zone.idle", cfg.Watch.Idle, "the same as -watch.idle (the older name)")
+	pins := fs.String("watch.pin", "", "comma-separated patterns of local products watched from the start and never dropped (* for all; shell glob syntax)")
+	fs.DurationVar(&cfg.FirstWait, "watch.first-wait", cfg.FirstWait, "how long a read waits for the first result of a product or remote zone before SERVFAIL or 503")
 	fs.StringVar(&cfg.DNSAddr, "dns.addr", cfg.DNSAddr, "DNS address, UDP and TCP")
 	fs.StringVar(&cfg.Domain, "dns.domain", cfg.Domain, "the DNS domain glimpse is authoritative for")
 	fs.IntVar(&cfg.UDPSockets, "dns.udp-sockets", cfg.UDPSockets, "UDP sockets bound with SO_REUSEPORT (default: the number of CPUs)")
@@ -50,7 +55,7 @@ func run(args []string, stderr io.Writer) error {
 	fs.DurationVar(&cfg.TTL, "dns.ttl", cfg.TTL, "TTL of positive DNS answers")
 	fs.DurationVar(&cfg.NegativeTTL, "dns.negative-ttl", cfg.NegativeTTL, "SOA minimum: how long resolvers cache NXDOMAIN and NODATA")
 	fs.BoolVar(&cfg.AllowWarning, "dns.allow-warning", cfg.AllowWarning, "answer with instances whose health is warning too")
-	fs.DurationVar(&cfg.RemoteWait, "dns.remote-wait", cfg.RemoteWait, "how long a query for a remote zone waits for its first sync before SERVFAIL")
+	fs.DurationVar(&cfg.FirstWait, "dns.remote-wait", cfg.FirstWait, "the same as -watch.first-wait (the older name)")
 	fs.StringVar(&cfg.HTTPAddr, "http.addr", cfg.HTTPAddr, "HTTP address: API, websocket, /metrics, /healthz, /readyz")
 	fs.IntVar(&cfg.History, "http.history", cfg.History, "recent address changes kept for websocket subscribers resuming from an index")
 	fs.IntVar(&cfg.Subscribe.MaxSubscribers, "http.max-subscribers", cfg.Subscribe.MaxSubscribers, "most websocket subscriptions open at once")
@@ -85,8 +90,19 @@ func run(args []string, stderr io.Writer) error {
 		return errors.New("-consul.rate and -consul.burst must be positive")
 	}
 	cfg.Watch.Rate = rate.Limit(*rateLimit)
-	if cfg.Watch.Wait <= 0 || cfg.Watch.MaxBackoff <= 0 || cfg.Watch.Idle <= 0 || cfg.RemoteWait < 0 {
-		return errors.New("-consul.wait, -consul.max-backoff and -zone.idle must be positive, -dns.remote-wait not negative")
+	if cfg.Watch.Wait <= 0 || cfg.Watch.MaxBackoff <= 0 || cfg.Watch.Idle <= 0 || cfg.FirstWait < 0 {
+		return errors.New("-consul.wait, -consul.max-backoff and -watch.idle must be positive, -watch.first-wait not negative")
+	}
+	if cfg.Watch.MaxConns < watch.MinMaxConns {
+		return fmt.Errorf("-consul.max-conns must be at least %d", watch.MinMaxConns)
+	}
+	for _, p := range strings.Split(*pins, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			if err := watch.ValidPin(p); err != nil {
+				return fmt.Errorf("-watch.pin: %w", err)
+			}
+			cfg.Watch.Pins = append(cfg.Watch.Pins, p)
+		}
 	}
 	if cfg.History < 1 || cfg.Subscribe.MaxSubscribers < 1 || cfg.Subscribe.MaxLongPolls < 1 || cfg.Subscribe.MaxAddresses < 1 {
 		return errors.New("-http.history, -http.max-subscribers, -http.max-long-polls and -http.max-addresses must be at least 1")

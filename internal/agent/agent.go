@@ -53,9 +53,9 @@ type Config struct {
 	// NegativeTTL is the SOA minimum: how long NXDOMAIN and NODATA are cached.
 	NegativeTTL  time.Duration
 	AllowWarning bool
-	// RemoteWait bounds how long a DNS query for a remote zone waits for the
-	// zone's first sync.
-	RemoteWait time.Duration
+	// FirstWait bounds how long a read (DNS query or HTTP lookup) waits for
+	// the first result of a product or remote zone nobody read before.
+	FirstWait time.Duration
 
 	HTTPAddr string
 	// Pprof serves Go's profiles under /debug/pprof/ on HTTPAddr.
@@ -97,7 +97,7 @@ func DefaultConfig() Config {
 		DNSMaxTCPConns:     dns.DefaultMaxTCPConns,
 		TTL:                5 * time.Second,
 		NegativeTTL:        5 * time.Second,
-		RemoteWait:         time.Second,
+		FirstWait:          2 * time.Second,
 		HTTPAddr:           "127.0.0.1:5960",
 		History:            cache.HistorySize,
 		Subscribe:          httpapi.DefaultSubscribeLimits(),
@@ -137,7 +137,15 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Agent, error) {
 		return nil, errors.New("DNS TTLs must be between 0 and 24h")
 	}
 
-	client, transport, err := ConsulClient(cfg.ConsulAddr, cfg.ConsulToken)
+	if cfg.Watch.MaxConns < watch.MinMaxConns {
+		return nil, fmt.Errorf("the consul connection budget must be at least %d, not %d", watch.MinMaxConns, cfg.Watch.MaxConns)
+	}
+	for _, p := range cfg.Watch.Pins {
+		if err := watch.ValidPin(p); err != nil {
+			return nil, err
+		}
+	}
+	client, transport, err := ConsulClient(cfg.ConsulAddr, cfg.ConsulToken, cfg.Watch.MaxConns)
 	if err != nil {
 		return nil, err
 	}
@@ -159,13 +167,14 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Agent, error) {
 	}
 	c := cache.New(dns.NewBuilder(dcfg), cache.WithHistory(cfg.History))
 	reg.MustRegister(cache.NewCollector(c))
-	w := watch.New(client, c, cfg.Watch, log.Named("watch"), watch.NewMetrics(reg))
+	registerTransport(reg, transport)
+	w := watch.New(watch.NewConsul(client), c, cfg.Watch, log.Named("watch"), watch.NewMetrics(reg))
 	h := dns.NewHandler(c, dns.HandlerOptions{
-		Config:     dcfg,
-		LocalZone:  zone,
-		Metrics:    dns.NewMetrics(reg),
-		Want:       w.Want,
-		RemoteWait: cfg.RemoteWait,
+		Config:    dcfg,
+		LocalZone: zone,
+		Metrics:   dns.NewMetrics(reg),
+		Demand:    w,
+		FirstWait: cfg.FirstWait,
 	})
 	a := &Agent{cfg: cfg, log: log, Cache: c, Registry: reg, watch: w, transport: transport}
 	if a.providers, err = newProviders(cfg, client, reg, log); err != nil {
@@ -187,7 +196,7 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Agent, error) {
 		return nil, err
 	}
 	dns.RegisterServer(reg, a.dns)
-	a.http, err = httpapi.Listen(cfg.HTTPAddr, httpapi.Options{Cache: c, LocalZone: zone, Gatherer: reg, Registerer: reg, Want: w.Want, ZoneIdle: cfg.Watch.Idle, Subscribe: cfg.Subscribe, Pprof: cfg.Pprof,
+	a.http, err = httpapi.Listen(cfg.HTTPAddr, httpapi.Options{Cache: c, LocalZone: zone, Gatherer: reg, Registerer: reg, Demand: w, FirstWait: cfg.FirstWait, Subscribe: cfg.Subscribe, Pprof: cfg.Pprof,
 		Providers: a.providers, ProviderAllowRemote: cfg.ProviderAllowRemote})
 	if err != nil {
 		a.dns.Close()
@@ -198,11 +207,11 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Agent, error) {
 }
 
 // ConsulClient returns a Consul API client for addr (empty: the environment's
-// or Consul's default) with token (empty: the environment's). Its transport
-// runs each request on the caller's goroutine and keeps one idle connection
-// per watcher (see consulhttp); close its idle connections when done with
-// the client.
-func ConsulClient(addr, token string) (*api.Client, *consulhttp.Transport, error) {
+// or Consul's default) with token (empty: the environment's), holding at
+// most maxConns connections (0: no cap). Its transport runs each request on
+// the caller's goroutine (see consulhttp); close its idle connections when
+// done with the client.
+func ConsulClient(addr, token string, maxConns int) (*api.Client, *consulhttp.Transport, error) {
 	cc := api.DefaultConfig()
 	if addr != "" {
 		cc.Address = addr
@@ -210,7 +219,7 @@ func ConsulClient(addr, token string) (*api.Client, *consulhttp.Transport, error
 	if token != "" {
 		cc.Token = token
 	}
-	o := consulhttp.Options{Network: "tcp", Address: cc.Address}
+	o := consulhttp.Options{Network: "tcp", Address: cc.Address, MaxConns: maxConns}
 	if scheme, rest, ok := strings.Cut(cc.Address, "://"); ok {
 		switch scheme {
 		case "http", "https":
@@ -353,6 +362,32 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Wait()
 	a.transport.CloseIdleConnections()
 	return err
+}
+
+// registerTransport exports the Consul connections' metrics.
+func registerTransport(reg prometheus.Registerer, t *consulhttp.Transport) {
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "glimpse_consul_connections",
+			Help: "Connections open to the Consul agent.",
+		}, func() float64 { return float64(t.Open()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "glimpse_consul_connections_peak",
+			Help: "Most connections that were open to the Consul agent at once.",
+		}, func() float64 { return float64(t.Peak()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "glimpse_consul_connections_limit",
+			Help: "The connection budget towards the Consul agent (-consul.max-conns).",
+		}, func() float64 { return float64(t.MaxConns()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "glimpse_consul_connection_waits_total",
+			Help: "Requests that waited for a connection because the budget was in use.",
+		}, func() float64 { return float64(t.Waits()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "glimpse_consul_throttled_total",
+			Help: "Responses that were 429 Too Many Requests: the host's Consul clients together exceed the Consul agent's limits.http_max_conns_per_client.",
+		}, func() float64 { return float64(t.Throttled()) }),
+	)
 }
 
 // newProviders opens the providers' store under cfg.DataDir, which must be

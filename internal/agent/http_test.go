@@ -87,7 +87,8 @@ type topologyBody struct {
 	Index    uint64 `json:"index"`
 	Synced   bool   `json:"synced"`
 	Products map[string]struct {
-		Envs map[string]struct {
+		Watched bool `json:"watched"`
+		Envs    map[string]struct {
 			Jobs map[string]struct {
 				Services map[string]healthCounts `json:"services"`
 			} `json:"jobs"`
@@ -463,10 +464,21 @@ func TestHTTPZonesTopology(t *testing.T) {
 	a := startAgent(t, remoteConfig(t))
 	base := "http://" + a.HTTPAddr()
 
-	// Topology of the local zone, by default and by name.
-	want := `{"envs":{"dev":{"jobs":{"batch":{"services":{"worker":{"passing":0,"warning":0,"critical":1}}}}},` +
-		`"prod":{"jobs":{"stream":{"services":{"grpc":{"passing":1,"warning":0,"critical":0},"http":{"passing":1,"warning":1,"critical":1}}}}}}}`
+	// Before any read the product is listed, not watched.
 	var top topologyBody
+	testconsul.WaitFor(t, 15*time.Second, func() bool {
+		top = topologyBody{}
+		getJSON(t, nil, base+"/v1/topology", &top)
+		_, ok := top.Products[p]
+		return ok
+	}, "topology never listed %s", p)
+	if pt := top.Products[p]; pt.Watched || len(pt.Envs) != 0 {
+		t.Errorf("topology of %s before any read: %+v, want it listed, not watched", p, pt)
+	}
+	// A read watches it. Topology of the local zone, by default and by name.
+	lookup(t, a, "*.*.*."+p+".dc1", "")
+	want := `{"watched":true,"envs":{"dev":{"jobs":{"batch":{"services":{"worker":{"passing":0,"warning":0,"critical":1}}}}},` +
+		`"prod":{"jobs":{"stream":{"services":{"grpc":{"passing":1,"warning":0,"critical":0},"http":{"passing":1,"warning":1,"critical":1}}}}}}}`
 	var got string
 	testconsul.WaitFor(t, 15*time.Second, func() bool {
 		top = topologyBody{}

@@ -117,8 +117,9 @@ func TestBindFailure(t *testing.T) {
 	}
 }
 
-// TestProductWatchersFollowCatalog: a product that appears in Consul gets a
-// health watcher, and one that vanishes loses it (and leaves the cache).
+// TestProductWatchersFollowCatalog: a product that appears in Consul is
+// listed but not watched until it is read; read, it gets a health watcher,
+// and when it vanishes from Consul it loses it (and leaves the cache).
 func TestProductWatchersFollowCatalog(t *testing.T) {
 	a := startAgent(t, testConfig(t, consul.HTTPAddr()))
 	watchers := func() float64 {
@@ -132,11 +133,20 @@ func TestProductWatchersFollowCatalog(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	testconsul.WaitFor(t, 10*time.Second, func() bool { return watchers() == before+1 }, "no watcher for the new product (had %v)", before)
 	testconsul.WaitFor(t, 10*time.Second, func() bool {
-		z := a.Cache.Zone("dc1")
-		return z.Products[p] != nil
-	}, "new product not in the cache")
+		_, ok := a.Cache.Zone("dc1").Known[p]
+		return ok
+	}, "the new product never listed")
+	if w := watchers(); w != before {
+		t.Errorf("watchers %v after the product appeared, want %v: nothing reads it", w, before)
+	}
+	r := query(t, a.DNSAddr(), "udp", "http.web.prod."+p+".dc1.srv.glimpse.io.", mdns.TypeSRV, 4096)
+	if r.Rcode != mdns.RcodeSuccess || len(r.Answer) != 1 {
+		t.Fatalf("first query of the new product: %v", r)
+	}
+	if w := watchers(); w != before+1 {
+		t.Errorf("watchers %v after its first read, want %v", w, before+1)
+	}
 	if err := c.Agent().ServiceDeregister(p); err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,410 @@
+package watch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"glimpse/cache"
+)
+
+// fakeBackend is an in-memory Backend with Consul's blocking semantics: a
+// read with an index waits until its result's index moves past it, the
+// wait ends or its context does. It counts the blocking reads in flight.
+type fakeBackend struct {
+	mu      sync.Mutex
+	changed chan struct{} // closed and replaced on every change
+	index   uint64
+	// products holds each product's instances and the index it last
+	// changed at.
+	products  map[string][]cache.Instance
+	prodIndex map[string]uint64
+	listIndex uint64
+	failing   map[string]error
+	// frozen makes blocking list reads ignore changes (a list loop that
+	// has not caught up yet).
+	frozen bool
+
+	blocking, maxBlocking int
+	reads                 map[string]int // by product
+}
+
+func newFake() *fakeBackend {
+	return &fakeBackend{changed: make(chan struct{}), products: map[string][]cache.Instance{},
+		prodIndex: map[string]uint64{}, failing: map[string]error{}, reads: map[string]int{}}
+}
+
+func instance(product string, port uint16) cache.Instance {
+	return cache.Instance{Node: "n1", Address: netip.MustParseAddr("10.0.0.1"), Port: port,
+		Env: "prod", Job: "stream", Service: "http"}
+}
+
+// set makes product have one instance on port (0: no product).
+func (f *fakeBackend) set(product string, port uint16) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.index++
+	if _, ok := f.products[product]; !ok || port == 0 {
+		f.listIndex = f.index
+	}
+	if port == 0 {
+		delete(f.products, product)
+	} else {
+		f.products[product] = []cache.Instance{instance(product, port)}
+	}
+	f.prodIndex[product] = f.index
+	close(f.changed)
+	f.changed = make(chan struct{})
+}
+
+func (f *fakeBackend) fail(product string, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.failing[product] = err
+}
+
+// wait blocks a read until current() moves past q.Index (unless frozen).
+func (f *fakeBackend) wait(ctx context.Context, q Query, current func() uint64, frozen func() bool) error {
+	if q.Index == 0 {
+		return nil
+	}
+	f.mu.Lock()
+	f.blocking++
+	f.maxBlocking = max(f.maxBlocking, f.blocking)
+	f.mu.Unlock()
+	defer func() {
+		f.mu.Lock()
+		f.blocking--
+		f.mu.Unlock()
+	}()
+	timer := time.NewTimer(q.Wait)
+	defer timer.Stop()
+	for {
+		f.mu.Lock()
+		ch := f.changed
+		done := current() > q.Index && !frozen()
+		f.mu.Unlock()
+		if done {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-timer.C:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (f *fakeBackend) Datacenters(context.Context) ([]string, error) { return []string{"dc1"}, nil }
+
+func (f *fakeBackend) Products(ctx context.Context, zone string, q Query) ([]string, Meta, error) {
+	if err := f.wait(ctx, q, func() uint64 { return f.listIndex }, func() bool { return f.frozen }); err != nil {
+		return nil, Meta{}, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var names []string
+	for name := range f.products {
+		names = append(names, name)
+	}
+	return names, Meta{Index: max(f.listIndex, 1), Fresh: true}, nil
+}
+
+func (f *fakeBackend) Product(ctx context.Context, zone, product string, q Query) ([]cache.Instance, int, Meta, error) {
+	f.mu.Lock()
+	f.reads[product]++
+	err := f.failing[product]
+	f.mu.Unlock()
+	if err != nil {
+		return nil, 0, Meta{}, err
+	}
+	if err := f.wait(ctx, q, func() uint64 { return f.prodIndex[product] }, func() bool { return false }); err != nil {
+		return nil, 0, Meta{}, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.products[product]), 0, Meta{Index: max(f.prodIndex[product], 1), Fresh: true}, nil
+}
+
+func (f *fakeBackend) Servers(ctx context.Context, zone string, q Query) ([]cache.Server, Meta, error) {
+	if err := f.wait(ctx, q, func() uint64 { return 1 }, func() bool { return false }); err != nil {
+		return nil, Meta{}, err
+	}
+	return []cache.Server{{Node: "s1", Address: netip.MustParseAddr("10.0.0.9")}}, Meta{Index: 1, Fresh: true}, nil
+}
+
+func (f *fakeBackend) readsOf(product string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.reads[product]
+}
+
+// run starts a Manager on f until the test ends.
+func run(t *testing.T, f *fakeBackend, cfg Config) (*Manager, *cache.Cache) {
+	t.Helper()
+	base := DefaultConfig()
+	base.Local = "dc1"
+	base.Wait = 5 * time.Second
+	base.MinBackoff, base.MaxBackoff = 10*time.Millisecond, 50*time.Millisecond
+	base.Rate, base.Burst = 1000, 1000
+	if cfg.Idle > 0 {
+		base.Idle = cfg.Idle
+	}
+	if cfg.MaxConns > 0 {
+		base.MaxConns = cfg.MaxConns
+	}
+	if cfg.RotateWait > 0 {
+		base.RotateWait = cfg.RotateWait
+	}
+	base.Pins = cfg.Pins
+	c := cache.New(nil)
+	m := New(f, c, base, zap.NewNop(), nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { m.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	waitFor(t, func() bool { z := c.Zone("dc1"); return z != nil && z.Ready }, "the local zone never became ready")
+	return m, c
+}
+
+func waitFor(t *testing.T, cond func() bool, what string, args ...any) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf(what, args...)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// resolve is a reader's first read: it waits for the product's state.
+func resolve(m *Manager, c *cache.Cache, product string) cache.ProductState {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	m.Resolve(ctx, "dc1", product)
+	return c.Zone("dc1").State(product)
+}
+
+func port(c *cache.Cache, product string) uint16 {
+	p := c.Zone("dc1").Products[product]
+	if p == nil {
+		return 0
+	}
+	for _, a := range p.Addresses {
+		return a.Instances[0].Port
+	}
+	return 0
+}
+
+// Only what is read is watched; the first read waits for the product's
+// first result; a product the list lacks is Unlisted.
+func TestWatchesOnDemand(t *testing.T) {
+	f := newFake()
+	for i := range 50 {
+		f.set(fmt.Sprintf("p%d", i), uint16(1000+i))
+	}
+	m, c := run(t, f, Config{})
+	if w := m.WatchedProducts("dc1"); len(w) != 0 {
+		t.Fatalf("watched before any read: %v", w)
+	}
+	if n := len(c.Zone("dc1").Known); n != 50 {
+		t.Fatalf("known products: %d, want 50", n)
+	}
+	for _, p := range []string{"p3", "p17"} {
+		if st := resolve(m, c, p); st != cache.Present || port(c, p) == 0 {
+			t.Fatalf("%s after its first read: state %d", p, st)
+		}
+	}
+	if w := m.WatchedProducts("dc1"); !slices.Equal(w, []string{"p17", "p3"}) {
+		t.Errorf("watched: %v, want p17 p3", w)
+	}
+	if st := resolve(m, c, "nope"); st != cache.Unlisted {
+		t.Errorf("a product Consul does not list: state %d, want Unlisted", st)
+	}
+	// A change of a watched product comes through its blocking read.
+	f.set("p3", 2003)
+	waitFor(t, func() bool { return port(c, "p3") == 2003 }, "p3's change never showed")
+}
+
+// A product nobody reads is dropped after the idle period, one that is held
+// stays, and a dropped one comes back on its next read.
+func TestIdleProductsDropped(t *testing.T) {
+	f := newFake()
+	f.set("a", 1)
+	f.set("b", 2)
+	m, c := run(t, f, Config{Idle: 100 * time.Millisecond})
+	resolve(m, c, "a")
+	release := m.Hold("dc1", "b")
+	resolve(m, c, "b")
+	waitFor(t, func() bool { return c.Zone("dc1").Products["a"] == nil }, "idle product a never dropped")
+	if w := m.WatchedProducts("dc1"); !slices.Equal(w, []string{"b"}) {
+		t.Errorf("watched after a went idle: %v, want b (held)", w)
+	}
+	release()
+	waitFor(t, func() bool { return len(m.WatchedProducts("dc1")) == 0 }, "b never dropped after its release")
+	if st := resolve(m, c, "a"); st != cache.Present {
+		t.Errorf("a read again: state %d", st)
+	}
+}
+
+// A product whose reads fail fails alone: the zone is ready, the others
+// answer, and the product's problem names the cause; it recovers.
+func TestProductFailureIsItsOwn(t *testing.T) {
+	f := newFake()
+	f.set("good", 1)
+	f.set("bad", 2)
+	f.fail("bad", errors.New("endpoint blocked"))
+	m, c := run(t, f, Config{Pins: []string{"*"}})
+	z := c.Zone("dc1")
+	if !z.Ready || z.State("good") != cache.Present {
+		t.Fatalf("ready %v, good %d", z.Ready, z.State("good"))
+	}
+	if z.State("bad") != cache.Failing || z.Problems["bad"] != "endpoint blocked" {
+		t.Fatalf("bad: state %d, problem %q", z.State("bad"), z.Problems["bad"])
+	}
+	f.fail("bad", nil)
+	waitFor(t, func() bool { return c.Zone("dc1").State("bad") == cache.Present }, "bad never recovered")
+	if p := c.Zone("dc1").Problems["bad"]; p != "" {
+		t.Errorf("problem left after recovery: %q", p)
+	}
+	_ = m
+}
+
+// A product registered after the list was last read is not taken for a
+// missing one: its first read reads the list again.
+func TestNewProductFirstRead(t *testing.T) {
+	f := newFake()
+	f.set("old", 1)
+	m, c := run(t, f, Config{})
+	f.mu.Lock()
+	f.frozen = true // the list loop does not see what follows
+	f.mu.Unlock()
+	f.set("new", 7)
+	if st := resolve(m, c, "new"); st != cache.Present || port(c, "new") != 7 {
+		t.Fatalf("new product on its first read: state %d, port %d", st, port(c, "new"))
+	}
+}
+
+// More pinned products than blocking reads: they take turns within the
+// budget, every one settles, changes still arrive, and a product in use
+// keeps a read of its own.
+func TestPinnedBeyondBudget(t *testing.T) {
+	f := newFake()
+	const n = 30
+	for i := range n {
+		f.set(fmt.Sprintf("p%02d", i), uint16(1000+i))
+	}
+	// Budget 8: 6 blocking reads (2 of them the zone's), 1 first read.
+	m, c := run(t, f, Config{Pins: []string{"*"}, MaxConns: 8, RotateWait: 50 * time.Millisecond})
+	blocking, _ := budget(8)
+	if got := len(c.Zone("dc1").Products); got != n {
+		t.Fatalf("ready with %d of %d pinned products", got, n)
+	}
+	for i := range n {
+		f.set(fmt.Sprintf("p%02d", i), uint16(2000+i))
+	}
+	waitFor(t, func() bool {
+		for i := range n {
+			if port(c, fmt.Sprintf("p%02d", i)) != uint16(2000+i) {
+				return false
+			}
+		}
+		return true
+	}, "the pinned products' changes never all arrived")
+	f.mu.Lock()
+	most := f.maxBlocking
+	f.mu.Unlock()
+	if most > blocking {
+		t.Errorf("%d blocking reads at once, budget %d", most, blocking)
+	}
+	held, _, preempted := m.slots.stats()
+	if held > blocking {
+		t.Errorf("%d slots held, budget %d", held, blocking)
+	}
+	t.Logf("most blocking reads at once %d of %d; preempted %d", most, blocking, preempted)
+
+	// A product in use outranks the idle pinned ones: it gets a slot and
+	// keeps it, so its changes do not wait for a turn.
+	release := m.Hold("dc1", "p07")
+	defer release()
+	waitFor(t, func() bool {
+		m.slots.mu.Lock()
+		defer m.slots.mu.Unlock()
+		for h := range m.slots.held {
+			if h.prio == prioInUse && h.long {
+				return true
+			}
+		}
+		return false
+	}, "the product in use never got a full blocking read")
+	f.set("p07", 3007)
+	waitFor(t, func() bool { return port(c, "p07") == 3007 }, "p07's change never showed")
+}
+
+// The slot queue: FIFO within a priority, better priorities first, and a
+// newcomer preempts a full-wait read of its priority or below.
+func TestSlots(t *testing.T) {
+	s := newSlots(1)
+	ctx := context.Background()
+	h, _ := s.acquire(ctx, prioPinned)
+	preempted := make(chan struct{}, 1)
+	if !s.begin(h, func() { preempted <- struct{}{} }) {
+		t.Fatal("an uncontended read does not wait the full wait")
+	}
+	got := make(chan int, 3)
+	for _, p := range []int{prioPinned, prioInUse} {
+		go func() {
+			h, err := s.acquire(ctx, p)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			got <- p
+			s.release(h)
+		}()
+		waitFor(t, func() bool { _, w, _ := s.stats(); return w >= 1 }, "no waiter")
+		if p == prioPinned {
+			select {
+			case <-preempted:
+			case <-time.After(5 * time.Second):
+				t.Fatal("the full-wait read was not preempted")
+			}
+		}
+	}
+	waitFor(t, func() bool { _, w, _ := s.stats(); return w == 2 }, "two waiters")
+	if !s.release(h) {
+		t.Error("release did not report the preemption")
+	}
+	var order []int
+	for range 2 {
+		order = append(order, <-got)
+	}
+	if !sort.IntsAreSorted(order) || order[0] != prioInUse {
+		t.Errorf("grant order %v, want in use before pinned", order)
+	}
+	if held, waiting, _ := s.stats(); held != 0 || waiting != 0 {
+		t.Errorf("left: %d held, %d waiting", held, waiting)
+	}
+	// A waiter whose context ends leaves the queue.
+	h, _ = s.acquire(ctx, prioZone)
+	cctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	defer cancel()
+	if _, err := s.acquire(cctx, prioZone); err == nil {
+		t.Error("acquire past its context succeeded")
+	}
+	s.release(h)
+	if held, waiting, _ := s.stats(); held != 0 || waiting != 0 {
+		t.Errorf("left after a timed-out waiter: %d held, %d waiting", held, waiting)
+	}
+}

@@ -1,0 +1,171 @@
+package watch
+
+import (
+	"context"
+	"sync"
+)
+
+// Priorities of blocking reads, most important first.
+const (
+	// prioZone: a zone's product list and servers, which every answer of
+	// the zone rests on.
+	prioZone = iota
+	// prioInUse: a product read or held on this host within the idle
+	// period.
+	prioInUse
+	// prioPinned: a pinned product nobody reads.
+	prioPinned
+	numPrio
+)
+
+// slots shares out the blocking reads the connection budget allows.
+//
+// A blocking read holds its connection for up to the whole wait (a minute),
+// so the budget bounds how many can be open at once. While every loop that
+// wants one has a slot, each keeps it and waits the full wait: a change
+// reaches glimpse as soon as Consul has it. When more loops want one than
+// there are slots, they take turns: a loop whose priority is matched or
+// beaten by one waiting reads with the short rotation wait and then queues
+// again behind it, and a newcomer cuts short the longest read of a loop of
+// its priority or below (preempt), so its turn comes within a read's round
+// trip. Loops wait first in, first out within a priority.
+type slots struct {
+	mu    sync.Mutex
+	free  int
+	queue [numPrio][]*slotWaiter
+	held  map[*slot]struct{}
+
+	preempted int64 // reads cut short, for the metrics
+}
+
+// slot is a granted blocking read.
+type slot struct {
+	prio int
+	// long is true while its read waits the full wait: a newcomer may
+	// preempt it.
+	long bool
+	// preempt ends its read early; set by begin.
+	preempt func()
+	// preempted is set when preempt was called.
+	preempted bool
+}
+
+type slotWaiter struct {
+	prio  int
+	ready chan struct{}
+	got   *slot // set, under slots.mu, when the waiter is granted a slot
+}
+
+func newSlots(n int) *slots {
+	return &slots{free: n, held: map[*slot]struct{}{}}
+}
+
+// acquire waits for a slot for a read of priority prio, until ctx ends.
+func (s *slots) acquire(ctx context.Context, prio int) (*slot, error) {
+	s.mu.Lock()
+	if s.free > 0 && !s.waitingAtOrAbove(prio) {
+		s.free--
+		h := &slot{prio: prio}
+		s.held[h] = struct{}{}
+		s.mu.Unlock()
+		return h, nil
+	}
+	w := &slotWaiter{prio: prio, ready: make(chan struct{})}
+	s.queue[prio] = append(s.queue[prio], w)
+	s.preemptFor(prio)
+	s.mu.Unlock()
+	select {
+	case <-w.ready:
+		return w.got, nil
+	case <-ctx.Done():
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if w.got != nil { // granted meanwhile: hand it on
+			s.releaseLocked(w.got)
+		} else {
+			q := s.queue[prio]
+			for i, x := range q {
+				if x == w {
+					s.queue[prio] = append(q[:i:i], q[i+1:]...)
+					break
+				}
+			}
+		}
+		return nil, ctx.Err()
+	}
+}
+
+// begin starts the read of slot h: it returns whether the read may wait
+// the full wait (nobody of its priority or above is waiting) and records
+// how to cut it short.
+func (s *slots) begin(h *slot, preempt func()) (long bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h.preempt = preempt
+	h.long = !s.waitingAtOrAbove(h.prio)
+	return h.long
+}
+
+// release gives slot h back; the first of the best waiters gets it.
+func (s *slots) release(h *slot) (preempted bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	preempted = h.preempted
+	s.releaseLocked(h)
+	return preempted
+}
+
+func (s *slots) releaseLocked(h *slot) {
+	delete(s.held, h)
+	for p := range s.queue {
+		if q := s.queue[p]; len(q) > 0 {
+			w := q[0]
+			q[0] = nil
+			s.queue[p] = q[1:]
+			w.got = &slot{prio: w.prio}
+			s.held[w.got] = struct{}{}
+			close(w.ready)
+			return
+		}
+	}
+	s.free++
+}
+
+// waitingAtOrAbove reports whether a loop of priority prio or better is
+// waiting. Called with s.mu held.
+func (s *slots) waitingAtOrAbove(prio int) bool {
+	for p := 0; p <= prio; p++ {
+		if len(s.queue[p]) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// preemptFor cuts short one full-wait read of priority prio or below, the
+// least important, so that a waiter of priority prio gets its turn soon.
+// Called with s.mu held.
+func (s *slots) preemptFor(prio int) {
+	var victim *slot
+	for h := range s.held {
+		if h.long && !h.preempted && h.preempt != nil && h.prio >= prio && (victim == nil || h.prio > victim.prio) {
+			victim = h
+		}
+	}
+	if victim != nil {
+		victim.preempted, victim.long = true, false
+		victim.preempt()
+		s.preempted++
+	}
+}
+
+// stats returns the slots held, the loops waiting and the reads preempted
+// so far.
+func (s *slots) stats() (held, waiting int, preempted int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, q := range s.queue {
+		waiting += len(q)
+	}
+	return len(s.held), waiting, s.preempted
+}
