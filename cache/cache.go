@@ -581,4 +581,3 @@ func (s *Status) SecondsStale(now time.Time) float64 {
 	}
 	return now.Sub(last).Seconds()
 }
-

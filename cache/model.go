@@ -156,7 +156,7 @@ type Zone struct {
 	Ready bool
 	// Index is the cache index at which this zone last changed; DNS uses it
 	// as the SOA serial.
-	Index    uint64
+	Index uint64
 	// Products holds the products watched on this host that have delivered
 	// a result; Known the names of every glimpse product of the zone, as
 	// Consul lists them, watched or not. Known is shared by snapshots

@@ -34,9 +34,9 @@ type Server struct {
 	// zone or product it is the first to read.
 	firstWait time.Duration
 	metrics   *metrics
-	mux        *http.ServeMux
-	srv        *http.Server
-	ln         net.Listener
+	mux       *http.ServeMux
+	srv       *http.Server
+	ln        net.Listener
 	// closing is closed by Shutdown: long-polls answer at once and
 	// websockets are closed with a close frame.
 	closing    chan struct{}
