@@ -254,6 +254,12 @@ func (b *bench) startGlimpse(ctx context.Context, consulAddr, tag string) (*glim
 		"-consul.start-timeout", "60s",
 		"-http.pprof",
 		"-consul.wait", consulWait.String(),
+		// These sections measure an agent that holds the whole zone, as
+		// every agent did before products were watched on demand: every
+		// product pinned, and a connection budget as large as the bench's
+		// Consul allows (limits.http_max_conns_per_client = 16384).
+		"-watch.pin", "*",
+		"-consul.max-conns", "16000",
 	}, b.cfg.agentArgs...)
 	p, err := startProc("glimpse-agent", "", data+".log", b.cfg.agentBin, args...)
 	if err != nil {

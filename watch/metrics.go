@@ -53,7 +53,7 @@ func (m *Metrics) observe(w *Manager) {
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "glimpse_watch_blocking_reads_limit",
 				Help: "Most blocking reads the connection budget allows at once.",
-			}, func() float64 { b, _ := budget(w.cfg.MaxConns); return float64(b) }),
+			}, func() float64 { b, _ := Budget(w.cfg.MaxConns); return float64(b) }),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "glimpse_watch_loops_waiting",
 				Help: "Loops waiting for a blocking read: more products in use than the budget has room for, so they take turns.",

@@ -104,10 +104,10 @@ func DefaultConfig() Config {
 	}
 }
 
-// budget splits the connection budget: blocking reads, concurrent first
+// Budget splits a connection budget: blocking reads, concurrent first
 // reads, and the rest (at least one) for the datacenter list and provider
 // writes.
-func budget(maxConns int) (blocking, first int) {
+func Budget(maxConns int) (blocking, first int) {
 	maxConns = max(maxConns, MinMaxConns)
 	first = max(1, maxConns/10)
 	rest := max(1, maxConns/20)
@@ -157,7 +157,7 @@ func New(backend Backend, c *cache.Cache, cfg Config, log *zap.Logger, m *Metric
 	if cfg.ListRefreshRate <= 0 {
 		cfg.ListRefreshRate = 5
 	}
-	blocking, first := budget(cfg.MaxConns)
+	blocking, first := Budget(cfg.MaxConns)
 	w := &Manager{backend: backend, cache: c, cfg: cfg, log: log, metrics: m, zones: map[string]*zoneWatch{},
 		slots: newSlots(blocking), first: make(chan struct{}, first)}
 	w.index.Store(&map[string]*zoneWatch{})

@@ -276,7 +276,10 @@ func localZone(ctx context.Context, client *api.Client, cfg Config, log *zap.Log
 		// token: with -zone the zone is known, so go on; the watchers report
 		// what the token cannot read, and /readyz stays unready until they
 		// can.
-		if err == nil || watch.Denied(err) && cfg.Zone != "" {
+		// The same when Consul refuses the connection (429) because the
+		// host's clients hold all it allows: the watchers back off and
+		// /readyz says so.
+		if err == nil || (watch.Denied(err) || watch.Throttled(err)) && cfg.Zone != "" {
 			dc, _ := self["Config"]["Datacenter"].(string)
 			zone := strings.ToLower(cfg.Zone)
 			if zone == "" {
@@ -286,7 +289,7 @@ func localZone(ctx context.Context, client *api.Client, cfg Config, log *zap.Log
 				return "", fmt.Errorf("zone %q is not a DNS label", zone)
 			}
 			if err != nil {
-				log.Warn("the consul agent refuses to show its configuration to glimpse's token; using -zone", zap.String("zone", zone), zap.String("error", watch.Explain(err)))
+				log.Warn("the consul agent did not answer glimpse's first request; using -zone", zap.String("zone", zone), zap.String("error", watch.Explain(err)))
 			} else {
 				log.Info("consul agent reached", zap.String("datacenter", dc), zap.String("zone", zone))
 			}
@@ -301,7 +304,7 @@ func localZone(ctx context.Context, client *api.Client, cfg Config, log *zap.Log
 			if watch.Denied(lastErr) {
 				return "", fmt.Errorf("%s; the token also needs agent:read, or set -zone", watch.Explain(lastErr))
 			}
-			return "", fmt.Errorf("consul agent not reachable within %s: %w", cfg.ConsulStartTimeout, lastErr)
+			return "", fmt.Errorf("consul agent not reachable within %s: %s", cfg.ConsulStartTimeout, watch.Explain(lastErr))
 		case <-time.After(250 * time.Millisecond):
 		}
 	}

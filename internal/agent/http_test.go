@@ -63,6 +63,10 @@ type zoneEntry struct {
 	Error        string     `json:"error"`
 	Products     int        `json:"products"`
 	Instances    int        `json:"instances"`
+	Failing      []struct {
+		Product string `json:"product"`
+		Error   string `json:"error"`
+	} `json:"failing"`
 }
 
 // zone returns the entry of one zone, or nil.
