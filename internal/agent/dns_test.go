@@ -306,6 +306,11 @@ func TestDNSNeverCallsConsul(t *testing.T) {
 	a := startAgent(t, cfg)
 	name := "http.web.prod." + p + ".dc1." + domain
 	waitDNS(t, a.DNSAddr(), name, mdns.TypeSRV, func(m *mdns.Msg) bool { return len(m.Answer) == 1 }, "instance")
+	// The product is watched from that first read on: its first result,
+	// then the blocking query its watcher keeps open.
+	testconsul.WaitFor(t, 10*time.Second, func() bool {
+		return proxy.CountByPath()["/v1/health/service/"+p] >= 2
+	}, "the product's watcher never settled into its blocking query")
 
 	names := []struct {
 		name  string
