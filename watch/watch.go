@@ -287,9 +287,11 @@ func (m *Manager) want(zone, product string, hold bool) *usage {
 
 // Resolve implements cache.Demand.
 func (m *Manager) Resolve(ctx context.Context, zone, product string) {
-	m.Use(zone, product)
 	refreshed := false
 	for {
+		// Each turn, in case the zone was not watched yet at the last one
+		// (the agent just started) or the product was dropped meanwhile.
+		m.Use(zone, product)
 		changed := m.cache.Changed()
 		z := m.cache.Zone(zone)
 		switch z.State(product) {
@@ -305,7 +307,6 @@ func (m *Manager) Resolve(ctx context.Context, zone, product string) {
 			if !m.refreshList(ctx, zone) {
 				return
 			}
-			m.Use(zone, product)
 			continue
 		}
 		if z == nil {

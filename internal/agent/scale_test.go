@@ -170,6 +170,19 @@ func (n *neighbour) halt() {
 	<-n.done
 }
 
+// launchReady starts an agent and returns it once its local zone is ready,
+// with how long that took.
+func launchReady(t *testing.T, cfg Config) (*Agent, time.Duration) {
+	t.Helper()
+	start := time.Now()
+	a, _ := launchAgent(t, cfg, nopLogger(t))
+	testconsul.WaitFor(t, 60*time.Second, func() bool {
+		z := a.Cache.Zone(a.Zone())
+		return z != nil && z.Ready
+	}, "never ready")
+	return a, time.Since(start)
+}
+
 func srvPort(t testing.TB, a *Agent, product string) (int, *mdns.Msg) {
 	t.Helper()
 	r := query(t, a.DNSAddr(), "udp", "http.web.prod."+product+".dc1.srv.glimpse.io.", mdns.TypeSRV, 4096)
@@ -191,13 +204,7 @@ func TestScaleOnDemand(t *testing.T) {
 
 	cfg := testConfig(t, ca.HTTPAddr())
 	cfg.Watch.Idle = 2 * time.Second
-	start := time.Now()
-	a, _ := launchAgent(t, cfg, nopLogger(t))
-	testconsul.WaitFor(t, 30*time.Second, func() bool {
-		z := a.Cache.Zone(a.Zone())
-		return z != nil && z.Ready
-	}, "never ready")
-	ready := time.Since(start)
+	a, ready := launchReady(t, cfg)
 	t.Logf("ready %v after start with %d products", ready, scaleProducts)
 	if ready > 10*time.Second {
 		t.Errorf("ready after %v, want within 10 s", ready)
@@ -298,13 +305,8 @@ func TestScalePinAll(t *testing.T) {
 	cfg := testConfig(t, ca.HTTPAddr())
 	cfg.Watch.Pins = []string{"*"}
 	cfg.Watch.RotateWait = 200 * time.Millisecond
-	start := time.Now()
-	a, _ := launchAgent(t, cfg, nopLogger(t))
-	testconsul.WaitFor(t, 60*time.Second, func() bool {
-		z := a.Cache.Zone(a.Zone())
-		return z != nil && z.Ready
-	}, "never ready")
-	t.Logf("ready %v after start with %d pinned products", time.Since(start), scaleProducts)
+	a, ready := launchReady(t, cfg)
+	t.Logf("ready %v after start with %d pinned products", ready, scaleProducts)
 	if n := len(a.Cache.Zone("dc1").Products); n != scaleProducts+1-1 {
 		// every product but the blocked one has a state
 		t.Errorf("%d products with a state when ready, want %d", n, scaleProducts)
