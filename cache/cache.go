@@ -207,14 +207,14 @@ func (c *Cache) SetSynced(zone string, ready bool) {
 }
 
 // SetKnown replaces the names of the zone's glimpse products, as Consul
-// lists them.
+// lists them. Once set, Known is never nil: an empty list is a list.
 func (c *Cache) SetKnown(zone string, names []string) {
 	known := make(map[string]struct{}, len(names))
 	for _, n := range names {
 		known[n] = struct{}{}
 	}
 	c.update(zone, func(e *zoneEntry, z *Zone, idx uint64) []*Address {
-		if len(known) == len(z.Known) {
+		if z.Known != nil && len(known) == len(z.Known) {
 			same := true
 			for n := range known {
 				if _, ok := z.Known[n]; !ok {
@@ -294,9 +294,11 @@ func (c *Cache) SetProducts(zone string, ups []ProductUpdate) int {
 		for _, u := range ups {
 			if _, ok := z.Problems[u.Product]; ok {
 				// A result is the end of the product's problem.
-				z.Problems = copyMap(z.Problems)
+				if !cleared {
+					z.Problems = copyMap(z.Problems)
+					cleared = true
+				}
 				delete(z.Problems, u.Product)
-				cleared = true
 			}
 			old := z.Products[u.Product]
 			p, addrs := c.buildProduct(zone, u.Product, u.Instances, u.Ignored, old)

@@ -606,3 +606,23 @@ func TestConcurrentReaders(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// An empty product list is a list: Known is set, and the zone can say a
+// product is not listed.
+func TestSetKnownEmpty(t *testing.T) {
+	c := New(nil)
+	c.AddZone("dc1", true)
+	if c.Zone("dc1").Known != nil {
+		t.Fatal("Known set before any list")
+	}
+	c.SetKnown("dc1", nil)
+	c.SetSynced("dc1", true)
+	if z := c.Zone("dc1"); z.Known == nil || z.State("goku") != Unlisted {
+		t.Errorf("after an empty list: Known %v, state %d", z.Known, z.State("goku"))
+	}
+	idx := c.Index()
+	c.SetKnown("dc1", []string{})
+	if c.Index() != idx {
+		t.Error("the same empty list again moved the index")
+	}
+}

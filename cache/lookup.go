@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"sort"
+	"time"
 )
 
 // Wildcard stands for any env, job or service in a Query.
@@ -59,8 +60,37 @@ func (c *Cache) Lookup(q Query) Result {
 	return r
 }
 
+// Read is how a reader gets a zone's snapshot to answer for product
+// (product "" for the zone itself): it records the read with d and, when
+// the snapshot cannot answer yet (the zone or the product has no state, or
+// the list lacks the product), calls before, if not nil, and lets d
+// resolve it for up to wait or until ctx ends. It returns the snapshot read
+// last, nil when the cache has no such zone, and what it says of product.
+// A zone Consul does not list is not waited for.
+func (c *Cache) Read(ctx context.Context, d Demand, zone, product string, wait time.Duration, before func()) (*Zone, ProductState) {
+	d.Use(zone, product)
+	z := c.Zone(zone)
+	state := z.State(product)
+	if state == Present || state == Failing {
+		return z, state
+	}
+	if z == nil {
+		if exists, known := c.Datacenter(zone); known && !exists {
+			return nil, state
+		}
+	}
+	if before != nil {
+		before()
+	}
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	d.Resolve(ctx, zone, product)
+	z = c.Zone(zone)
+	return z, z.State(product)
+}
+
 // Static is the Demand of a cache fed by other means than watchers (tests,
-// the benchmark's ceiling): it watches nothing, and Resolve waits until the
+// a server given no Demand): it watches nothing, and Resolve waits until the
 // snapshot says something other than Pending of the product. Use records
 // the reads when Used is set.
 type Static struct {

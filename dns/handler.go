@@ -54,19 +54,12 @@ type HandlerOptions struct {
 	FirstWait time.Duration
 }
 
-// noDemand is the Demand of a handler given none: it watches nothing.
-type noDemand struct{}
-
-func (noDemand) Use(string, string)                      {}
-func (noDemand) Hold(string, string) func()              { return func() {} }
-func (noDemand) Resolve(context.Context, string, string) {}
-
 // NewHandler returns a handler answering from c. The cache must have been
 // built with NewBuilder(opts.Config).
 func NewHandler(c *cache.Cache, opts HandlerOptions) *Handler {
 	h := &Handler{cache: c, cfg: opts.Config, local: opts.LocalZone, metrics: opts.Metrics, demand: opts.Demand, firstWait: opts.FirstWait}
 	if h.demand == nil {
-		h.demand = noDemand{}
+		h.demand = cache.Static{Cache: c}
 	}
 	h.bufs.New = func() any { b := make([]byte, 0, 1024); return &b }
 	return h
@@ -249,39 +242,22 @@ func pick(qtype uint16, srv, a, aaaa wire) wire {
 }
 
 // zone returns the synced snapshot of a zone and the state of product in
-// it, or nil and the rcode to answer with: NXDOMAIN for a zone Consul does
-// not know, SERVFAIL for one not synced in time. The read is recorded
-// (Demand.Use). A zone or product with no state yet is asked for and
-// waited for up to firstWait, with the UDP socket's reading handed on
-// (Detacher) meanwhile; so is a product the zone's list lacks, whose list
-// is read again in case it is new.
+// it (cache.Read), or nil and the rcode to answer with: NXDOMAIN for a zone
+// Consul does not know, SERVFAIL for one not synced in time. While it waits
+// for a first result the UDP socket's reading is handed on (Detacher).
 func (h *Handler) zone(req *request, name, product string) (*cache.Zone, cache.ProductState, int) {
-	h.demand.Use(name, product)
-	z := h.cache.Zone(name)
-	state := z.State(product)
-	if state == cache.Present || state == cache.Failing {
-		return z, state, mdns.RcodeSuccess
+	var detach func()
+	if d, ok := req.w.(Detacher); ok {
+		detach = d.Detach
 	}
-	if z == nil {
-		exists, known := h.cache.Datacenter(name)
-		if known && !exists && name != h.local {
+	z, state := h.cache.Read(context.Background(), h.demand, name, product, h.firstWait, detach)
+	if z == nil || !z.Synced {
+		if exists, known := h.cache.Datacenter(name); known && !exists {
 			return nil, state, mdns.RcodeNameError
 		}
+		return nil, state, mdns.RcodeServerFailure
 	}
-	if d, ok := req.w.(Detacher); ok {
-		d.Detach()
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), h.firstWait)
-	defer cancel()
-	h.demand.Resolve(ctx, name, product)
-	z = h.cache.Zone(name)
-	if z == nil || !z.Synced {
-		if exists, known := h.cache.Datacenter(name); known && !exists && name != h.local {
-			return nil, cache.Pending, mdns.RcodeNameError
-		}
-		return nil, cache.Pending, mdns.RcodeServerFailure
-	}
-	return z, z.State(product), mdns.RcodeSuccess
+	return z, state, mdns.RcodeSuccess
 }
 
 // serveApex answers names directly under the domain that are not zones,

@@ -212,28 +212,19 @@ func (s *Server) lookup(w http.ResponseWriter, r *http.Request) {
 // firstWait). It fails for a product Consul lists whose state cannot be
 // read: never an empty answer taken for the truth.
 func (s *Server) lookupNow(ctx context.Context, q cache.Query) (cache.Result, error) {
-	s.demand.Use(q.Zone, q.Product)
+	z, state := s.cache.Read(ctx, s.demand, q.Zone, q.Product, s.firstWait, nil)
 	res := s.cache.Lookup(q)
-	switch res.Zone.State(q.Product) {
-	case cache.Present, cache.Failing:
-	default:
-		if res.Zone == nil {
-			if exists, known := s.cache.Datacenter(q.Zone); known && !exists {
-				return res, nil // no such zone: nothing there
-			}
+	switch {
+	case z == nil && state == cache.Pending:
+		if exists, known := s.cache.Datacenter(q.Zone); known && !exists {
+			return res, nil // no such zone: nothing there
 		}
-		wctx, cancel := context.WithTimeout(ctx, s.firstWait)
-		s.demand.Resolve(wctx, q.Zone, q.Product)
-		cancel()
-		res = s.cache.Lookup(q)
-	}
-	switch res.Zone.State(q.Product) {
-	case cache.Failing:
-		return res, fmt.Errorf("product %q of zone %q cannot be read from Consul: %s", q.Product, q.Zone, res.Zone.Problems[q.Product])
-	case cache.Pending:
-		if res.Zone == nil || !res.Zone.Synced {
-			return res, fmt.Errorf("zone %q is not synced with Consul yet; retry later", q.Zone)
-		}
+		return res, fmt.Errorf("zone %q is not synced with Consul yet; retry later", q.Zone)
+	case state == cache.Failing:
+		return res, fmt.Errorf("product %q of zone %q cannot be read from Consul: %s", q.Product, q.Zone, z.Problems[q.Product])
+	case state == cache.Pending && !z.Synced:
+		return res, fmt.Errorf("zone %q is not synced with Consul yet; retry later", q.Zone)
+	case state == cache.Pending:
 		return res, fmt.Errorf("product %q of zone %q has not been read from Consul yet; retry later", q.Product, q.Zone)
 	}
 	return res, nil

@@ -93,7 +93,7 @@ func Listen(addr string, opts Options) (*Server, error) {
 		closing:   make(chan struct{}),
 	}
 	if s.demand == nil {
-		s.demand = noDemand{}
+		s.demand = cache.Static{Cache: opts.Cache}
 	}
 	if s.firstWait <= 0 {
 		s.firstWait = 2 * time.Second
@@ -161,13 +161,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.closeOnce.Do(func() { close(s.closing) })
 	return s.srv.Shutdown(ctx)
 }
-
-// noDemand is the Demand of a server given none: it watches nothing.
-type noDemand struct{}
-
-func (noDemand) Use(string, string)                      {}
-func (noDemand) Hold(string, string) func()              { return func() {} }
-func (noDemand) Resolve(context.Context, string, string) {}
 
 // readyz is ready once the local zone's product list, servers and pinned
 // products are read.

@@ -215,7 +215,7 @@ func TestWatchesOnDemand(t *testing.T) {
 		f.set(fmt.Sprintf("p%d", i), uint16(1000+i))
 	}
 	m, c := run(t, f, Config{})
-	if w := m.WatchedProducts("dc1"); len(w) != 0 {
+	if w := m.watchedProducts("dc1"); len(w) != 0 {
 		t.Fatalf("watched before any read: %v", w)
 	}
 	if n := len(c.Zone("dc1").Known); n != 50 {
@@ -226,7 +226,7 @@ func TestWatchesOnDemand(t *testing.T) {
 			t.Fatalf("%s after its first read: state %d", p, st)
 		}
 	}
-	if w := m.WatchedProducts("dc1"); !slices.Equal(w, []string{"p17", "p3"}) {
+	if w := m.watchedProducts("dc1"); !slices.Equal(w, []string{"p17", "p3"}) {
 		t.Errorf("watched: %v, want p17 p3", w)
 	}
 	if st := resolve(m, c, "nope"); st != cache.Unlisted {
@@ -248,11 +248,11 @@ func TestIdleProductsDropped(t *testing.T) {
 	release := m.Hold("dc1", "b")
 	resolve(m, c, "b")
 	waitFor(t, func() bool { return c.Zone("dc1").Products["a"] == nil }, "idle product a never dropped")
-	if w := m.WatchedProducts("dc1"); !slices.Equal(w, []string{"b"}) {
+	if w := m.watchedProducts("dc1"); !slices.Equal(w, []string{"b"}) {
 		t.Errorf("watched after a went idle: %v, want b (held)", w)
 	}
 	release()
-	waitFor(t, func() bool { return len(m.WatchedProducts("dc1")) == 0 }, "b never dropped after its release")
+	waitFor(t, func() bool { return len(m.watchedProducts("dc1")) == 0 }, "b never dropped after its release")
 	if st := resolve(m, c, "a"); st != cache.Present {
 		t.Errorf("a read again: state %d", st)
 	}

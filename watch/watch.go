@@ -136,12 +136,35 @@ type Manager struct {
 
 	ctx context.Context // set by Run
 	wg  sync.WaitGroup
-	// mu guards zones and the starting and stopping of zones; it is taken
-	// before a zoneWatch's mu.
-	mu    sync.Mutex
-	zones map[string]*zoneWatch
-	// index is a copy of zones for Use, which takes no lock.
-	index atomic.Pointer[map[string]*zoneWatch]
+	// mu serialises the starting and stopping of zones; it is taken before
+	// a zoneWatch's mu.
+	mu sync.Mutex
+	// zones are the watched zones, written with mu held and read by Use
+	// without it.
+	zones cowMap[*zoneWatch]
+}
+
+// cowMap is a map that readers load without a lock; writers, serialised by
+// its owner's lock, replace it with an updated copy.
+type cowMap[V any] struct{ p atomic.Pointer[map[string]V] }
+
+// load returns the current map; it must not be modified.
+func (c *cowMap[V]) load() map[string]V {
+	if m := c.p.Load(); m != nil {
+		return *m
+	}
+	return nil
+}
+
+// update replaces the map with a copy that fn has changed.
+func (c *cowMap[V]) update(fn func(map[string]V)) {
+	old := c.load()
+	m := make(map[string]V, len(old)+1)
+	for k, v := range old {
+		m[k] = v
+	}
+	fn(m)
+	c.p.Store(&m)
 }
 
 var _ cache.Demand = (*Manager)(nil)
@@ -158,9 +181,8 @@ func New(backend Backend, c *cache.Cache, cfg Config, log *zap.Logger, m *Metric
 		cfg.ListRefreshRate = 5
 	}
 	blocking, first := Budget(cfg.MaxConns)
-	w := &Manager{backend: backend, cache: c, cfg: cfg, log: log, metrics: m, zones: map[string]*zoneWatch{},
+	w := &Manager{backend: backend, cache: c, cfg: cfg, log: log, metrics: m,
 		slots: newSlots(blocking), first: make(chan struct{}, first)}
-	w.index.Store(&map[string]*zoneWatch{})
 	m.observe(w)
 	return w
 }
@@ -231,14 +253,14 @@ func (m *Manager) Hold(zone, product string) (release func()) {
 // lookup returns the usage of a watched zone or product, nil if it is not
 // watched.
 func (m *Manager) lookup(zone, product string) *usage {
-	z := (*m.index.Load())[zone]
+	z := m.zones.load()[zone]
 	if z == nil {
 		return nil
 	}
 	if product == "" {
 		return &z.use
 	}
-	if p := (*z.index.Load())[product]; p != nil {
+	if p := z.products.load()[product]; p != nil {
 		return &p.use
 	}
 	return nil
@@ -258,7 +280,7 @@ func (m *Manager) want(zone, product string, hold bool) *usage {
 	if m.ctx == nil || m.ctx.Err() != nil {
 		return nil
 	}
-	z := m.zones[zone]
+	z := m.zones.load()[zone]
 	if z == nil {
 		if exists, _ := m.cache.Datacenter(zone); !exists && zone != m.cfg.Local {
 			return nil
@@ -270,17 +292,23 @@ func (m *Manager) want(zone, product string, hold bool) *usage {
 	}
 	z.mu.Lock()
 	defer z.mu.Unlock()
-	p := z.products[product]
+	p := z.products.load()[product]
 	if p == nil {
+		listed, haveList := z.listed()
+		_, isListed := listed[product]
 		switch {
 		case hold:
-		case z.known == nil && len(z.products) >= maxUnlisted:
+		case !haveList && len(z.products.load()) >= maxUnlisted:
 			return nil
-		case z.known != nil && !z.known[product]:
+		case haveList && !isListed:
 			return nil
 		}
-		p = z.addProduct(product, false)
-		z.publishIndex()
+		p = &productWatch{name: product, pinned: z.m.pinned(z.name, product)}
+		p.use.last.Store(time.Now().UnixNano())
+		z.products.update(func(ps map[string]*productWatch) { ps[product] = p })
+		if isListed {
+			z.startProduct(p)
+		}
 	}
 	return &p.use
 }
@@ -328,45 +356,32 @@ func (m *Manager) startZone(name string, local bool) *zoneWatch {
 	ctx, cancel := context.WithCancel(m.ctx)
 	z := &zoneWatch{
 		m: m, name: name, local: local, ctx: ctx, cancel: cancel,
-		status:   m.cache.Status(name),
-		products: map[string]*productWatch{},
-		started:  time.Now(),
-		refresh:  rate.NewLimiter(m.cfg.ListRefreshRate, int(max(1, m.cfg.ListRefreshRate))),
+		status:  m.cache.Status(name),
+		started: time.Now(),
+		refresh: rate.NewLimiter(m.cfg.ListRefreshRate, int(max(1, m.cfg.ListRefreshRate))),
 	}
 	z.use.last.Store(time.Now().UnixNano())
-	z.index.Store(&map[string]*productWatch{})
-	m.zones[name] = z
-	m.publishIndex()
+	m.zones.update(func(zs map[string]*zoneWatch) { zs[name] = z })
 	m.log.Info("zone watch started", zap.String("zone", name), zap.Bool("local", local))
-	z.loop(z.ctx, "services", "", prioZone, z.fetchList)
-	z.loop(z.ctx, "servers", "", prioZone, z.fetchServers)
+	z.loop("services", z.fetchList)
+	z.loop("servers", z.fetchServers)
 	return z
 }
 
 // stopZone stops a remote zone's loops and drops it from the cache.
 // Called with m.mu held.
 func (m *Manager) stopZone(z *zoneWatch, why string) {
-	delete(m.zones, z.name)
-	m.publishIndex()
+	m.zones.update(func(zs map[string]*zoneWatch) { delete(zs, z.name) })
 	z.mu.Lock()
 	z.qmu.Lock()
 	z.cancel() // under both: see fetchProduct and productFailed
 	z.qmu.Unlock()
-	for _, p := range z.products {
+	for _, p := range z.products.load() {
 		m.metrics.setFailing(z.name, p, "")
 	}
 	z.mu.Unlock()
 	m.cache.DropZone(z.name)
 	m.log.Info("zone watch stopped", zap.String("zone", z.name), zap.String("reason", why))
-}
-
-// publishIndex makes Use see m.zones. Called with m.mu held.
-func (m *Manager) publishIndex() {
-	idx := make(map[string]*zoneWatch, len(m.zones))
-	for k, v := range m.zones {
-		idx[k] = v
-	}
-	m.index.Store(&idx)
 }
 
 // pinned reports whether a product of the local zone is pinned.
@@ -426,20 +441,23 @@ func (m *Manager) reapIdle(ctx context.Context) {
 		// stale verdict; a reader that took the old index in that moment
 		// only marks a dropped entry, and its next read watches it anew.
 		m.mu.Lock()
-		for _, z := range m.zones {
+		for _, z := range m.zones.load() {
 			z.mu.Lock()
-			dropped := 0
-			for name, p := range z.products {
+			var idle []string
+			for name, p := range z.products.load() {
 				if !p.pinned && p.use.idle(now, m.cfg.Idle) {
 					z.stopProduct(p, "idle")
-					delete(z.products, name)
-					dropped++
+					idle = append(idle, name)
 				}
 			}
-			if dropped > 0 {
-				z.publishIndex()
+			if len(idle) > 0 {
+				z.products.update(func(ps map[string]*productWatch) {
+					for _, name := range idle {
+						delete(ps, name)
+					}
+				})
 			}
-			empty := len(z.products) == 0
+			empty := len(z.products.load()) == 0
 			z.mu.Unlock()
 			if !z.local && empty && z.use.idle(now, m.cfg.Idle) {
 				m.stopZone(z, "idle")
@@ -454,9 +472,7 @@ func (m *Manager) reapIdle(ctx context.Context) {
 // are rate-limited per zone (cfg.ListRefreshRate): a flood of made-up names
 // costs Consul little.
 func (m *Manager) refreshList(ctx context.Context, zone string) bool {
-	m.mu.Lock()
-	z := m.zones[zone]
-	m.mu.Unlock()
+	z := m.zones.load()[zone]
 	if z == nil {
 		return false
 	}
@@ -491,24 +507,24 @@ type zoneWatch struct {
 	started time.Time
 	// use records the zone's own reads (names that are no product's).
 	use usage
-	// index is a copy of products for Use, which takes no lock.
-	index atomic.Pointer[map[string]*productWatch]
 	// refresh limits refreshList's reads.
 	refresh *rate.Limiter
+	// products holds the products in use, pinned or held; written with mu
+	// held, read by Use without it.
+	products cowMap[*productWatch]
 
 	mu sync.Mutex
-	// products holds the products in use, pinned or held.
-	products map[string]*productWatch
-	// known is the product list as last read, nil before the first read;
-	// listIndex is that read's index.
-	known     map[string]bool
+	// listIndex is the index of the product list last applied (the list
+	// itself is the cache's Zone.Known).
 	listIndex uint64
 	// refreshing is the refreshList read in flight.
 	refreshing  *refreshCall
 	haveServers bool
 	// synced: the list and servers were read; ready: and every pinned
-	// product settled too.
+	// product settled too. unsettledPins counts the pinned products whose
+	// running loop has not settled.
 	synced, ready bool
+	unsettledPins int
 
 	// queued holds product results not yet in the cache. A loop queues its
 	// result, then takes z.mu and applies everything queued: while one
@@ -543,22 +559,33 @@ type refreshCall struct {
 	ok   bool
 }
 
-// addProduct adds a product to the zone's watched set and starts its loop
-// if the list has it. Called with z.mu held; the caller publishes the index.
-func (z *zoneWatch) addProduct(name string, pinned bool) *productWatch {
-	p := &productWatch{name: name, pinned: pinned}
-	p.use.last.Store(time.Now().UnixNano())
-	z.products[name] = p
-	if z.known[name] {
-		z.startProduct(p)
+// settle records that p's running loop delivered a result or failed.
+// Called with z.mu held.
+func (z *zoneWatch) settle(p *productWatch) {
+	if !p.settled {
+		p.settled = true
+		if p.pinned {
+			z.unsettledPins--
+		}
 	}
-	return p
+}
+
+// listed returns the zone's product list as last read, and whether it was
+// read at all. Called with z.mu held, under which the list is applied.
+func (z *zoneWatch) listed() (map[string]struct{}, bool) {
+	if zone := z.m.cache.Zone(z.name); zone != nil && zone.Known != nil {
+		return zone.Known, true
+	}
+	return nil, false
 }
 
 // startProduct starts a product's loop. Called with z.mu held.
 func (z *zoneWatch) startProduct(p *productWatch) {
 	pctx, cancel := context.WithCancel(z.ctx)
 	p.cancel = cancel
+	if p.pinned {
+		z.unsettledPins++ // until its first result or failure
+	}
 	prio := func() int {
 		if p.pinned && p.use.idle(time.Now().UnixNano(), z.m.cfg.Idle) {
 			return prioPinned
@@ -584,19 +611,13 @@ func (z *zoneWatch) stopProduct(p *productWatch, why string) {
 	z.queued = slices.DeleteFunc(z.queued, func(u cache.ProductUpdate) bool { return u.Product == p.name })
 	z.qmu.Unlock()
 	p.cancel = nil
+	if p.pinned && !p.settled {
+		z.unsettledPins--
+	}
 	p.settled = false
 	z.m.metrics.setFailing(z.name, p, "")
 	z.m.cache.RemoveProduct(z.name, p.name)
 	z.m.log.Debug("product watch stopped", zap.String("zone", z.name), zap.String("product", p.name), zap.String("reason", why))
-}
-
-// publishIndex makes Use see z.products. Called with z.mu held.
-func (z *zoneWatch) publishIndex() {
-	idx := make(map[string]*productWatch, len(z.products))
-	for k, v := range z.products {
-		idx[k] = v
-	}
-	z.index.Store(&idx)
 }
 
 // warnFiltered logs, once per zone, that ACLs hide part of a read's results.
@@ -611,9 +632,10 @@ func (z *zoneWatch) warnFiltered(what string) {
 // returns the read's metadata.
 type fetch func(ctx context.Context, q Query) (Meta, error)
 
-// loop runs fn as a blocking-query loop of priority prio until ctx ends.
-func (z *zoneWatch) loop(ctx context.Context, endpoint, product string, prio int, fn fetch) {
-	z.loopPrio(ctx, endpoint, product, func() int { return prio }, fn, nil)
+// loop runs fn as one of the zone's own blocking-query loops until the
+// zone stops.
+func (z *zoneWatch) loop(endpoint string, fn fetch) {
+	z.loopPrio(z.ctx, endpoint, "", func() int { return prioZone }, fn, nil)
 }
 
 // errPreempted ends a read cut short to give its slot to another loop.
@@ -754,7 +776,7 @@ func (z *zoneWatch) fetchList(ctx context.Context, q Query) (Meta, error) {
 	if err != nil {
 		return meta, err
 	}
-	z.applyList(z.ctx, names, meta, false)
+	z.applyList(names, meta, false)
 	return meta, nil
 }
 
@@ -778,59 +800,59 @@ func (z *zoneWatch) refreshOnce(call *refreshCall) {
 	if err != nil {
 		return
 	}
-	call.ok = z.applyList(z.ctx, names, meta, true)
+	call.ok = z.applyList(names, meta, true)
 }
 
 // applyList makes the watched products follow the zone's product list:
 // products gone from it stop, pinned and wanted ones it has start. A list
 // read by refresh older than the one applied last is ignored (the loop's
 // newer read crossed it). It reports whether the list was applied.
-func (z *zoneWatch) applyList(ctx context.Context, names []string, meta Meta, refresh bool) bool {
+func (z *zoneWatch) applyList(names []string, meta Meta, refresh bool) bool {
 	if meta.Filtered {
 		z.warnFiltered("catalog services")
 	}
 	z.mu.Lock()
 	defer z.mu.Unlock()
-	if ctx.Err() != nil || z.ctx.Err() != nil { // the zone was stopped meanwhile
+	if z.ctx.Err() != nil { // the zone was stopped meanwhile
 		return false
 	}
-	if refresh && z.known != nil && meta.Index < z.listIndex {
+	if _, have := z.listed(); refresh && have && meta.Index < z.listIndex {
 		return false
 	}
-	known := make(map[string]bool, len(names))
-	for _, n := range names {
-		known[n] = true
-	}
-	z.known, z.listIndex = known, meta.Index
+	z.listIndex = meta.Index
 	z.m.cache.SetKnown(z.name, names)
-	changed := false
-	for name, p := range z.products {
-		if known[name] {
+	listed, _ := z.listed()
+	products := z.products.load()
+	var gone, pinned []string
+	for name, p := range products {
+		if _, ok := listed[name]; ok {
 			continue
 		}
 		z.stopProduct(p, "gone from consul")
 		if p.use.refs.Load() <= 0 {
-			delete(z.products, name)
-			changed = true
+			gone = append(gone, name)
 		}
 	}
 	for _, name := range names {
-		p := z.products[name]
-		if p == nil {
-			if !z.m.pinned(z.name, name) {
-				continue
-			}
-			// Never read yet: it ranks below the products in use.
-			p = &productWatch{name: name, pinned: true}
-			z.products[name] = p
-			changed = true
-		}
-		if p.cancel == nil {
-			z.startProduct(p)
+		if products[name] == nil && z.m.pinned(z.name, name) {
+			pinned = append(pinned, name)
 		}
 	}
-	if changed {
-		z.publishIndex()
+	if len(gone) > 0 || len(pinned) > 0 {
+		z.products.update(func(ps map[string]*productWatch) {
+			for _, name := range gone {
+				delete(ps, name)
+			}
+			for _, name := range pinned {
+				// Never read yet: it ranks below the products in use.
+				ps[name] = &productWatch{name: name, pinned: true}
+			}
+		})
+	}
+	for name, p := range z.products.load() {
+		if _, ok := listed[name]; ok && p.cancel == nil {
+			z.startProduct(p)
+		}
 	}
 	z.checkSynced()
 	return true
@@ -865,9 +887,10 @@ func (z *zoneWatch) fetchProduct(ctx, loop context.Context, p *productWatch, q Q
 		return meta, nil // applied by another loop's batch
 	}
 	z.m.cache.SetProducts(z.name, batch)
+	products := z.products.load()
 	for _, u := range batch {
-		if w := z.products[u.Product]; w != nil {
-			w.settled = true
+		if w := products[u.Product]; w != nil {
+			z.settle(w)
 			z.m.metrics.setFailing(z.name, w, "")
 		}
 	}
@@ -886,7 +909,7 @@ func (z *zoneWatch) productFailed(loop context.Context, p *productWatch, err err
 	}
 	z.m.cache.SetProblem(z.name, p.name, Explain(err))
 	z.m.metrics.setFailing(z.name, p, cause(err))
-	p.settled = true
+	z.settle(p)
 	z.checkSynced()
 }
 
@@ -910,15 +933,11 @@ func (z *zoneWatch) fetchServers(ctx context.Context, q Query) (Meta, error) {
 // checkSynced marks the zone synced once its list and servers were read,
 // and ready once its pinned products settled too. Called with z.mu held.
 func (z *zoneWatch) checkSynced() {
-	if z.ready || z.known == nil || !z.haveServers {
+	listed, haveList := z.listed()
+	if z.ready || !haveList || !z.haveServers {
 		return
 	}
-	pending := 0
-	for _, p := range z.products {
-		if p.pinned && !p.settled {
-			pending++
-		}
-	}
+	pending := z.unsettledPins
 	ready := pending == 0
 	if z.synced && !ready {
 		return
@@ -927,7 +946,7 @@ func (z *zoneWatch) checkSynced() {
 	z.synced, z.ready = true, ready
 	z.m.cache.SetSynced(z.name, ready)
 	if first {
-		z.m.log.Info("zone synced", zap.String("zone", z.name), zap.Int("products", len(z.known)),
+		z.m.log.Info("zone synced", zap.String("zone", z.name), zap.Int("products", len(listed)),
 			zap.Int("pinned_pending", pending), zap.Duration("took", time.Since(z.started)))
 	}
 	if ready {
@@ -937,7 +956,7 @@ func (z *zoneWatch) checkSynced() {
 				instances += p.Instances
 			}
 		}
-		for _, p := range z.products {
+		for _, p := range z.products.load() {
 			if p.pinned {
 				pinned++
 			}
@@ -956,18 +975,16 @@ func (z *zoneWatch) checkSynced() {
 	}
 }
 
-// WatchedProducts returns the products of a zone being watched, sorted.
-func (m *Manager) WatchedProducts(zone string) []string {
-	m.mu.Lock()
-	z := m.zones[zone]
-	m.mu.Unlock()
+// watchedProducts returns the products of a zone being watched, sorted.
+func (m *Manager) watchedProducts(zone string) []string {
+	z := m.zones.load()[zone]
 	if z == nil {
 		return nil
 	}
 	z.mu.Lock()
 	defer z.mu.Unlock()
 	var out []string
-	for name, p := range z.products {
+	for name, p := range z.products.load() {
 		if p.cancel != nil {
 			out = append(out, name)
 		}

@@ -18,7 +18,6 @@ import (
 	"golang.org/x/time/rate"
 
 	"glimpse/internal/agent"
-	"glimpse/watch"
 )
 
 func main() {
@@ -93,14 +92,8 @@ func run(args []string, stderr io.Writer) error {
 	if cfg.Watch.Wait <= 0 || cfg.Watch.MaxBackoff <= 0 || cfg.Watch.Idle <= 0 || cfg.FirstWait < 0 {
 		return errors.New("-consul.wait, -consul.max-backoff and -watch.idle must be positive, -watch.first-wait not negative")
 	}
-	if cfg.Watch.MaxConns < watch.MinMaxConns {
-		return fmt.Errorf("-consul.max-conns must be at least %d", watch.MinMaxConns)
-	}
-	for _, p := range strings.Split(*pins, ",") {
+	for _, p := range strings.Split(*pins, ",") { // checked by agent.New
 		if p = strings.TrimSpace(p); p != "" {
-			if err := watch.ValidPin(p); err != nil {
-				return fmt.Errorf("-watch.pin: %w", err)
-			}
 			cfg.Watch.Pins = append(cfg.Watch.Pins, p)
 		}
 	}

@@ -31,6 +31,8 @@ func TestExitsWithOneLine(t *testing.T) {
 		{[]string{"-log.format", "xml"}, "-log.format"},
 		{[]string{"-dns.udp-sockets", "0"}, "-dns.udp-sockets"},
 		{[]string{"extra"}, "unexpected argument"},
+		{[]string{"-consul.max-conns", "2"}, "-consul.max-conns must be at least 5"},
+		{[]string{"-watch.pin", "goku,[a"}, "-watch.pin: pattern \"[a\""},
 		{[]string{"-consul.addr", dead, "-consul.start-timeout", "500ms"}, "consul agent not reachable"},
 	} {
 		cmd := exec.Command(bin, tc.args...)

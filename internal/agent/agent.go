@@ -138,11 +138,11 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Agent, error) {
 	}
 
 	if cfg.Watch.MaxConns < watch.MinMaxConns {
-		return nil, fmt.Errorf("the consul connection budget must be at least %d, not %d", watch.MinMaxConns, cfg.Watch.MaxConns)
+		return nil, fmt.Errorf("-consul.max-conns must be at least %d, not %d", watch.MinMaxConns, cfg.Watch.MaxConns)
 	}
 	for _, p := range cfg.Watch.Pins {
 		if err := watch.ValidPin(p); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("-watch.pin: %w", err)
 		}
 	}
 	client, transport, err := ConsulClient(cfg.ConsulAddr, cfg.ConsulToken, cfg.Watch.MaxConns)

@@ -39,8 +39,11 @@ func TestMetrics(t *testing.T) {
 	var body string
 	testconsul.WaitFor(t, 10*time.Second, func() bool {
 		body = scrape(t, a.HTTPAddr())
-		return metricValue(body, `glimpse_cache_ignored_instances{zone="dc1"}`) >= 1
-	}, "ignored instance not counted")
+		// The health read is counted once its loop has applied it, a
+		// moment after the DNS answer it made possible.
+		return metricValue(body, `glimpse_cache_ignored_instances{zone="dc1"}`) >= 1 &&
+			metricValue(body, `glimpse_watch_consul_requests_total{endpoint="health",result="ok",zone="dc1"}`) >= 1
+	}, "ignored instance or the product's health read not counted")
 	for _, want := range []string{
 		`glimpse_dns_requests_total{proto="udp",qtype="SRV",rcode="NOERROR"}`,
 		`glimpse_dns_requests_total{proto="tcp",qtype="A",rcode="NOERROR"}`,

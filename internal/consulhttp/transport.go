@@ -241,12 +241,6 @@ func (t *Transport) exchange(req *http.Request, c *conn) (_ *http.Response, wrot
 // get returns an idle connection that is still alive, or a new one when
 // there is room for it; otherwise it waits for one until ctx ends.
 func (t *Transport) get(ctx context.Context) (*conn, bool, error) {
-	var dead []*conn
-	defer func() {
-		for _, c := range dead {
-			c.Close()
-		}
-	}()
 	waited := false
 	for {
 		now := time.Now()
@@ -259,16 +253,7 @@ func (t *Transport) get(ctx context.Context) (*conn, bool, error) {
 			if now.Sub(c.idleSince) < idleTimeout && c.alive() {
 				return c, true, nil
 			}
-			dead = append(dead, c)
-			continue
-		}
-		if len(dead) > 0 {
-			// Closing them makes room: close before deciding to wait.
-			t.mu.Unlock()
-			for _, c := range dead {
-				c.Close()
-			}
-			dead = dead[:0]
+			c.Close() // makes room for the next turn
 			continue
 		}
 		cooling := now.Before(t.coolUntil)
@@ -285,32 +270,34 @@ func (t *Transport) get(ctx context.Context) (*conn, bool, error) {
 			}
 			return c, false, err
 		}
-		freed := t.freed
-		var timer *time.Timer
-		var wake <-chan time.Time
-		if cooling {
-			timer = time.NewTimer(t.coolUntil.Sub(now))
-			wake = timer.C
-		}
+		freed, until := t.freed, t.coolUntil
 		t.mu.Unlock()
 		if !waited {
 			waited = true
 			t.waits.Add(1)
 		}
-		var err error
-		select {
-		case <-freed:
-		case <-wake:
-		case <-ctx.Done():
-			err = fmt.Errorf("consulhttp: waiting for a connection (at most %d): %w", t.o.MaxConns, ctx.Err())
-		}
-		if timer != nil {
-			timer.Stop()
-		}
-		if err != nil {
-			return nil, false, err
+		if err := waitFor(ctx, freed, cooling, until.Sub(now)); err != nil {
+			return nil, false, fmt.Errorf("consulhttp: waiting for a connection (at most %d): %w", t.o.MaxConns, err)
 		}
 	}
+}
+
+// waitFor waits for freed to close, for d to pass if cooling, or for ctx
+// to end (its error).
+func waitFor(ctx context.Context, freed <-chan struct{}, cooling bool, d time.Duration) error {
+	var wake <-chan time.Time
+	if cooling {
+		timer := time.NewTimer(d)
+		defer timer.Stop()
+		wake = timer.C
+	}
+	select {
+	case <-freed:
+	case <-wake:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return nil
 }
 
 func (t *Transport) dial(ctx context.Context) (*conn, error) {
