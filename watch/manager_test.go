@@ -408,3 +408,23 @@ func TestSlots(t *testing.T) {
 		t.Errorf("left after a timed-out waiter: %d held, %d waiting", held, waiting)
 	}
 }
+
+// Holds of names Consul does not list are tracked up to a bound, so that
+// subscriptions to made-up products cannot grow the agent without end; a
+// held name is watched once Consul lists it.
+func TestUnlistedHoldsBounded(t *testing.T) {
+	f := newFake()
+	f.set("real", 1)
+	m, c := run(t, f, Config{})
+	release := m.Hold("dc1", "later")
+	defer release()
+	for i := range maxUnlisted + 100 {
+		m.Hold("dc1", fmt.Sprintf("madeup%d", i))
+	}
+	z := m.zones.load()["dc1"]
+	if n := len(z.products.load()); n > 1+maxUnlisted {
+		t.Errorf("%d products tracked, at most %d", n, 1+maxUnlisted)
+	}
+	f.set("later", 9)
+	waitFor(t, func() bool { return port(c, "later") == 9 }, "a held product never watched once listed")
+}

@@ -220,13 +220,17 @@ func (u *usage) idle(now int64, ttl time.Duration) bool {
 	return u.refs.Load() <= 0 && now-u.last.Load() > int64(ttl)
 }
 
-// Use implements cache.Demand. For what is watched already it takes no lock
-// and allocates nothing: it is on every DNS answer's path.
+// Use implements cache.Demand. For what is watched already, and for names
+// the zone's list lacks, it takes no lock and allocates nothing: it is on
+// every DNS answer's path.
 func (m *Manager) Use(zone, product string) {
 	now := time.Now().UnixNano()
 	if u := m.lookup(zone, product); u != nil {
 		u.touch(now)
 		return
+	}
+	if product != "" && m.cache.Zone(zone).State(product) == cache.Unlisted {
+		return // nothing to watch, and no lock taken for made-up names
 	}
 	if u := m.want(zone, product, false); u != nil {
 		u.touch(now)
@@ -266,9 +270,11 @@ func (m *Manager) lookup(zone, product string) *usage {
 	return nil
 }
 
-// maxUnlisted bounds the products a zone keeps wanted (read but not held)
-// before its product list is known, when it cannot tell products from
-// made-up names.
+// maxUnlisted bounds the products a zone tracks that its list lacks: held
+// by subscriptions and long-polls waiting for them to be registered, or read
+// before the list is known. Past it such names are not tracked (a hostile
+// client naming made-up products costs nothing more); a subscription to
+// one still gets it once something else watches it.
 const maxUnlisted = 1024
 
 // want starts watching a zone and a product of it, and returns its usage;
@@ -297,10 +303,9 @@ func (m *Manager) want(zone, product string, hold bool) *usage {
 		listed, haveList := z.listed()
 		_, isListed := listed[product]
 		switch {
-		case hold:
-		case !haveList && len(z.products.load()) >= maxUnlisted:
-			return nil
-		case haveList && !isListed:
+		case !isListed && len(z.products.load()) >= len(listed)+maxUnlisted:
+			return nil // made-up names, most likely: not tracked
+		case haveList && !isListed && !hold:
 			return nil
 		}
 		p = &productWatch{name: product, pinned: z.m.pinned(z.name, product)}
