@@ -232,9 +232,17 @@ type glimpse struct {
 	dnsAddr, httpAddr string
 }
 
-// startGlimpse starts glimpse-agent against consulAddr and waits until it
-// listens (not until it is synced: the caller decides what to wait for).
-func (b *bench) startGlimpse(ctx context.Context, consulAddr, tag string) (*glimpse, error) {
+// wholeZone are the flags of an agent that holds its whole zone, as every
+// agent did before products were watched on demand: every product pinned,
+// and a connection budget as large as the bench's main Consul allows
+// (limits.http_max_conns_per_client = 16384). The sections written for that
+// agent (DNS, propagation, fan-out, scale, soak) run it.
+var wholeZone = []string{"-watch.pin", "*", "-consul.max-conns", "16000"}
+
+// startGlimpse starts glimpse-agent against consulAddr with flags (and
+// -agent.args), and waits until it listens (not until it is synced: the
+// caller decides what to wait for).
+func (b *bench) startGlimpse(ctx context.Context, consulAddr, tag string, flags ...string) (*glimpse, error) {
 	dnsAddr, err := freeAddr()
 	if err != nil {
 		return nil, err
@@ -254,13 +262,7 @@ func (b *bench) startGlimpse(ctx context.Context, consulAddr, tag string) (*glim
 		"-consul.start-timeout", "60s",
 		"-http.pprof",
 		"-consul.wait", consulWait.String(),
-		// These sections measure an agent that holds the whole zone, as
-		// every agent did before products were watched on demand: every
-		// product pinned, and a connection budget as large as the bench's
-		// Consul allows (limits.http_max_conns_per_client = 16384).
-		"-watch.pin", "*",
-		"-consul.max-conns", "16000",
-	}, b.cfg.agentArgs...)
+	}, append(flags, b.cfg.agentArgs...)...)
 	p, err := startProc("glimpse-agent", "", data+".log", b.cfg.agentBin, args...)
 	if err != nil {
 		return nil, err

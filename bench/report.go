@@ -246,7 +246,7 @@ func (r *report) write(b *bench) error {
 	fmt.Fprintf(&g, "- Machine: %d CPUs (%s), %s RAM, Linux %s; %s\n", runtime.NumCPU(), cpuModel(), memTotal(), kernel(), runtime.Version())
 	fmt.Fprintf(&g, "- CPUs: servers (Consul, glimpse-agent, ceiling) on %q, load generators (dnsperf, the harness's clients) on %q\n", orAll(r.cfg.serverCPUs), orAll(r.cfg.clientCPUs))
 	t := topology{products: r.cfg.products, jobs: r.cfg.jobs, perJob: r.cfg.perJob}
-	fmt.Fprintf(&g, "- Topology: %d products × %d jobs × %d instances = %d instances on %d nodes (sections 1–4; section 5 adds products); Consul dev agent (tools/consul)\n",
+	fmt.Fprintf(&g, "- Topology: %d products × %d jobs × %d instances = %d instances on %d nodes (sections 1–4; section 5 adds products; section 6 has a Consul of its own); Consul dev agent (tools/consul)\n",
 		t.products, t.jobs, t.perJob, t.size(), t.nodes())
 	fmt.Fprintf(&g, "- Took %v\n\n", time.Since(b.began).Round(time.Second))
 	g.WriteString("### Targets\n\n| target | goal | measured | |\n|---|---|---|---|\n")

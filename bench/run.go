@@ -84,7 +84,7 @@ func run(ctx context.Context, cfg *config) error {
 	defer b.proxy.Close()
 
 	if cfg.sections["dns"] || cfg.sections["propagation"] || cfg.sections["fanout"] || cfg.sections["soak"] {
-		b.g, err = b.startGlimpse(ctx, b.proxy.Addr(), "main")
+		b.g, err = b.startGlimpse(ctx, b.proxy.Addr(), "main", wholeZone...)
 		if err != nil {
 			return err
 		}
@@ -121,7 +121,13 @@ func run(ctx context.Context, cfg *config) error {
 			return fmt.Errorf("scale: %w", err)
 		}
 	}
-	if cfg.sections["dns"] || cfg.sections["propagation"] || cfg.sections["fanout"] || cfg.sections["scale"] {
+	if cfg.sections["ondemand"] {
+		logf("--- ondemand")
+		if err := b.onDemandSection(ctx); err != nil {
+			return fmt.Errorf("ondemand: %w", err)
+		}
+	}
+	if cfg.sections["dns"] || cfg.sections["propagation"] || cfg.sections["fanout"] || cfg.sections["scale"] || cfg.sections["ondemand"] {
 		return b.rep.write(b)
 	}
 	return nil

@@ -172,12 +172,34 @@ func (b *bench) sampleGlimpse() (sample, error) {
 
 // readMetrics reads g's process and Go runtime gauges from its /metrics.
 func readMetrics(g *glimpse) (sample, error) {
-	resp, err := http.Get("http://" + g.httpAddr + "/metrics")
+	m, err := scrapeMetrics(g)
 	if err != nil {
 		return sample{}, err
 	}
+	s := sample{
+		goroutines: m["go_goroutines"],
+		fds:        m["process_open_fds"],
+		heapInuse:  m["go_memstats_heap_inuse_bytes"],
+		stacks:     m["go_memstats_stack_inuse_bytes"],
+		rss:        m["process_resident_memory_bytes"],
+	}
+	for name, v := range m {
+		if strings.HasPrefix(name, "glimpse_dns_requests_total{") {
+			s.dnsAnswered += v
+		}
+	}
+	return s, nil
+}
+
+// scrapeMetrics reads g's /metrics: every series, by its name and labels
+// as written ("glimpse_cache_instances{zone=\"dc1\"}"), to its value.
+func scrapeMetrics(g *glimpse) (map[string]float64, error) {
+	resp, err := http.Get("http://" + g.httpAddr + "/metrics")
+	if err != nil {
+		return nil, err
+	}
 	defer resp.Body.Close()
-	var s sample
+	out := map[string]float64{}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
@@ -186,26 +208,11 @@ func readMetrics(g *glimpse) (sample, error) {
 		if !ok || strings.HasPrefix(line, "#") {
 			continue
 		}
-		v, err := strconv.ParseFloat(val, 64)
-		if err != nil {
-			continue
-		}
-		switch {
-		case name == "go_goroutines":
-			s.goroutines = v
-		case name == "process_open_fds":
-			s.fds = v
-		case name == "go_memstats_heap_inuse_bytes":
-			s.heapInuse = v
-		case name == "go_memstats_stack_inuse_bytes":
-			s.stacks = v
-		case name == "process_resident_memory_bytes":
-			s.rss = v
-		case strings.HasPrefix(name, "glimpse_dns_requests_total{"):
-			s.dnsAnswered += v
+		if v, err := strconv.ParseFloat(val, 64); err == nil {
+			out[name] = v
 		}
 	}
-	return s, sc.Err()
+	return out, sc.Err()
 }
 
 // soak writes the soak's block of RESULTS.md: a row per minute (the last

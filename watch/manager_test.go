@@ -336,20 +336,47 @@ func TestPinnedBeyondBudget(t *testing.T) {
 
 	// A product in use outranks the idle pinned ones: it gets a slot and
 	// keeps it, so its changes do not wait for a turn.
-	release := m.Hold("dc1", "p07")
-	defer release()
-	waitFor(t, func() bool {
-		m.slots.mu.Lock()
-		defer m.slots.mu.Unlock()
-		for h := range m.slots.held {
-			if h.prio == prioInUse && h.long {
-				return true
-			}
-		}
-		return false
-	}, "the product in use never got a full blocking read")
+	resolve(m, c, "p07")
+	waitFor(t, func() bool { return m.fullReads(prioInUse) == 1 }, "the product in use never got a full blocking read")
 	f.set("p07", 3007)
 	waitFor(t, func() bool { return port(c, "p07") == 3007 }, "p07's change never showed")
+}
+
+// fullReads counts the blocking reads of priority prio that wait the full
+// wait: loops that keep their slot.
+func (m *Manager) fullReads(prio int) int {
+	m.slots.mu.Lock()
+	defer m.slots.mu.Unlock()
+	n := 0
+	for h := range m.slots.held {
+		if h.prio == prio && h.long {
+			n++
+		}
+	}
+	return n
+}
+
+// More products read than blocking reads fit: they take turns, but one a
+// subscriber holds keeps a read of its own, so its changes are pushed at
+// once.
+func TestHeldOutranksRead(t *testing.T) {
+	f := newFake()
+	const n = 30
+	for i := range n {
+		f.set(fmt.Sprintf("p%02d", i), uint16(1000+i))
+	}
+	m, c := run(t, f, Config{MaxConns: 8, RotateWait: 50 * time.Millisecond})
+	for i := range n {
+		resolve(m, c, fmt.Sprintf("p%02d", i))
+	}
+	release := m.Hold("dc1", "p11")
+	defer release()
+	waitFor(t, func() bool { return m.fullReads(prioHeld) == 1 }, "the held product never got a full blocking read")
+	if _, waiting, _ := m.slots.stats(); waiting == 0 {
+		t.Error("no loop waits for a turn with 30 products read over 4 reads")
+	}
+	f.set("p11", 4011)
+	waitFor(t, func() bool { return port(c, "p11") == 4011 }, "p11's change never showed")
 }
 
 // The slot queue: FIFO within a priority, better priorities first, and a
@@ -357,7 +384,7 @@ func TestPinnedBeyondBudget(t *testing.T) {
 func TestSlots(t *testing.T) {
 	s := newSlots(1)
 	ctx := context.Background()
-	h, _ := s.acquire(ctx, prioPinned)
+	h, _ := s.acquire(ctx, prioPinned, nil)
 	preempted := make(chan struct{}, 1)
 	if !s.begin(h, func() { preempted <- struct{}{} }) {
 		t.Fatal("an uncontended read does not wait the full wait")
@@ -365,7 +392,7 @@ func TestSlots(t *testing.T) {
 	got := make(chan int, 3)
 	for _, p := range []int{prioPinned, prioInUse} {
 		go func() {
-			h, err := s.acquire(ctx, p)
+			h, err := s.acquire(ctx, p, nil)
 			if err != nil {
 				t.Error(err)
 				return
@@ -397,10 +424,10 @@ func TestSlots(t *testing.T) {
 		t.Errorf("left: %d held, %d waiting", held, waiting)
 	}
 	// A waiter whose context ends leaves the queue.
-	h, _ = s.acquire(ctx, prioZone)
+	h, _ = s.acquire(ctx, prioZone, nil)
 	cctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
 	defer cancel()
-	if _, err := s.acquire(cctx, prioZone); err == nil {
+	if _, err := s.acquire(cctx, prioZone, nil); err == nil {
 		t.Error("acquire past its context succeeded")
 	}
 	s.release(h)
@@ -427,4 +454,42 @@ func TestUnlistedHoldsBounded(t *testing.T) {
 	}
 	f.set("later", 9)
 	waitFor(t, func() bool { return port(c, "later") == 9 }, "a held product never watched once listed")
+}
+
+// A loop waiting for its turn whose product a subscriber starts to hold
+// moves ahead of the loops that were waiting before it at its old rank.
+func TestSlotsRaise(t *testing.T) {
+	s := newSlots(1)
+	ctx := context.Background()
+	h, _ := s.acquire(ctx, prioZone, nil)
+	got := make(chan string, 2)
+	var first, second ticket
+	for _, w := range []struct {
+		name string
+		t    *ticket
+	}{{"first", &first}, {"second", &second}} {
+		go func() {
+			g, err := s.acquire(ctx, prioInUse, w.t)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			got <- w.name
+			s.release(g)
+		}()
+		waitFor(t, func() bool {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			return w.t.w != nil
+		}, "%s never queued", w.name)
+	}
+	s.raise(&second, prioHeld)
+	s.raise(&first, prioPinned) // a worse rank: no move
+	s.release(h)
+	if a, b := <-got, <-got; a != "second" || b != "first" {
+		t.Errorf("granted %s then %s, want second (raised) first", a, b)
+	}
+	if held, waiting, _ := s.stats(); held != 0 || waiting != 0 {
+		t.Errorf("left: %d held, %d waiting", held, waiting)
+	}
 }

@@ -10,8 +10,10 @@ const (
 	// prioZone: a zone's product list and servers, which every answer of
 	// the zone rests on.
 	prioZone = iota
-	// prioInUse: a product read or held on this host within the idle
-	// period.
+	// prioHeld: a product a long-poll or websocket subscription waits on:
+	// its changes are pushed, so they must not wait for a turn.
+	prioHeld
+	// prioInUse: a product read on this host within the idle period.
 	prioInUse
 	// prioPinned: a pinned product nobody reads.
 	prioPinned
@@ -56,12 +58,18 @@ type slotWaiter struct {
 	got   *slot // set, under slots.mu, when the waiter is granted a slot
 }
 
+// ticket is a loop's place in the queue while it waits, through which its
+// rank can be raised meanwhile (a product that a subscriber starts to hold
+// must not wait behind the products merely read). Guarded by slots.mu.
+type ticket struct{ w *slotWaiter }
+
 func newSlots(n int) *slots {
 	return &slots{free: n, held: map[*slot]struct{}{}}
 }
 
-// acquire waits for a slot for a read of priority prio, until ctx ends.
-func (s *slots) acquire(ctx context.Context, prio int) (*slot, error) {
+// acquire waits for a slot for a read of priority prio, until ctx ends;
+// t, if not nil, holds its place in the queue meanwhile (see raise).
+func (s *slots) acquire(ctx context.Context, prio int, t *ticket) (*slot, error) {
 	s.mu.Lock()
 	if s.free > 0 && !s.waitingAtOrAbove(prio) {
 		s.free--
@@ -73,26 +81,56 @@ func (s *slots) acquire(ctx context.Context, prio int) (*slot, error) {
 	w := &slotWaiter{prio: prio, ready: make(chan struct{})}
 	s.queue[prio] = append(s.queue[prio], w)
 	s.preemptFor(prio)
+	if t != nil {
+		t.w = w
+	}
 	s.mu.Unlock()
+	var err error
 	select {
 	case <-w.ready:
-		return w.got, nil
 	case <-ctx.Done():
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		if w.got != nil { // granted meanwhile: hand it on
-			s.releaseLocked(w.got)
-		} else {
-			q := s.queue[prio]
-			for i, x := range q {
-				if x == w {
-					s.queue[prio] = append(q[:i:i], q[i+1:]...)
-					break
-				}
-			}
-		}
-		return nil, ctx.Err()
+		err = ctx.Err()
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if t != nil {
+		t.w = nil
+	}
+	if err == nil {
+		return w.got, nil
+	}
+	if w.got != nil { // granted meanwhile: hand it on
+		s.releaseLocked(w.got)
+	} else {
+		s.unqueue(w)
+	}
+	return nil, err
+}
+
+// unqueue takes a waiter out of its queue. Called with s.mu held.
+func (s *slots) unqueue(w *slotWaiter) {
+	q := s.queue[w.prio]
+	for i, x := range q {
+		if x == w {
+			s.queue[w.prio] = append(q[:i:i], q[i+1:]...)
+			return
+		}
+	}
+}
+
+// raise moves the loop waiting with t, if any, to priority prio when that
+// ranks better, at the end of that queue, and preempts for it.
+func (s *slots) raise(t *ticket, prio int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	w := t.w
+	if w == nil || w.got != nil || w.prio <= prio {
+		return
+	}
+	s.unqueue(w)
+	w.prio = prio
+	s.queue[prio] = append(s.queue[prio], w)
+	s.preemptFor(prio)
 }
 
 // begin starts the read of slot h: it returns whether the read may wait

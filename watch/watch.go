@@ -232,7 +232,7 @@ func (m *Manager) Use(zone, product string) {
 	if product != "" && m.cache.Zone(zone).State(product) == cache.Unlisted {
 		return // nothing to watch, and no lock taken for made-up names
 	}
-	if u := m.want(zone, product, false); u != nil {
+	if u, _ := m.want(zone, product, false); u != nil {
 		u.touch(now)
 	}
 }
@@ -240,11 +240,15 @@ func (m *Manager) Use(zone, product string) {
 // Hold implements cache.Demand. A product held before Consul lists it is
 // watched as soon as it is listed.
 func (m *Manager) Hold(zone, product string) (release func()) {
-	u := m.want(zone, product, true)
+	u, p := m.want(zone, product, true)
 	if u == nil {
 		return func() {}
 	}
-	u.refs.Add(1)
+	if u.refs.Add(1) == 1 && p != nil {
+		// Held from now on: it outranks what is only read, also while it
+		// waits for its turn.
+		m.slots.raise(&p.ticket, prioHeld)
+	}
 	var once sync.Once
 	return func() {
 		once.Do(func() {
@@ -277,24 +281,25 @@ func (m *Manager) lookup(zone, product string) *usage {
 // one still gets it once something else watches it.
 const maxUnlisted = 1024
 
-// want starts watching a zone and a product of it, and returns its usage;
-// nil when there is nothing to watch: a zone Consul does not know, a
-// product its list lacks (unless hold), or the Manager not running.
-func (m *Manager) want(zone, product string, hold bool) *usage {
+// want starts watching a zone and a product of it, and returns its usage
+// and, for a product, its entry; nil when there is nothing to watch: a zone
+// Consul does not know, a product its list lacks (unless hold), or the
+// Manager not running.
+func (m *Manager) want(zone, product string, hold bool) (*usage, *productWatch) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.ctx == nil || m.ctx.Err() != nil {
-		return nil
+		return nil, nil
 	}
 	z := m.zones.load()[zone]
 	if z == nil {
 		if exists, _ := m.cache.Datacenter(zone); !exists && zone != m.cfg.Local {
-			return nil
+			return nil, nil
 		}
 		z = m.startZone(zone, false)
 	}
 	if product == "" {
-		return &z.use
+		return &z.use, nil
 	}
 	z.mu.Lock()
 	defer z.mu.Unlock()
@@ -304,9 +309,9 @@ func (m *Manager) want(zone, product string, hold bool) *usage {
 		_, isListed := listed[product]
 		switch {
 		case !isListed && len(z.products.load()) >= len(listed)+maxUnlisted:
-			return nil // made-up names, most likely: not tracked
+			return nil, nil // made-up names, most likely: not tracked
 		case haveList && !isListed && !hold:
-			return nil
+			return nil, nil
 		}
 		p = &productWatch{name: product, pinned: z.m.pinned(z.name, product)}
 		p.use.last.Store(time.Now().UnixNano())
@@ -315,7 +320,7 @@ func (m *Manager) want(zone, product string, hold bool) *usage {
 			z.startProduct(p)
 		}
 	}
-	return &p.use
+	return &p.use, p
 }
 
 // Resolve implements cache.Demand.
@@ -549,6 +554,8 @@ type productWatch struct {
 	name   string
 	use    usage
 	pinned bool
+	// ticket is its loop's place in the queue for a blocking read.
+	ticket ticket
 	// cancel stops the product's loop; nil while it has none (the list
 	// does not have the product, or was not read yet).
 	cancel context.CancelFunc
@@ -592,12 +599,15 @@ func (z *zoneWatch) startProduct(p *productWatch) {
 		z.unsettledPins++ // until its first result or failure
 	}
 	prio := func() int {
-		if p.pinned && p.use.idle(time.Now().UnixNano(), z.m.cfg.Idle) {
+		switch {
+		case p.use.refs.Load() > 0:
+			return prioHeld
+		case p.pinned && p.use.idle(time.Now().UnixNano(), z.m.cfg.Idle):
 			return prioPinned
 		}
 		return prioInUse
 	}
-	z.loopPrio(pctx, "health", p.name, prio, func(ctx context.Context, q Query) (Meta, error) {
+	z.loopPrio(pctx, "health", p.name, prio, &p.ticket, func(ctx context.Context, q Query) (Meta, error) {
 		return z.fetchProduct(ctx, pctx, p, q)
 	}, func(err error) { z.productFailed(pctx, p, err) })
 	if z.synced {
@@ -640,15 +650,16 @@ type fetch func(ctx context.Context, q Query) (Meta, error)
 // loop runs fn as one of the zone's own blocking-query loops until the
 // zone stops.
 func (z *zoneWatch) loop(endpoint string, fn fetch) {
-	z.loopPrio(z.ctx, endpoint, "", func() int { return prioZone }, fn, nil)
+	z.loopPrio(z.ctx, endpoint, "", func() int { return prioZone }, nil, fn, nil)
 }
 
 // errPreempted ends a read cut short to give its slot to another loop.
 var errPreempted = errors.New("read cut short for another loop's turn")
 
-// loopPrio is loop with a priority that may change from read to read, and
-// fail, if not nil, called with each failed read's error.
-func (z *zoneWatch) loopPrio(ctx context.Context, endpoint, product string, prio func() int, fn fetch, fail func(error)) {
+// loopPrio is loop with a priority that may change from read to read, t
+// (if not nil) its place in the queue for a blocking read, and fail, if not
+// nil, called with each failed read's error.
+func (z *zoneWatch) loopPrio(ctx context.Context, endpoint, product string, prio func() int, t *ticket, fn fetch, fail func(error)) {
 	m := z.m
 	m.wg.Add(1)
 	m.metrics.watchers.WithLabelValues(z.name).Inc()
@@ -679,7 +690,7 @@ func (z *zoneWatch) loopPrio(ctx context.Context, endpoint, product string, prio
 			if err := limiter.Wait(ctx); err != nil {
 				return
 			}
-			meta, err := z.read(ctx, index, prio(), fn)
+			meta, err := z.read(ctx, index, prio(), t, fn)
 			if ctx.Err() != nil {
 				return
 			}
@@ -741,7 +752,7 @@ func (z *zoneWatch) loopPrio(ctx context.Context, endpoint, product string, prio
 // read runs one read of a loop within the budget. A first read (index 0)
 // does not block and takes a first-read slot; a blocking read takes a
 // blocking slot, and waits the full wait unless other loops wait for a slot.
-func (z *zoneWatch) read(ctx context.Context, index uint64, prio int, fn fetch) (Meta, error) {
+func (z *zoneWatch) read(ctx context.Context, index uint64, prio int, t *ticket, fn fetch) (Meta, error) {
 	m := z.m
 	wait := m.cfg.Wait
 	if index == 0 {
@@ -755,7 +766,7 @@ func (z *zoneWatch) read(ctx context.Context, index uint64, prio int, fn fetch) 
 		defer cancel()
 		return fn(rctx, Query{Index: 0, Wait: wait})
 	}
-	h, err := m.slots.acquire(ctx, prio)
+	h, err := m.slots.acquire(ctx, prio, t)
 	if err != nil {
 		return Meta{}, err
 	}

@@ -1,13 +1,10 @@
 package agent
 
 import (
-	"bufio"
 	"fmt"
 	"math/rand/v2"
 	"net"
 	"net/http"
-	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -87,31 +84,6 @@ func registerCatalog(c *api.Client, i int, product string, port int) error {
 	return err
 }
 
-// connsTo counts the established TCP connections to port on this host
-// (both ends of a loopback connection are listed; only the client's has
-// port as its remote end).
-func connsTo(t testing.TB, port int) int {
-	f, err := os.Open("/proc/net/tcp")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	n := 0
-	sc := bufio.NewScanner(f)
-	sc.Scan() // header
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 4 || fields[3] != "01" {
-			continue
-		}
-		_, hexPort, _ := strings.Cut(fields[2], ":")
-		if p, err := strconv.ParseUint(hexPort, 16, 16); err == nil && int(p) == port {
-			n++
-		}
-	}
-	return n
-}
-
 // neighbour is another client of the same Consul agent on this host, as
 // the Consul CLI is: a new connection per request, every 20 ms, until stop.
 // It counts the requests Consul refused or failed, and samples the
@@ -126,8 +98,6 @@ type neighbour struct {
 
 func startNeighbour(t *testing.T, ca *testconsul.Agent) *neighbour {
 	n := &neighbour{stop: make(chan struct{}), done: make(chan struct{})}
-	_, portStr, _ := strings.Cut(ca.HTTPAddr(), ":")
-	port, _ := strconv.Atoi(portStr)
 	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}
 	go func() {
 		defer close(n.done)
@@ -139,8 +109,8 @@ func startNeighbour(t *testing.T, ca *testconsul.Agent) *neighbour {
 				return
 			case <-tick.C:
 			}
-			if c := int64(connsTo(t, port)); c > n.mostConns.Load() {
-				n.mostConns.Store(c)
+			if c, err := ca.HTTPConnections(); err == nil && int64(c) > n.mostConns.Load() {
+				n.mostConns.Store(int64(c))
 			}
 			resp, err := client.Get("http://" + ca.HTTPAddr() + "/v1/status/leader")
 			if err == nil {
