@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -60,6 +61,12 @@ type odRow struct {
 // CLI would; the RSS with those products in use; and the propagation of
 // check flips on products in use to a websocket subscriber.
 func (b *bench) onDemandSection(ctx context.Context) error {
+	// The other sections' Consul, with up to 100,000 instances by now, is
+	// paused meanwhile: its background work is no part of this host.
+	if err := syscall.Kill(b.consul.PID(), syscall.SIGSTOP); err != nil {
+		return err
+	}
+	defer syscall.Kill(b.consul.PID(), syscall.SIGCONT)
 	ca, err := testconsul.StartE(ctx, testconsul.Options{Dev: true, Datacenter: "dc1", ExtraArgs: []string{"-log-level", "warn"}}, logf)
 	if err != nil {
 		return err
@@ -354,7 +361,7 @@ func (r *report) onDemand(rows []odRow) {
 		"For each row a fresh glimpse-agent with its defaults (`-consul.max-conns 100`, nothing pinned) reads that many products, spread over the fleet: "+
 		"one DNS SRV query each, 16 at a time (first query: from sending it to the answer, which waits for the product's first result from Consul). "+
 		"Meanwhile another client opens a new connection to the same Consul agent every 50 ms, as the Consul CLI does, and the connections to Consul from this host are sampled then. "+
-		"RSS after the agent returned its free memory to the OS, with those products in use. "+
+		"RSS after the agent returned its free memory to the OS, with those products in use. The other sections' Consul is paused (SIGSTOP) meanwhile. "+
 		"Propagation: %d check flips, each timed from the start of its Consul write, (a) on up to %d of the products read, held by a websocket subscriber, to its update; "+
 		"(b) on as many others, only read, to a DNS answer polled every millisecond (at most 10 s; a measurement stops after %d flips that did not show by then).\n\n",
 		odProducts, odInstances, odChanges, odWatched, odMaxTimeouts)
