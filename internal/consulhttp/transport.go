@@ -10,9 +10,11 @@
 // the request and reads the response on a pooled connection, and nothing
 // runs while a query waits but the caller, parked in its read.
 //
-// It speaks HTTP/1.1 over TCP, TLS or a Unix socket, reuses connections and
-// honours the request's context. It does not follow proxies or negotiate
-// HTTP/2, neither of which the Consul agent's HTTP API needs.
+// It speaks HTTP/1.1 over TCP or a Unix socket, reuses connections and
+// honours the request's context. Over TLS (an https Consul address) it
+// negotiates HTTP/2 and carries many requests on each connection (see
+// mux.go). It does not follow proxies, which the Consul agent's HTTP API
+// does not need.
 //
 // The Consul agent limits the connections of each client address
 // (limits.http_max_conns_per_client, 200 by default), and every Consul client
@@ -89,15 +91,23 @@ type Transport struct {
 	coolUntil time.Time
 
 	waits, throttled atomic.Uint64
+
+	// h dials the multiplexed connections of an https address, nil
+	// otherwise; conns are those connections (copied on write, guarded by
+	// mu), and dialing is set while one is being dialled.
+	h       *http.Transport
+	conns   []*muxConn
+	dialing bool
 }
 
 // New returns a Transport for o.
 func New(o Options) *Transport {
-	if o.TLS != nil && o.TLS.ServerName == "" && o.Network == "tcp" {
-		o.TLS = o.TLS.Clone()
-		o.TLS.ServerName, _, _ = net.SplitHostPort(o.Address)
+	o.TLS = tlsFor(o)
+	t := &Transport{o: o, freed: make(chan struct{})}
+	if o.TLS != nil && o.Network == "tcp" {
+		t.h = newMux(o)
 	}
-	return &Transport{o: o, freed: make(chan struct{})}
+	return t
 }
 
 // conn is one connection to Consul.
@@ -174,6 +184,9 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		closeBody(req)
 		return nil, err
 	}
+	if t.h != nil {
+		return t.roundTripMux(req)
+	}
 	for retried := false; ; retried = true {
 		c, reused, err := t.get(ctx)
 		if err != nil {
@@ -229,10 +242,7 @@ func (t *Transport) exchange(req *http.Request, c *conn) (_ *http.Response, wrot
 		return nil, cw.n, err
 	}
 	if resp.StatusCode == http.StatusTooManyRequests {
-		t.throttled.Add(1)
-		t.mu.Lock()
-		t.coolUntil = time.Now().Add(coolDown)
-		t.mu.Unlock()
+		t.cool()
 	}
 	resp.Body = &body{rc: resp.Body, c: c, t: t, ctx: ctx, stop: stop, close: resp.Close || req.Close}
 	return resp, cw.n, nil
@@ -353,6 +363,10 @@ func (t *Transport) put(c *conn) {
 
 // CloseIdleConnections closes the connections not carrying a request.
 func (t *Transport) CloseIdleConnections() {
+	if t.h != nil {
+		t.closeIdleMux()
+		return
+	}
 	t.mu.Lock()
 	idle := t.idle
 	t.idle = nil
@@ -386,10 +400,19 @@ func (t *Transport) Throttled() uint64 { return t.throttled.Load() }
 // MaxConns returns the cap on open connections, 0 for none.
 func (t *Transport) MaxConns() int { return t.o.MaxConns }
 
-// Idle reports the number of pooled idle connections.
+// Idle reports the number of pooled connections carrying no request.
 func (t *Transport) Idle() int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.h != nil {
+		n := 0
+		for _, c := range t.conns {
+			if c.inFlight == 0 {
+				n++
+			}
+		}
+		return n
+	}
 	return len(t.idle)
 }
 
