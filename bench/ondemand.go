@@ -35,6 +35,7 @@ const (
 // odRow is one host of the on-demand section: one count of products read.
 type odRow struct {
 	products                  int
+	https                     bool // glimpse reads Consul over HTTPS, so HTTP/2
 	ready                     time.Duration
 	first                     []float64 // ms, one per product read
 	wrong                     int       // first answers without every instance
@@ -67,7 +68,7 @@ func (b *bench) onDemandSection(ctx context.Context) error {
 		return err
 	}
 	defer syscall.Kill(b.consul.PID(), syscall.SIGCONT)
-	ca, err := testconsul.StartE(ctx, testconsul.Options{Dev: true, Datacenter: "dc1", ExtraArgs: []string{"-log-level", "warn"}}, logf)
+	ca, err := testconsul.StartE(ctx, testconsul.Options{Dev: true, Datacenter: "dc1", HTTPS: true, ExtraArgs: []string{"-log-level", "warn"}}, logf)
 	if err != nil {
 		return err
 	}
@@ -80,14 +81,18 @@ func (b *bench) onDemandSection(ctx context.Context) error {
 	}
 	logf("ondemand: registered %d products × %d instances with a Consul of default limits in %v", odProducts, odInstances, time.Since(began).Round(time.Millisecond))
 	var rows []odRow
-	for _, k := range []int{20, 200, odProducts} {
-		row, err := b.onDemandHost(ctx, ca, topo, k)
+	for _, host := range []struct {
+		k     int
+		https bool
+	}{{20, false}, {200, false}, {odProducts, false}, {200, true}, {odProducts, true}} {
+		k := host.k
+		row, err := b.onDemandHost(ctx, ca, topo, k, host.https)
 		if err != nil {
-			return fmt.Errorf("%d products read: %w", k, err)
+			return fmt.Errorf("%d products read (https %v): %w", k, host.https, err)
 		}
-		logf("ondemand: %d read: ready %v, first query p50 %.2f ms p99 %.2f ms (%d wrong), connections %v (peak %v of %v; host %d), RSS %d KiB, "+
+		logf("ondemand: %d read over %s: ready %v, first query p50 %.2f ms p99 %.2f ms (%d wrong), connections %v (peak %v of %v; host %d), RSS %d KiB, "+
 			"propagation held p50 %.1f ms p99 %s, read p50 %.1f ms p99 %s",
-			k, row.ready.Round(time.Millisecond), pct(row.first, 50), pct(row.first, 99), row.wrong, row.conns, row.peak, row.budget, row.hostConns,
+			k, row.proto(), row.ready.Round(time.Millisecond), pct(row.first, 50), pct(row.first, 99), row.wrong, row.conns, row.peak, row.budget, row.hostConns,
 			row.rssKiB, pct(row.held, 50), p99(row.held, row.heldTimeouts), pct(row.read, 50), p99(row.read, row.readTimeouts))
 		rows = append(rows, row)
 	}
@@ -95,14 +100,29 @@ func (b *bench) onDemandSection(ctx context.Context) error {
 	return nil
 }
 
-// onDemandHost is one row: a fresh agent reading k products.
-func (b *bench) onDemandHost(ctx context.Context, ca *testconsul.Agent, topo topology, k int) (odRow, error) {
-	row := odRow{products: k}
+// proto names how the row's agent reads Consul.
+func (r odRow) proto() string {
+	if r.https {
+		return "HTTPS (HTTP/2)"
+	}
+	return "HTTP/1.1"
+}
+
+// onDemandHost is one row: a fresh agent reading k products, from Consul's
+// HTTP or (https) HTTPS listener.
+func (b *bench) onDemandHost(ctx context.Context, ca *testconsul.Agent, topo topology, k int, https bool) (odRow, error) {
+	row := odRow{products: k, https: https}
 	nb := startNeighbour(ca)
 	defer nb.halt()
 
 	start := time.Now()
-	g, err := b.startGlimpse(ctx, ca.HTTPAddr(), fmt.Sprint("ondemand-", k))
+	addr, tag := ca.HTTPAddr(), fmt.Sprint("ondemand-", k)
+	var flags []string
+	if https {
+		addr, tag = "https://"+ca.HTTPSAddr(), tag+"-https"
+		flags = []string{"-consul.ca-file", ca.CAFile()}
+	}
+	g, err := b.startGlimpse(ctx, addr, tag, flags...)
 	if err != nil {
 		return row, err
 	}
@@ -322,8 +342,10 @@ func startNeighbour(ca *testconsul.Agent) *neighbour {
 				return
 			case <-tick.C:
 			}
-			if c, err := ca.HTTPConnections(); err == nil && int64(c) > n.mostConns.Load() {
-				n.mostConns.Store(int64(c))
+			c, err := ca.HTTPConnections()
+			cs, errs := ca.HTTPSConnections()
+			if err == nil && errs == nil && int64(c+cs) > n.mostConns.Load() {
+				n.mostConns.Store(int64(c + cs))
 			}
 			resp, err := client.Get("http://" + ca.HTTPAddr() + "/v1/status/leader")
 			if err == nil {
@@ -357,26 +379,27 @@ func p99(lat []float64, timeouts int) string {
 func (r *report) onDemand(rows []odRow) {
 	var s strings.Builder
 	fmt.Fprintf(&s, "## 6. On demand: %d products, Consul's default limits\n\n", odProducts)
-	fmt.Fprintf(&s, "A Consul dev agent with its default limits (200 HTTP connections per client address) holds %d products × %d instances. "+
-		"For each row a fresh glimpse-agent with its defaults (`-consul.max-conns 100`, nothing pinned) reads that many products, spread over the fleet: "+
+	fmt.Fprintf(&s, "A Consul dev agent with its default limits (200 HTTP connections per client address, its HTTP and HTTPS listeners together) holds %d products × %d instances. "+
+		"For each row a fresh glimpse-agent with its defaults (`-consul.max-conns 100`, nothing pinned) reads that many products, spread over the fleet, from Consul's HTTP listener (HTTP/1.1: a connection per blocking read) "+
+		"or its HTTPS listener (HTTP/2: up to 100 blocking reads per connection): "+
 		"one DNS SRV query each, 16 at a time (first query: from sending it to the answer, which waits for the product's first result from Consul). "+
 		"Meanwhile another client opens a new connection to the same Consul agent every 50 ms, as the Consul CLI does, and the connections to Consul from this host are sampled then. "+
 		"RSS after the agent returned its free memory to the OS, with those products in use. The other sections' Consul is paused (SIGSTOP) meanwhile. "+
 		"Propagation: %d check flips, each timed from the start of its Consul write, (a) on up to %d of the products read, held by a websocket subscriber, to its update; "+
 		"(b) on as many others, only read, to a DNS answer polled every millisecond (at most 10 s; a measurement stops after %d flips that did not show by then).\n\n",
 		odProducts, odInstances, odChanges, odWatched, odMaxTimeouts)
-	s.WriteString("| products read | ready | first query p50 / p99 | wrong first answers | glimpse's connections (end / peak / budget) | most connections to Consul from the host | other client served / refused | RSS | propagation, held: p50 / p99 | propagation, read: p50 / p99 | loops waiting for a turn |\n")
-	s.WriteString("|---|---|---|---|---|---|---|---|---|---|---|\n")
+	s.WriteString("| products read | Consul over | ready | first query p50 / p99 | wrong first answers | glimpse's connections (end / peak / budget) | most connections to Consul from the host | other client served / refused | RSS | propagation, held: p50 / p99 | propagation, read: p50 / p99 | loops waiting for a turn |\n")
+	s.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, row := range rows {
-		fmt.Fprintf(&s, "| %d | %v | %.2f / %.2f ms | %d | %.0f / %.0f / %.0f | %d | %d / %d | %.1f MiB | %.1f ms / %s | %.1f ms / %s | %.0f |\n",
-			row.products, row.ready.Round(time.Millisecond), pct(row.first, 50), pct(row.first, 99), row.wrong,
+		fmt.Fprintf(&s, "| %d | %s | %v | %.2f / %.2f ms | %d | %.0f / %.0f / %.0f | %d | %d / %d | %.1f MiB | %.1f ms / %s | %.1f ms / %s | %.0f |\n",
+			row.products, row.proto(), row.ready.Round(time.Millisecond), pct(row.first, 50), pct(row.first, 99), row.wrong,
 			row.conns, row.peak, row.budget, row.hostConns, row.neighbourOK, row.neighbourBad,
 			float64(row.rssKiB)/1024, pct(row.held, 50), p99(row.held, row.heldTimeouts), pct(row.read, 50), p99(row.read, row.readTimeouts), row.waiting)
 	}
 	s.WriteString("\n")
 	r.add("%s", s.String())
 	for _, row := range rows {
-		what := fmt.Sprintf("on demand, %d read: ", row.products)
+		what := fmt.Sprintf("on demand, %d read over %s: ", row.products, row.proto())
 		r.check(what+"ready", "≤ 10 s", row.ready.Round(time.Millisecond).String(), row.ready <= 10*time.Second)
 		r.check(what+"first query p99, every answer right", "≤ 50 ms", fmt.Sprintf("%.2f ms, %d wrong", pct(row.first, 99), row.wrong), pct(row.first, 99) <= 50 && row.wrong == 0)
 		r.check(what+"propagation p99, subscriber", "≤ 50 ms", p99(row.held, row.heldTimeouts), pct(row.held, 99) <= 50 && row.heldTimeouts == 0)

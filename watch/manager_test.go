@@ -307,7 +307,7 @@ func TestPinnedBeyondBudget(t *testing.T) {
 	}
 	// Budget 8: 6 blocking reads (2 of them the zone's), 1 first read.
 	m, c := run(t, f, Config{Pins: []string{"*"}, MaxConns: 8, RotateWait: 50 * time.Millisecond})
-	blocking, _ := Budget(8)
+	blocking, _ := Budget(8, 1)
 	if got := len(c.Zone("dc1").Products); got != n {
 		t.Fatalf("ready with %d of %d pinned products", got, n)
 	}

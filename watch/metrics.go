@@ -48,12 +48,12 @@ func (m *Metrics) observe(w *Manager) {
 		m.reg.MustRegister(
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "glimpse_watch_blocking_reads",
-				Help: "Blocking reads open against Consul (each holds a connection).",
+				Help: "Blocking reads open against Consul (each holds a connection over HTTP/1.1, a stream of one over HTTP/2).",
 			}, func() float64 { held, _, _ := w.slots.stats(); return float64(held) }),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "glimpse_watch_blocking_reads_limit",
 				Help: "Most blocking reads the connection budget allows at once.",
-			}, func() float64 { b, _ := Budget(w.cfg.MaxConns); return float64(b) }),
+			}, func() float64 { b, _ := Budget(w.cfg.MaxConns, w.cfg.Streams); return float64(b) }),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "glimpse_watch_loops_waiting",
 				Help: "Loops waiting for a blocking read: more products in use than the budget has room for, so they take turns.",

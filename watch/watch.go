@@ -17,7 +17,8 @@
 // do not block, and the rest for everything else (the datacenter list, the
 // providers' registrations). The local Consul agent's other clients share
 // its per-client connection limit; glimpse never takes more than its
-// budget.
+// budget. Over HTTP/2 (an https Consul agent) a connection carries
+// Config.Streams requests at once, and the shares grow with it.
 //
 // The loops are written here rather than with Consul's api/watch package:
 // api/watch hides errors behind a fixed 5 s × n² back-off (up to 180 s)
@@ -70,6 +71,9 @@ type Config struct {
 	// MaxConns is the connection budget towards the Consul agent, which
 	// the transport enforces; the watchers plan their reads within it.
 	MaxConns int
+	// Streams is how many requests one connection carries at once: 1 over
+	// HTTP/1.1 (0 means 1), more over HTTP/2.
+	Streams int
 	// Pins are patterns (path.Match syntax; "*" for all) of local products
 	// watched from the start and never dropped.
 	Pins []string
@@ -104,14 +108,16 @@ func DefaultConfig() Config {
 	}
 }
 
-// Budget splits a connection budget: blocking reads, concurrent first
-// reads, and the rest (at least one) for the datacenter list and provider
-// writes.
-func Budget(maxConns int) (blocking, first int) {
+// Budget splits a connection budget, of connections carrying streams
+// requests each, into the blocking reads and the concurrent first reads
+// it holds; the rest (at least one connection) is for the datacenter list
+// and provider writes.
+func Budget(maxConns, streams int) (blocking, first int) {
 	maxConns = max(maxConns, MinMaxConns)
+	streams = max(streams, 1)
 	first = max(1, maxConns/10)
 	rest := max(1, maxConns/20)
-	return maxConns - first - rest, first
+	return (maxConns - first - rest) * streams, first * streams
 }
 
 // ValidPin checks a -watch.pin pattern.
@@ -180,7 +186,7 @@ func New(backend Backend, c *cache.Cache, cfg Config, log *zap.Logger, m *Metric
 	if cfg.ListRefreshRate <= 0 {
 		cfg.ListRefreshRate = 5
 	}
-	blocking, first := Budget(cfg.MaxConns)
+	blocking, first := Budget(cfg.MaxConns, cfg.Streams)
 	w := &Manager{backend: backend, cache: c, cfg: cfg, log: log, metrics: m,
 		slots: newSlots(blocking), first: make(chan struct{}, first)}
 	m.observe(w)

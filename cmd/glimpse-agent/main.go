@@ -36,6 +36,7 @@ func run(args []string, stderr io.Writer) error {
 	fs.SetOutput(io.Discard) // errors are reported in one line by main
 	fs.StringVar(&cfg.ConsulAddr, "consul.addr", "", "the local Consul agent's HTTP address (default $CONSUL_HTTP_ADDR or 127.0.0.1:8500)")
 	fs.StringVar(&cfg.ConsulToken, "consul.token", "", "Consul ACL token with read access (default $CONSUL_HTTP_TOKEN)")
+	fs.StringVar(&cfg.ConsulCAFile, "consul.ca-file", "", "PEM file of the CA that signed an https Consul agent's certificate (default $CONSUL_CACERT, else the system's roots)")
 	fs.DurationVar(&cfg.ConsulStartTimeout, "consul.start-timeout", cfg.ConsulStartTimeout, "how long to wait for the Consul agent at start")
 	fs.DurationVar(&cfg.Watch.Wait, "consul.wait", cfg.Watch.Wait, "longest wait of a blocking query")
 	rateLimit := fs.Float64("consul.rate", float64(cfg.Watch.Rate), "Consul requests per second allowed to each watcher (token bucket)")

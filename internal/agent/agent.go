@@ -38,6 +38,10 @@ type Config struct {
 	ConsulAddr string
 	// ConsulToken overrides $CONSUL_HTTP_TOKEN.
 	ConsulToken string
+	// ConsulCAFile, for an https ConsulAddr, is the PEM file of the CA
+	// that signed the Consul agent's certificate; it overrides
+	// $CONSUL_CACERT. Empty: the environment's, or the system's roots.
+	ConsulCAFile string
 	// ConsulStartTimeout is how long to wait for the Consul agent at start.
 	ConsulStartTimeout time.Duration
 	// Zone is the local zone; empty means the Consul agent's datacenter.
@@ -145,7 +149,7 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Agent, error) {
 			return nil, fmt.Errorf("-watch.pin: %w", err)
 		}
 	}
-	client, transport, err := ConsulClient(cfg.ConsulAddr, cfg.ConsulToken, cfg.Watch.MaxConns)
+	client, transport, err := ConsulClient(ConsulOptions{Addr: cfg.ConsulAddr, Token: cfg.ConsulToken, CAFile: cfg.ConsulCAFile, MaxConns: cfg.Watch.MaxConns})
 	if err != nil {
 		return nil, err
 	}
@@ -156,6 +160,9 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Agent, error) {
 	}
 	cfg.Zone = zone
 	cfg.Watch.Local = zone
+	// The first exchange has told the protocol: over HTTP/2 each connection
+	// of the budget carries many reads.
+	cfg.Watch.Streams = max(1, transport.Streams())
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -206,20 +213,36 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Agent, error) {
 	return a, nil
 }
 
-// ConsulClient returns a Consul API client for addr (empty: the environment's
-// or Consul's default) with token (empty: the environment's), holding at
-// most maxConns connections (0: no cap). Its transport runs each request on
-// the caller's goroutine (see consulhttp); close its idle connections when
+// ConsulOptions say how to reach the Consul agent.
+type ConsulOptions struct {
+	// Addr is host:port, http://, https:// or unix://path; empty: the
+	// environment's ($CONSUL_HTTP_ADDR) or Consul's default.
+	Addr string
+	// Token is the ACL token; empty: the environment's.
+	Token string
+	// CAFile verifies an https agent's certificate; empty: the
+	// environment's ($CONSUL_CACERT) or the system's roots.
+	CAFile string
+	// MaxConns caps the connections held (0: no cap).
+	MaxConns int
+}
+
+// ConsulClient returns a Consul API client for o. Its transport runs each
+// request on the caller's goroutine over HTTP/1.1, or multiplexes them over
+// HTTP/2 to an https agent (see consulhttp); close its idle connections when
 // done with the client.
-func ConsulClient(addr, token string, maxConns int) (*api.Client, *consulhttp.Transport, error) {
+func ConsulClient(co ConsulOptions) (*api.Client, *consulhttp.Transport, error) {
 	cc := api.DefaultConfig()
-	if addr != "" {
-		cc.Address = addr
+	if co.Addr != "" {
+		cc.Address = co.Addr
 	}
-	if token != "" {
-		cc.Token = token
+	if co.Token != "" {
+		cc.Token = co.Token
 	}
-	o := consulhttp.Options{Network: "tcp", Address: cc.Address, MaxConns: maxConns}
+	if co.CAFile != "" {
+		cc.TLSConfig.CAFile = co.CAFile
+	}
+	o := consulhttp.Options{Network: "tcp", Address: cc.Address, MaxConns: co.MaxConns}
 	if scheme, rest, ok := strings.Cut(cc.Address, "://"); ok {
 		switch scheme {
 		case "http", "https":
@@ -382,6 +405,10 @@ func registerTransport(reg prometheus.Registerer, t *consulhttp.Transport) {
 			Name: "glimpse_consul_connections_limit",
 			Help: "The connection budget towards the Consul agent (-consul.max-conns).",
 		}, func() float64 { return float64(t.MaxConns()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "glimpse_consul_connection_streams",
+			Help: "Requests one connection to the Consul agent carries at once: 1 over HTTP/1.1, 100 over HTTP/2 (an https agent); 0 while no connection is open.",
+		}, func() float64 { return float64(t.Streams()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "glimpse_consul_connection_waits_total",
 			Help: "Requests that waited for a connection because the budget was in use.",

@@ -16,7 +16,7 @@ func TestConsulClientUnixSocket(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "consul.sock")
 	srv := testconsul.Start(t, testconsul.Options{Dev: true, Datacenter: "dc1",
 		ExtraArgs: []string{"-hcl", `addresses { http = "127.0.0.1 unix://` + sock + `" }`}})
-	c, tr, err := ConsulClient("unix://"+sock, "", 0)
+	c, tr, err := ConsulClient(ConsulOptions{Addr: "unix://" + sock})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +54,7 @@ func TestConsulClientUnixSocket(t *testing.T) {
 }
 
 func TestConsulClientBadScheme(t *testing.T) {
-	if _, _, err := ConsulClient("ftp://127.0.0.1:8500", "", 0); err == nil {
+	if _, _, err := ConsulClient(ConsulOptions{Addr: "ftp://127.0.0.1:8500"}); err == nil {
 		t.Error("ftp:// accepted")
 	}
 }

@@ -27,9 +27,9 @@ const scaleProducts = 2000
 // http_config blocks the health endpoint of one product, and registers
 // scaleProducts products of one instance each (plus the blocked one)
 // straight into its catalog.
-func scaleConsul(t *testing.T) (*testconsul.Agent, []string) {
+func scaleConsul(t *testing.T, https bool) (*testconsul.Agent, []string) {
 	t.Helper()
-	ca := testconsul.Start(t, testconsul.Options{Dev: true, Datacenter: "dc1", ExtraArgs: []string{
+	ca := testconsul.Start(t, testconsul.Options{Dev: true, Datacenter: "dc1", HTTPS: https, ExtraArgs: []string{
 		"-hcl", `http_config { block_endpoints = ["/v1/health/service/scaleblocked"] }`,
 	}})
 	// A client of its own, whose connections are closed once done, so that
@@ -169,7 +169,7 @@ func srvPort(t testing.TB, a *Agent, product string) (int, *mdns.Msg) {
 // too), follows changes of what it reads, drops what it stops reading, and
 // a product whose reads Consul blocks fails alone.
 func TestScaleOnDemand(t *testing.T) {
-	ca, names := scaleConsul(t)
+	ca, names := scaleConsul(t, false)
 	nb := startNeighbour(t, ca)
 
 	cfg := testConfig(t, ca.HTTPAddr())
@@ -270,7 +270,7 @@ func TestScaleOnDemand(t *testing.T) {
 // holds, changes of products nobody reads arrive within a rotation, and a
 // product in use gets a read of its own.
 func TestScalePinAll(t *testing.T) {
-	ca, names := scaleConsul(t)
+	ca, names := scaleConsul(t, false)
 	nb := startNeighbour(t, ca)
 	cfg := testConfig(t, ca.HTTPAddr())
 	cfg.Watch.Pins = []string{"*"}
@@ -281,7 +281,7 @@ func TestScalePinAll(t *testing.T) {
 		// every product but the blocked one has a state
 		t.Errorf("%d products with a state when ready, want %d", n, scaleProducts)
 	}
-	blocking, _ := watch.Budget(cfg.Watch.MaxConns)
+	blocking, _ := watch.Budget(cfg.Watch.MaxConns, 1)
 
 	// A product nobody reads: its change arrives with its turn.
 	quiet := names[1234]
@@ -323,6 +323,70 @@ func TestScalePinAll(t *testing.T) {
 	}
 	if nb.refused.Load() > 0 {
 		t.Errorf("the neighbour was refused %d times (last: %v)", nb.refused.Load(), nb.lastErr.Load())
+	}
+}
+
+// TestScalePinAllHTTP2: every one of 2,000 products pinned, against an
+// https Consul agent with its default limits. Over HTTP/2 the default
+// budget of 100 connections holds a blocking read for every product at
+// once, on about 2,000/100 connections: no product waits for a turn, and a
+// change of any of them arrives as Consul has it, not at the product's
+// next turn.
+func TestScalePinAllHTTP2(t *testing.T) {
+	ca, names := scaleConsul(t, true)
+	nb := startNeighbour(t, ca)
+	cfg := testConfig(t, "https://"+ca.HTTPSAddr())
+	cfg.ConsulCAFile = ca.CAFile()
+	cfg.Watch.Pins = []string{"*"}
+	a, ready := launchReady(t, cfg)
+	t.Logf("ready %v after start with %d pinned products over HTTP/2", ready, scaleProducts)
+
+	m := scrape(t, a.HTTPAddr())
+	limit := metricValue(m, "glimpse_watch_blocking_reads_limit")
+	if blocking, _ := watch.Budget(cfg.Watch.MaxConns, 100); limit != float64(blocking) || limit < scaleProducts {
+		t.Fatalf("blocking reads limit %v, want %d (100 per connection), at least the %d products", limit, blocking, scaleProducts)
+	}
+	// Every product's loop holds a read once it has its first result; the
+	// zone's two loops besides.
+	testconsul.WaitFor(t, 30*time.Second, func() bool {
+		m = scrape(t, a.HTTPAddr())
+		return metricValue(m, "glimpse_watch_blocking_reads") >= scaleProducts+2
+	}, "not every pinned product holds a blocking read")
+	if w := metricValue(m, "glimpse_watch_loops_waiting"); w != 0 {
+		t.Errorf("%v loops wait for a turn", w)
+	}
+	conns, err := ca.HTTPSConnections()
+	if err != nil {
+		t.Fatal(err)
+	}
+	open := metricValue(m, "glimpse_consul_connections")
+	t.Logf("%v blocking reads on %d HTTPS connections (glimpse counts %v open, peak %v)",
+		metricValue(m, "glimpse_watch_blocking_reads"), conns, open, metricValue(m, "glimpse_consul_connections_peak"))
+	// 2,002 reads at 100 a connection, a few more for first reads.
+	if conns > 30 || float64(conns) != open {
+		t.Errorf("%d HTTPS connections to Consul, glimpse counts %v; want them equal and at most 30", conns, open)
+	}
+
+	// A pinned product nobody reads: its change arrives without waiting
+	// for a turn, as no read is ever cut short.
+	quiet := names[1234]
+	if err := registerCatalog(ca.Client(), 1234, quiet, 31234); err != nil {
+		t.Fatal(err)
+	}
+	waitDNS(t, a.DNSAddr(), "http.web.prod."+quiet+".dc1.srv.glimpse.io.", mdns.TypeSRV, func(m *mdns.Msg) bool {
+		return len(m.Answer) == 1 && int(m.Answer[0].(*mdns.SRV).Port) == 31234
+	}, "the change of a pinned product")
+
+	nb.halt()
+	m = scrape(t, a.HTTPAddr())
+	if p := metricValue(m, "glimpse_watch_reads_preempted_total"); p != 0 {
+		t.Errorf("%v reads were cut short for another's turn", p)
+	}
+	if peak := metricValue(m, "glimpse_consul_connections_peak"); peak > float64(cfg.Watch.MaxConns) {
+		t.Errorf("glimpse's connections peaked at %v, budget %d", peak, cfg.Watch.MaxConns)
+	}
+	if nb.refused.Load() > 0 || nb.served.Load() == 0 {
+		t.Errorf("the neighbour was served %d times and refused %d (last: %v)", nb.served.Load(), nb.refused.Load(), nb.lastErr.Load())
 	}
 }
 

@@ -45,6 +45,7 @@ type Agent struct {
 	logPath string
 	dataDir string // "" in dev mode
 	ports   agentPorts
+	tls     tlsFiles // with Options.HTTPS
 	logf    func(string, ...any)
 	client  *api.Client
 	clientT *http.Transport // client's transport
@@ -137,13 +138,18 @@ func start(ctx context.Context, opts Options, nameBase, dir string, ownsDir bool
 		}
 	}
 
+	if opts.HTTPS {
+		if a.tls, err = writeTLSFiles(dir); err != nil {
+			return nil, err
+		}
+	}
 	began := time.Now()
 	for attempt := 1; ; attempt++ {
-		a.ports, err = pickAgentPorts(opts.BindAddr, opts.DNS, opts.GRPC)
+		a.ports, err = pickAgentPorts(opts.BindAddr, opts.DNS, opts.GRPC, opts.HTTPS)
 		if err != nil {
 			return nil, err
 		}
-		if err := writeConfig(a.cfgPath, opts, a.ports, a.dataDir); err != nil {
+		if err := writeConfig(a.cfgPath, opts, a.ports, a.dataDir, a.tls); err != nil {
 			return nil, err
 		}
 		a.client, a.clientT = a.newClient(a.HTTPAddr())
@@ -367,6 +373,14 @@ func (a *Agent) checkReady(ctx context.Context) error {
 
 // HTTPAddr returns the address of the agent's HTTP API, "127.0.0.1:port".
 func (a *Agent) HTTPAddr() string { return hostPort(clientAddr, a.ports.HTTP) }
+
+// HTTPSAddr returns the address of the agent's HTTPS API,
+// "127.0.0.1:port", or "" unless Options.HTTPS was set.
+func (a *Agent) HTTPSAddr() string { return hostPort(clientAddr, a.ports.HTTPS) }
+
+// CAFile returns the path of the PEM file of the CA that signed the HTTPS
+// listener's certificate, or "" unless Options.HTTPS was set.
+func (a *Agent) CAFile() string { return a.tls.CA }
 
 // SerfLANAddr returns the agent's Serf LAN address ("ip:port"), for
 // Options.RetryJoin of other agents.

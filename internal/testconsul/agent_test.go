@@ -3,7 +3,10 @@ package testconsul
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"net"
+	"net/http"
 	"os"
 	"slices"
 	"strings"
@@ -239,9 +242,9 @@ func TestStartRetriesOnPortConflict(t *testing.T) {
 	}
 	defer busy.Close()
 	calls := 0
-	pickAgentPorts = func(bindAddr string, dns, grpc bool) (agentPorts, error) {
+	pickAgentPorts = func(bindAddr string, dns, grpc, https bool) (agentPorts, error) {
 		calls++
-		p, err := pickPorts(bindAddr, dns, grpc)
+		p, err := pickPorts(bindAddr, dns, grpc, https)
 		if calls == 1 {
 			p.HTTP = busy.Addr().(*net.TCPAddr).Port
 		}
@@ -252,5 +255,33 @@ func TestStartRetriesOnPortConflict(t *testing.T) {
 	a := Start(t, Options{Dev: true})
 	if calls != 2 || a.HTTPAddr() == busy.Addr().String() {
 		t.Fatalf("after a port conflict: %d port picks, HTTP address %s (busy: %s)", calls, a.HTTPAddr(), busy.Addr())
+	}
+}
+
+// An agent with Options.HTTPS serves its API over TLS with the CA it
+// made, and speaks HTTP/2 there, as Consul does.
+func TestHTTPS(t *testing.T) {
+	t.Parallel()
+	a := Start(t, Options{Dev: true, HTTPS: true})
+	pemCA, err := os.ReadFile(a.CAFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pemCA) {
+		t.Fatal("no certificate in the CA file")
+	}
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr}).Get("https://" + a.HTTPSAddr() + "/v1/status/leader")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.ProtoMajor != 2 {
+		t.Errorf("status %d over %s, want 200 over HTTP/2", resp.StatusCode, resp.Proto)
+	}
+	if n, err := a.HTTPSConnections(); err != nil || n != 1 {
+		t.Errorf("HTTPS connections %d (%v), want 1", n, err)
 	}
 }

@@ -86,6 +86,12 @@ type Options struct {
 	// (Agent.GRPCAddr). It is disabled by default, as is gRPC over TLS.
 	GRPC bool
 
+	// HTTPS adds an HTTPS listener on a free port (Agent.HTTPSAddr), with
+	// a certificate for 127.0.0.1 from a CA made for the agent alone
+	// (Agent.CAFile). Consul serves HTTP/2 on it. The plain HTTP listener
+	// stays, and Client keeps using it.
+	HTTPS bool
+
 	// ReconnectTimeout is how long a failed node stays in the member lists
 	// before it is reaped. Zero means DefaultReconnectTimeout.
 	ReconnectTimeout time.Duration
@@ -181,7 +187,7 @@ func randomUUID() (string, error) {
 }
 
 // writeConfig writes the agent's configuration file (JSON) to path.
-func writeConfig(path string, o Options, p agentPorts, dataDir string) error {
+func writeConfig(path string, o Options, p agentPorts, dataDir string, tf tlsFiles) error {
 	orDisabled := func(port int) int {
 		if port == 0 {
 			return -1
@@ -196,7 +202,7 @@ func writeConfig(path string, o Options, p agentPorts, dataDir string) error {
 		"disable_update_check": true,
 		"ports": map[string]any{
 			"http":     p.HTTP,
-			"https":    -1,
+			"https":    orDisabled(p.HTTPS),
 			"dns":      orDisabled(p.DNS),
 			"grpc":     orDisabled(p.GRPC),
 			"grpc_tls": -1, // servers default to 8503 when this is unset
@@ -208,6 +214,14 @@ func writeConfig(path string, o Options, p agentPorts, dataDir string) error {
 		"reconnect_timeout_wan": o.ReconnectTimeout.String(),
 		"retry_interval":        "200ms",
 		"retry_interval_wan":    "200ms",
+	}
+	if o.HTTPS {
+		cfg["tls"] = map[string]any{"defaults": map[string]any{
+			"ca_file":         tf.CA,
+			"cert_file":       tf.Cert,
+			"key_file":        tf.Key,
+			"verify_incoming": false,
+		}}
 	}
 	if len(o.RetryJoin) > 0 {
 		cfg["retry_join"] = o.RetryJoin

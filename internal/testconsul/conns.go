@@ -14,6 +14,16 @@ func (a *Agent) HTTPConnections() (int, error) {
 	return connectionsTo(a.ports.HTTP)
 }
 
+// HTTPSConnections counts the established TCP connections to the agent's
+// HTTPS port from this host (0 without Options.HTTPS). Consul counts them
+// in the same per-client limit as those to its HTTP port.
+func (a *Agent) HTTPSConnections() (int, error) {
+	if a.ports.HTTPS == 0 {
+		return 0, nil
+	}
+	return connectionsTo(a.ports.HTTPS)
+}
+
 // connectionsTo counts the established IPv4 TCP connections whose remote
 // end is port (both ends of a loopback connection are listed; only the
 // client's has port as its remote end).

@@ -61,6 +61,7 @@ func tryPort(ip string, udp bool) (int, error) {
 // agentPorts are the ports of one agent. Zero means the listener is disabled.
 type agentPorts struct {
 	HTTP    int // TCP on clientAddr
+	HTTPS   int // TCP on clientAddr
 	DNS     int // TCP and UDP on clientAddr
 	GRPC    int // TCP on clientAddr
 	SerfLAN int // TCP and UDP on the bind address
@@ -72,7 +73,7 @@ type agentPorts struct {
 var pickAgentPorts = pickPorts
 
 // pickPorts chooses free ports for an agent bound to bindAddr.
-func pickPorts(bindAddr string, dns, grpc bool) (agentPorts, error) {
+func pickPorts(bindAddr string, dns, grpc, https bool) (agentPorts, error) {
 	var p agentPorts
 	type want struct {
 		dst  *int
@@ -82,6 +83,7 @@ func pickPorts(bindAddr string, dns, grpc bool) (agentPorts, error) {
 	}
 	for _, w := range []want{
 		{&p.HTTP, clientAddr, false, false},
+		{&p.HTTPS, clientAddr, false, !https},
 		{&p.DNS, clientAddr, true, !dns},
 		{&p.GRPC, clientAddr, false, !grpc},
 		{&p.SerfLAN, bindAddr, true, false},
