@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -34,6 +35,7 @@ func TestExitsWithOneLine(t *testing.T) {
 		{[]string{"-consul.max-conns", "2"}, "-consul.max-conns must be at least 5"},
 		{[]string{"-watch.pin", "goku,[a"}, "-watch.pin: pattern \"[a\""},
 		{[]string{"-consul.addr", dead, "-consul.start-timeout", "500ms"}, "consul agent not reachable"},
+		{[]string{"-consul.addr", "https://" + dead, "-consul.ca-file", filepath.Join(t.TempDir(), "none.pem")}, "consul TLS"},
 	} {
 		cmd := exec.Command(bin, tc.args...)
 		var stderr bytes.Buffer
@@ -53,5 +55,32 @@ func TestExitsWithOneLine(t *testing.T) {
 		if len(lines) > 1 && !strings.HasPrefix(lines[0], "{") {
 			t.Errorf("%v: %d lines on stderr:\n%s", tc.args, len(lines), stderr.String())
 		}
+	}
+}
+
+// TestEveryFlagDocumented: each flag -help lists is in the README's flag
+// table, in a row of its own or, for an older name, in its new name's.
+func TestEveryFlagDocumented(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var help bytes.Buffer
+	if err := run([]string{"-help"}, &help); err == nil {
+		t.Fatal("-help did not stop")
+	}
+	n := 0
+	for _, line := range strings.Split(help.String(), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || !strings.HasPrefix(line, "  -") {
+			continue
+		}
+		n++
+		if !bytes.Contains(readme, []byte("| `"+f[0]+"` |")) && !bytes.Contains(readme, []byte("(`"+f[0]+"` is the older name)")) {
+			t.Errorf("flag %s has no row in the README's flag table", f[0])
+		}
+	}
+	if n < 30 {
+		t.Fatalf("only %d flags found in -help:\n%s", n, help.String())
 	}
 }
