@@ -153,7 +153,7 @@ func (c *Cache) AddZone(name string, local bool) bool {
 		productNodes: map[string]map[string]Node{},
 		nodeRefs:     map[string]int{},
 	}
-	z := &Zone{Name: name, Local: local, Products: map[string]*Product{}, Nodes: map[string]*Node{}}
+	z := &Zone{Name: name, Local: local, Nodes: map[string]*Node{}}
 	z.Index = c.index.Add(1)
 	c.derive(z)
 	e.snap.Store(z)
@@ -185,7 +185,7 @@ func (c *Cache) DropZone(name string) {
 	c.zones.Store(&zones)
 	var gone []*Address
 	now := time.Now()
-	for _, p := range old[name].snap.Load().Products {
+	for _, p := range old[name].snap.Load().Products.All() {
 		for _, a := range p.Addresses {
 			gone = append(gone, removed(a, idx, now))
 		}
@@ -289,7 +289,8 @@ func (c *Cache) SetProducts(zone string, ups []ProductUpdate) int {
 	changed := 0
 	c.update(zone, func(e *zoneEntry, z *Zone, idx uint64) []*Address {
 		var all []*Address
-		copied, nodesCopied, cleared := false, false, false
+		var products *productsBuilder
+		nodesCopied, cleared := false, false
 		now := time.Now()
 		for _, u := range ups {
 			if _, ok := z.Problems[u.Product]; ok {
@@ -300,7 +301,7 @@ func (c *Cache) SetProducts(zone string, ups []ProductUpdate) int {
 				}
 				delete(z.Problems, u.Product)
 			}
-			old := z.Products[u.Product]
+			old := z.Products.Get(u.Product)
 			p, addrs := c.buildProduct(zone, u.Product, u.Instances, u.Ignored, old)
 			if p == nil {
 				continue
@@ -319,11 +320,11 @@ func (c *Cache) SetProducts(zone string, ups []ProductUpdate) int {
 					}
 				}
 			}
-			if !copied {
-				z.Products = copyMap(z.Products)
-				copied = true
+			if products == nil {
+				products = newProductsBuilder(z.Products)
 			}
-			z.Products[u.Product] = p
+			products.set(u.Product, p)
+			z.Products = products.done()
 			c.updateNodes(e, z, u.Product, u.Instances, &nodesCopied)
 			changed++
 			all = append(all, addrs...)
@@ -347,15 +348,16 @@ func (c *Cache) RemoveProduct(zone, product string) {
 			z.Problems = copyMap(z.Problems)
 			delete(z.Problems, product)
 		}
-		p := z.Products[product]
+		p := z.Products.Get(product)
 		if p == nil {
 			if failing {
 				return []*Address{}
 			}
 			return nil
 		}
-		z.Products = copyMap(z.Products)
-		delete(z.Products, product)
+		b := newProductsBuilder(z.Products)
+		b.remove(product)
+		z.Products = b.done()
 		c.updateNodes(e, z, product, nil, new(bool))
 		gone := []*Address{}
 		now := time.Now()

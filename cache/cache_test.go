@@ -142,7 +142,7 @@ func TestSetProduct(t *testing.T) {
 		t.Error("Changed not closed by SetProduct")
 	}
 	z1 := c.Zone("dc1")
-	p1 := z1.Products["goku"]
+	p1 := z1.Products.Get("goku")
 	if p1 == nil {
 		t.Fatal("product goku missing")
 	}
@@ -213,7 +213,7 @@ func TestSetProduct(t *testing.T) {
 		t.Fatalf("index %d did not move past %d", idx2, idx1)
 	}
 	z2 := c.Zone("dc1")
-	p2 := z2.Products["goku"]
+	p2 := z2.Products.Get("goku")
 	if z2.Index != idx2 || p2.Index != idx2 {
 		t.Errorf("zone index %d, product index %d, want %d", z2.Index, p2.Index, idx2)
 	}
@@ -231,7 +231,7 @@ func TestSetProduct(t *testing.T) {
 		t.Errorf("built addresses %v, want %v", b.addresses, want)
 	}
 	// The old snapshot is untouched.
-	if z1.Index != idx1 || z1.Products["goku"] != p1 || p1.Addresses[AddrKey("http", "stream", "prod")] != h1 || h1.Instances[1].Health != Passing {
+	if z1.Index != idx1 || z1.Products.Get("goku") != p1 || p1.Addresses[AddrKey("http", "stream", "prod")] != h1 || h1.Instances[1].Health != Passing {
 		t.Error("the previous snapshot changed")
 	}
 
@@ -241,7 +241,7 @@ func TestSetProduct(t *testing.T) {
 	if !c.SetProduct("dc1", "goku", []Instance{httpA, httpB, grpc, batch}, 5) {
 		t.Fatal("ignored change reported no change")
 	}
-	p3 := c.Zone("dc1").Products["goku"]
+	p3 := c.Zone("dc1").Products.Get("goku")
 	if p3.Ignored != 5 || len(b.addresses) != 0 {
 		t.Errorf("ignored %d, built %v", p3.Ignored, b.addresses)
 	}
@@ -255,7 +255,7 @@ func TestSetProduct(t *testing.T) {
 	if !c.SetProduct("dc1", "goku", []Instance{httpA, httpB, batch}, 5) {
 		t.Fatal("removing grpc reported no change")
 	}
-	p4 := c.Zone("dc1").Products["goku"]
+	p4 := c.Zone("dc1").Products.Get("goku")
 	if _, ok := p4.Addresses[AddrKey("grpc", "stream", "prod")]; ok || len(p4.Addresses) != 2 || p4.Instances != 3 {
 		t.Errorf("after removing grpc: %v (%d instances)", p4.Addresses, p4.Instances)
 	}
@@ -264,7 +264,7 @@ func TestSetProduct(t *testing.T) {
 	if !c.SetProduct("dc1", "goku", nil, 0) {
 		t.Fatal("emptying the product reported no change")
 	}
-	if p := c.Zone("dc1").Products["goku"]; p == nil || len(p.Addresses) != 0 || len(p.Prefixes) != 0 || p.Instances != 0 {
+	if p := c.Zone("dc1").Products.Get("goku"); p == nil || len(p.Addresses) != 0 || len(p.Prefixes) != 0 || p.Instances != 0 {
 		t.Errorf("empty product: %+v", p)
 	}
 	if c.SetProduct("dc1", "goku", nil, 0) {
@@ -282,7 +282,7 @@ func TestSetProductLabels(t *testing.T) {
 		inst("dev", "a", "x", "n1", "10.0.0.1", 3, Passing),
 		inst("prod", "a", "y", "n1", "10.0.0.1", 4, Passing),
 	}, 0)
-	p := c.Zone("dc1").Products["goku"]
+	p := c.Zone("dc1").Products.Get("goku")
 	for _, key := range []string{"x.a.prod", "x.b.prod", "x.a.dev", "y.a.prod"} {
 		if a := p.Addresses[key]; a == nil || len(a.Instances) != 1 {
 			t.Errorf("address %s: %+v", key, a)
@@ -297,16 +297,16 @@ func TestRemoveProduct(t *testing.T) {
 	c := newZone(t, nil)
 	c.SetProduct("dc1", "goku", []Instance{inst("prod", "stream", "http", "n1", "10.0.0.1", 80, Passing)}, 0)
 	c.SetProduct("dc1", "vegeta", []Instance{inst("prod", "api", "http", "n2", "10.0.0.2", 80, Passing)}, 0)
-	vegeta := c.Zone("dc1").Products["vegeta"]
+	vegeta := c.Zone("dc1").Products.Get("vegeta")
 
 	idx := c.Index()
 	ch := c.Changed()
 	c.RemoveProduct("dc1", "goku")
 	z := c.Zone("dc1")
-	if _, ok := z.Products["goku"]; ok {
+	if z.Products.Get("goku") != nil || z.Products.Len() != 1 {
 		t.Error("goku still there")
 	}
-	if z.Products["vegeta"] != vegeta {
+	if z.Products.Get("vegeta") != vegeta {
 		t.Error("vegeta replaced by removing goku")
 	}
 	if c.Index() <= idx || z.Index != c.Index() || !closed(ch) {
@@ -558,7 +558,7 @@ func TestConcurrentReaders(t *testing.T) {
 					return
 				}
 				last = z.Index
-				for _, p := range z.Products {
+				for _, p := range z.Products.All() {
 					n := 0
 					for key, a := range p.Addresses {
 						if key != AddrKey(a.Service, a.Job, a.Env) || a.Index > z.Index || a.Derived == nil {

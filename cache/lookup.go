@@ -40,7 +40,7 @@ func (c *Cache) Lookup(q Query) Result {
 	if z == nil {
 		return Result{Index: c.Index()}
 	}
-	p := z.Products[q.Product]
+	p := z.Products.Get(q.Product)
 	if p == nil {
 		return Result{Index: z.Index, Zone: z}
 	}

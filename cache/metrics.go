@@ -42,7 +42,7 @@ func (k *Collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(k.index, prometheus.GaugeValue, float64(k.c.Index()))
 	for _, z := range k.c.Zones() {
 		var instances, addresses, ignored int
-		for _, p := range z.Products {
+		for _, p := range z.Products.All() {
 			instances += p.Instances
 			addresses += len(p.Addresses)
 			ignored += p.Ignored

@@ -161,7 +161,7 @@ type Zone struct {
 	// a result; Known the names of every glimpse product of the zone, as
 	// Consul lists them, watched or not. Known is shared by snapshots
 	// until the list changes.
-	Products map[string]*Product
+	Products Products
 	Known    map[string]struct{}
 	// Problems holds, by product, why the product's last read failed. A
 	// product with a problem that has no state in Products cannot be
@@ -214,7 +214,7 @@ func (z *Zone) State(product string) ProductState {
 	if z == nil || !z.Synced {
 		return Pending
 	}
-	if product == "" || z.Products[product] != nil {
+	if product == "" || z.Products.Get(product) != nil {
 		return Present
 	}
 	if _, failing := z.Problems[product]; failing {

@@ -206,7 +206,7 @@ func prepared(z *cache.Zone, n *name, qtype uint16) (wa wire, ok bool) {
 		}
 		return pick(qtype, nil, na.a, na.aaaa), true
 	}
-	p := z.Products[n.labels[1]]
+	p := z.Products.Get(n.labels[1])
 	if p == nil {
 		return nil, false
 	}
@@ -330,7 +330,7 @@ func (h *Handler) serveIP(req *request, ip netip.Addr, soa *mdns.SOA) int {
 func (h *Handler) prefixExists(z *cache.Zone, n *name) bool {
 	if n.n == 2 {
 		switch {
-		case z.Products[n.labels[1]] != nil:
+		case z.Products.Get(n.labels[1]) != nil:
 			return true
 		case n.labels[1] == "node":
 			return len(z.Nodes) > 0
@@ -340,7 +340,7 @@ func (h *Handler) prefixExists(z *cache.Zone, n *name) bool {
 		return false
 	}
 	if n.n == 3 || n.n == 4 {
-		p := z.Products[n.labels[1]]
+		p := z.Products.Get(n.labels[1])
 		if p == nil {
 			return false
 		}

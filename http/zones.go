@@ -62,8 +62,8 @@ func (s *Server) zones(w http.ResponseWriter, r *http.Request) {
 	for _, z := range s.cache.Zones() {
 		seen[z.Name] = true
 		zs := zoneStatus{Zone: z.Name, Local: z.Local, Watched: true, Synced: z.Synced, Index: z.Index,
-			Products: len(z.Known), WatchedProducts: len(z.Products)}
-		for _, p := range z.Products {
+			Products: len(z.Known), WatchedProducts: z.Products.Len()}
+		for _, p := range z.Products.All() {
 			zs.Instances += p.Instances
 		}
 		for name, msg := range z.Problems {
@@ -166,7 +166,7 @@ func (s *Server) topology(w http.ResponseWriter, r *http.Request) {
 	for name := range z.Known {
 		resp.Products[name] = productTopology{Envs: map[string]envTopology{}, Error: z.Problems[name]}
 	}
-	for _, p := range z.Products {
+	for _, p := range z.Products.All() {
 		pt := productTopology{Watched: true, Envs: map[string]envTopology{}, Error: z.Problems[p.Name]}
 		for _, a := range p.Addresses {
 			et, ok := pt.Envs[a.Env]

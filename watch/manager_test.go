@@ -197,7 +197,7 @@ func resolve(m *Manager, c *cache.Cache, product string) cache.ProductState {
 }
 
 func port(c *cache.Cache, product string) uint16 {
-	p := c.Zone("dc1").Products[product]
+	p := c.Zone("dc1").Products.Get(product)
 	if p == nil {
 		return 0
 	}
@@ -247,7 +247,7 @@ func TestIdleProductsDropped(t *testing.T) {
 	resolve(m, c, "a")
 	release := m.Hold("dc1", "b")
 	resolve(m, c, "b")
-	waitFor(t, func() bool { return c.Zone("dc1").Products["a"] == nil }, "idle product a never dropped")
+	waitFor(t, func() bool { return c.Zone("dc1").Products.Get("a") == nil }, "idle product a never dropped")
 	if w := m.watchedProducts("dc1"); !slices.Equal(w, []string{"b"}) {
 		t.Errorf("watched after a went idle: %v, want b (held)", w)
 	}
@@ -308,7 +308,7 @@ func TestPinnedBeyondBudget(t *testing.T) {
 	// Budget 8: 6 blocking reads (2 of them the zone's), 1 first read.
 	m, c := run(t, f, Config{Pins: []string{"*"}, MaxConns: 8, RotateWait: 50 * time.Millisecond})
 	blocking, _ := Budget(8, 1)
-	if got := len(c.Zone("dc1").Products); got != n {
+	if got := c.Zone("dc1").Products.Len(); got != n {
 		t.Fatalf("ready with %d of %d pinned products", got, n)
 	}
 	for i := range n {
@@ -449,7 +449,7 @@ func TestUnlistedHoldsBounded(t *testing.T) {
 		m.Hold("dc1", fmt.Sprintf("madeup%d", i))
 	}
 	z := m.zones.load()["dc1"]
-	if n := len(z.products.load()); n > 1+maxUnlisted {
+	if n := z.products.len(); n > 1+maxUnlisted {
 		t.Errorf("%d products tracked, at most %d", n, 1+maxUnlisted)
 	}
 	f.set("later", 9)

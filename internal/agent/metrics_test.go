@@ -154,7 +154,7 @@ func TestProductWatchersFollowCatalog(t *testing.T) {
 		t.Fatal(err)
 	}
 	testconsul.WaitFor(t, 10*time.Second, func() bool { return watchers() == before }, "watcher of the vanished product still running")
-	if a.Cache.Zone("dc1").Products[p] != nil {
+	if a.Cache.Zone("dc1").Products.Get(p) != nil {
 		t.Fatal("vanished product still in the cache")
 	}
 }

@@ -313,7 +313,7 @@ func TestIndexReset(t *testing.T) {
 	}, "the instance registered after the reset")
 	t.Logf("converged %v after the restart", time.Since(restarted).Round(time.Millisecond))
 	testconsul.WaitFor(t, 10*time.Second, func() bool {
-		return a.Cache.Zone("dc1").Products[p+"x"] == nil
+		return a.Cache.Zone("dc1").Products.Get(p+"x") == nil
 	}, "the product gone with the reset is still served")
 
 	// Idle now: count the watchers' requests over 6 s (3 waits).

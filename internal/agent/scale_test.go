@@ -237,7 +237,7 @@ func TestScaleOnDemand(t *testing.T) {
 	// its next read.
 	idle := names[0]
 	testconsul.WaitFor(t, 30*time.Second, func() bool {
-		return a.Cache.Zone("dc1").Products[idle] == nil
+		return a.Cache.Zone("dc1").Products.Get(idle) == nil
 	}, "%s never dropped after %v without reads", idle, cfg.Watch.Idle)
 	if port, r := srvPort(t, a, idle); port != 10000 {
 		t.Errorf("%s read again after it was dropped: %v", idle, r)
@@ -277,7 +277,7 @@ func TestScalePinAll(t *testing.T) {
 	cfg.Watch.RotateWait = 200 * time.Millisecond
 	a, ready := launchReady(t, cfg)
 	t.Logf("ready %v after start with %d pinned products", ready, scaleProducts)
-	if n := len(a.Cache.Zone("dc1").Products); n != scaleProducts+1-1 {
+	if n := a.Cache.Zone("dc1").Products.Len(); n != scaleProducts+1-1 {
 		// every product but the blocked one has a state
 		t.Errorf("%d products with a state when ready, want %d", n, scaleProducts)
 	}
@@ -290,7 +290,7 @@ func TestScalePinAll(t *testing.T) {
 	}
 	began := time.Now()
 	testconsul.WaitFor(t, 60*time.Second, func() bool {
-		p := a.Cache.Zone("dc1").Products[quiet]
+		p := a.Cache.Zone("dc1").Products.Get(quiet)
 		for _, ad := range p.Addresses {
 			return ad.Instances[0].Port == 31234
 		}
