@@ -262,6 +262,7 @@ func (b *bench) startGlimpse(ctx context.Context, consulAddr, tag string, flags 
 		"-consul.start-timeout", "60s",
 		"-http.pprof",
 		"-consul.wait", consulWait.String(),
+		"-providers.socket", "", // the bench writes no providers; its agents run side by side
 	}, append(flags, b.cfg.agentArgs...)...)
 	p, err := startProc("glimpse-agent", "", data+".log", b.cfg.agentBin, args...)
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"net/url"
 	"strings"
@@ -464,6 +465,52 @@ func TestEncodedMessagesShared(t *testing.T) {
 		b, err := other()
 		if err != nil || string(b) == string(b1) {
 			t.Errorf("%s: %s (%v)", name, b, err)
+		}
+	}
+}
+
+// TestDebugRoutesLocalOnly: with -http.pprof, the debug routes answer
+// loopback clients only, and the command line they show hides the Consul
+// token.
+func TestDebugRoutesLocalOnly(t *testing.T) {
+	c := cache.New(nil)
+	s, err := Listen("127.0.0.1:0", Options{Cache: c, Gatherer: prometheus.NewRegistry(), Pprof: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.ln.Close()
+	for _, path := range []string{"/debug/pprof/", "/debug/pprof/cmdline", "/debug/pprof/symbol"} {
+		for _, remote := range []string{"10.1.2.3:4567", "[2001:db8::1]:80"} {
+			r := httptest.NewRequest("GET", path, nil)
+			r.RemoteAddr = remote
+			w := httptest.NewRecorder()
+			s.ServeHTTP(w, r)
+			if w.Code != http.StatusForbidden {
+				t.Errorf("GET %s from %s: %d", path, remote, w.Code)
+			}
+		}
+		r := httptest.NewRequest("GET", path, nil)
+		r.RemoteAddr = "127.0.0.1:4567"
+		w := httptest.NewRecorder()
+		s.ServeHTTP(w, r)
+		if w.Code != http.StatusOK {
+			t.Errorf("GET %s from loopback: %d", path, w.Code)
+		}
+	}
+	r := httptest.NewRequest("POST", "/debug/free-os-memory", nil)
+	r.RemoteAddr = "10.1.2.3:4567"
+	w := httptest.NewRecorder()
+	s.ServeHTTP(w, r)
+	if w.Code != http.StatusForbidden {
+		t.Errorf("POST /debug/free-os-memory from afar: %d", w.Code)
+	}
+	for _, c := range []struct{ in, want []string }{
+		{[]string{"agent", "-consul.token", "s3cret", "-dns.addr", "x"}, []string{"agent", "-consul.token", "<redacted>", "-dns.addr", "x"}},
+		{[]string{"agent", "--consul.token=s3cret"}, []string{"agent", "--consul.token=<redacted>"}},
+		{[]string{"agent", "-consul.token-file", "/etc/t"}, []string{"agent", "-consul.token-file", "/etc/t"}},
+	} {
+		if got := redactArgs(c.in); strings.Join(got, " ") != strings.Join(c.want, " ") {
+			t.Errorf("redactArgs(%q) = %q, want %q", c.in, got, c.want)
 		}
 	}
 }

@@ -6,29 +6,46 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 
 	"glimpse/provider"
 )
 
 // providersAPI serves /v1/providers/{provider}.
+//
+// Anyone who may reach it reads it. A write (PUT, DELETE) is made by an
+// identity: the local user at the other end of the providers socket, as
+// the kernel says, or over TCP the name of a bearer token from the tokens
+// file, which also lists the providers that token may write. A write with
+// neither is refused, and so is any write a browser could have been made
+// to send: one carrying an Origin, or whose Host is a name other than
+// localhost (DNS rebinding). So a web page, a Consul health check (run by
+// the Consul agent over loopback, without a token) or another local user
+// can no longer change what a provider registered.
 type providersAPI struct {
 	m           *provider.Manager
 	allowRemote bool
+	tokens      *provider.Tokens
+	// host is the TCP listener's own host, which a request's Host may
+	// name.
+	host string
 }
 
 func (s *Server) registerProviders(opts Options) {
-	p := &providersAPI{m: opts.Providers, allowRemote: opts.ProviderAllowRemote}
+	host, _, _ := net.SplitHostPort(s.ln.Addr().String())
+	p := &providersAPI{m: opts.Providers, allowRemote: opts.ProviderAllowRemote, tokens: opts.ProviderTokens, host: host}
 	s.mux.Handle("GET /v1/providers", s.instrument("providers", p.guard(p.list)))
-	s.mux.Handle("PUT /v1/providers/{provider}", s.instrument("providers", p.guard(named(p.put))))
+	s.mux.Handle("PUT /v1/providers/{provider}", s.instrument("providers", p.guard(named(p.writer(p.put)))))
 	s.mux.Handle("GET /v1/providers/{provider}", s.instrument("providers", p.guard(named(p.get))))
-	s.mux.Handle("DELETE /v1/providers/{provider}", s.instrument("providers", p.guard(named(p.delete))))
+	s.mux.Handle("DELETE /v1/providers/{provider}", s.instrument("providers", p.guard(named(p.writer(p.delete)))))
 }
 
-// guard answers 403 to non-loopback clients unless allowed and 404 when no
-// manager is configured.
+// guard answers 403 to non-loopback TCP clients unless allowed and 404 when
+// no manager is configured.
 func (p *providersAPI) guard(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if !p.allowRemote && !loopback(r.RemoteAddr) {
+		_, local := peerOf(r.Context())
+		if !p.allowRemote && !local && !loopback(r.RemoteAddr) {
 			writeError(w, http.StatusForbidden, "the providers API only answers loopback clients (see -providers.allow-remote)")
 			return
 		}
@@ -52,6 +69,67 @@ func named(h func(w http.ResponseWriter, r *http.Request, name string)) http.Han
 	}
 }
 
+// writer passes h the identity a write is made as, or refuses it with 403
+// and why.
+func (p *providersAPI) writer(h func(w http.ResponseWriter, r *http.Request, name string, who provider.Identity)) func(http.ResponseWriter, *http.Request, string) {
+	return func(w http.ResponseWriter, r *http.Request, name string) {
+		if o := r.Header.Get("Origin"); o != "" {
+			writeError(w, http.StatusForbidden, fmt.Sprintf("a request from a web page (Origin %q) never writes providers", o))
+			return
+		}
+		if !p.hostAllowed(r.Host) {
+			writeError(w, http.StatusForbidden, fmt.Sprintf("Host %q is neither this agent's address, an IP address nor localhost: providers are not written through a DNS name (a browser's DNS rebinding looks like this)", r.Host))
+			return
+		}
+		if pr, ok := peerOf(r.Context()); ok {
+			h(w, r, name, provider.UID(pr.uid))
+			return
+		}
+		token, ok := bearer(r)
+		if !ok {
+			writeError(w, http.StatusForbidden, "writes over TCP need a bearer token from the agent's -providers.tokens file; local providers write through the socket (-providers.socket)")
+			return
+		}
+		who, allowed, ok := p.tokens.Lookup(token, name)
+		switch {
+		case !ok:
+			writeError(w, http.StatusForbidden, "the bearer token is not in the agent's -providers.tokens file")
+		case !allowed:
+			writeError(w, http.StatusForbidden, fmt.Sprintf("token %q may not write provider %q (see its patterns in -providers.tokens)", strings.TrimPrefix(who.Owner, "token:"), name))
+		default:
+			h(w, r, name, who)
+		}
+	}
+}
+
+// bearer returns the request's bearer token.
+func bearer(r *http.Request) (string, bool) {
+	scheme, token, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", false
+	}
+	token = strings.TrimSpace(token)
+	return token, token != ""
+}
+
+// hostAllowed reports whether a request's Host may write: the listener's
+// own host, an IP literal, or localhost, with any port. A browser sends
+// the name in the page's address, so a page served from a DNS name that
+// was made to point to 127.0.0.1 is refused.
+func (p *providersAPI) hostAllowed(host string) bool {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	if host == "" {
+		return false
+	}
+	if _, err := netip.ParseAddr(host); err == nil {
+		return true
+	}
+	return strings.EqualFold(host, "localhost") || strings.EqualFold(host, "localhost.") || host == p.host
+}
+
 func loopback(remote string) bool {
 	host, _, err := net.SplitHostPort(remote)
 	if err != nil {
@@ -61,7 +139,7 @@ func loopback(remote string) bool {
 	return err == nil && ip.IsLoopback()
 }
 
-func (p *providersAPI) put(w http.ResponseWriter, r *http.Request, name string) {
+func (p *providersAPI) put(w http.ResponseWriter, r *http.Request, name string, who provider.Identity) {
 	b, err := provider.Parse(http.MaxBytesReader(w, r.Body, provider.MaxBody+1), provider.MaxBody)
 	if err != nil {
 		var mbe *http.MaxBytesError
@@ -78,7 +156,7 @@ func (p *providersAPI) put(w http.ResponseWriter, r *http.Request, name string) 
 		}
 		return
 	}
-	if err := p.m.Put(r.Context(), name, b); err != nil {
+	if err := p.m.Put(r.Context(), name, b, who); err != nil {
 		p.fail(w, err)
 		return
 	}
@@ -108,8 +186,8 @@ func (p *providersAPI) list(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, l)
 }
 
-func (p *providersAPI) delete(w http.ResponseWriter, r *http.Request, name string) {
-	if err := p.m.Delete(r.Context(), name); err != nil {
+func (p *providersAPI) delete(w http.ResponseWriter, r *http.Request, name string, who provider.Identity) {
+	if err := p.m.Delete(r.Context(), name, who); err != nil {
 		p.fail(w, err)
 		return
 	}
@@ -121,6 +199,8 @@ func (p *providersAPI) fail(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, provider.ErrNotFound):
 		writeError(w, http.StatusNotFound, err.Error())
+	case errors.Is(err, provider.ErrNotOwner):
+		writeError(w, http.StatusForbidden, err.Error())
 	case errors.As(err, &ve):
 		writeError(w, http.StatusBadRequest, err.Error())
 	case errors.Is(err, provider.ErrFileManaged):

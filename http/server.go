@@ -10,9 +10,11 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"os"
 	"reflect"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,6 +39,9 @@ type Server struct {
 	mux       *http.ServeMux
 	srv       *http.Server
 	ln        net.Listener
+	// sock and sockSrv serve Options.ProvidersSocket; nil without one.
+	sock    net.Listener
+	sockSrv *http.Server
 	// closing is closed by Shutdown: long-polls answer at once and
 	// websockets are closed with a close frame.
 	closing    chan struct{}
@@ -74,6 +79,12 @@ type Options struct {
 	Providers *provider.Manager
 	// ProviderAllowRemote lets non-loopback clients use the providers API.
 	ProviderAllowRemote bool
+	// ProviderTokens may write providers over TCP (nil: none may).
+	ProviderTokens *provider.Tokens
+	// ProvidersSocket is the path of the Unix socket serving the API too,
+	// where providers write as their local user (empty: none), mode 0660
+	// in group ProvidersSocketGroup (empty: the agent's).
+	ProvidersSocket, ProvidersSocketGroup string
 }
 
 // Listen binds addr and returns a server ready to Serve.
@@ -104,17 +115,19 @@ func Listen(addr string, opts Options) (*Server, error) {
 	mux := s.mux
 	mux.Handle("GET /metrics", promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{}))
 	if opts.Pprof {
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		// Profiles show the agent's internals and cost CPU: loopback
+		// clients (and the providers socket) only, whatever -http.addr is.
+		mux.Handle("/debug/pprof/", localOnly(http.HandlerFunc(pprof.Index)))
+		mux.Handle("/debug/pprof/cmdline", localOnly(http.HandlerFunc(cmdline)))
+		mux.Handle("/debug/pprof/profile", localOnly(http.HandlerFunc(pprof.Profile)))
+		mux.Handle("/debug/pprof/symbol", localOnly(http.HandlerFunc(pprof.Symbol)))
+		mux.Handle("/debug/pprof/trace", localOnly(http.HandlerFunc(pprof.Trace)))
 		// Collects garbage and returns every free page to the OS, so that
 		// RSS shows what the agent holds (the benchmark's memory figures).
-		mux.HandleFunc("POST /debug/free-os-memory", func(w http.ResponseWriter, r *http.Request) {
+		mux.Handle("POST /debug/free-os-memory", localOnly(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			debug.FreeOSMemory()
 			writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
-		})
+		})))
 	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
@@ -131,7 +144,22 @@ func Listen(addr string, opts Options) (*Server, error) {
 	// A client has 10 s to send a request's head and may keep a connection
 	// idle between requests for 2 minutes: idle connections cannot pile up.
 	s.srv = &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	if opts.ProvidersSocket != "" {
+		if s.sock, err = listenSocket(opts.ProvidersSocket, opts.ProvidersSocketGroup); err != nil {
+			ln.Close()
+			return nil, err
+		}
+		s.sockSrv = &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ConnContext: withPeer}
+	}
 	return s, nil
+}
+
+// Socket returns the providers socket's path, "" without one.
+func (s *Server) Socket() string {
+	if s.sock == nil {
+		return ""
+	}
+	return s.sock.Addr().String()
 }
 
 // ServeHTTP routes a request. Requests no pattern matches get the mux's 404
@@ -144,12 +172,74 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mux.ServeHTTP(w, r)
 }
 
+// localOnly answers 403 to clients other than loopback ones and the
+// providers socket's.
+func localOnly(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, sock := peerOf(r.Context()); !sock && !loopback(r.RemoteAddr) {
+			writeError(w, http.StatusForbidden, "debug routes only answer loopback clients")
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// secretFlags are the flags whose values /debug/pprof/cmdline hides.
+var secretFlags = map[string]bool{"consul.token": true}
+
+// cmdline serves the command line as pprof's Cmdline does, with the values
+// of secret flags replaced.
+func cmdline(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	fmt.Fprint(w, strings.Join(redactArgs(os.Args), "\x00"))
+}
+
+// redactArgs returns args with the values of secretFlags replaced, in
+// both the "-flag value" and "-flag=value" forms.
+func redactArgs(args []string) []string {
+	out := make([]string, len(args))
+	hide := false
+	for i, a := range args {
+		switch {
+		case hide:
+			out[i], hide = "<redacted>", false
+			continue
+		case strings.HasPrefix(a, "-"):
+			name, _, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
+			if secretFlags[name] {
+				if hasValue {
+					out[i] = a[:strings.Index(a, "=")+1] + "<redacted>"
+				} else {
+					out[i], hide = a, true
+				}
+				continue
+			}
+		}
+		out[i] = a
+	}
+	return out
+}
+
 // Addr returns the bound address.
 func (s *Server) Addr() string { return s.ln.Addr().String() }
 
-// Serve serves until Shutdown.
+// Serve serves the TCP listener and the providers socket until Shutdown.
 func (s *Server) Serve() error {
-	if err := s.srv.Serve(s.ln); !errors.Is(err, http.ErrServerClosed) {
+	errc := make(chan error, 1)
+	if s.sockSrv != nil {
+		go func() { errc <- s.sockSrv.Serve(s.sock) }()
+	}
+	err := s.srv.Serve(s.ln)
+	if s.sockSrv != nil {
+		if !errors.Is(err, http.ErrServerClosed) {
+			s.sockSrv.Close()
+		}
+		if serr := <-errc; !errors.Is(serr, http.ErrServerClosed) && errors.Is(err, http.ErrServerClosed) {
+			err = serr
+		}
+	}
+	if !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
 	return nil
@@ -159,6 +249,12 @@ func (s *Server) Serve() error {
 // Long-polls in flight answer at once with the current state.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.closeOnce.Do(func() { close(s.closing) })
+	if s.sockSrv != nil {
+		if err := s.sockSrv.Shutdown(ctx); err != nil {
+			s.srv.Shutdown(ctx)
+			return err
+		}
+	}
 	return s.srv.Shutdown(ctx)
 }
 

@@ -283,7 +283,7 @@ func (d *Dir) apply(ctx context.Context, name, path string, now, prev fileSeen) 
 		d.report(name+fileSuffix, "providers directory: malformed provider file; the provider keeps its previous state", err)
 		return
 	}
-	err = d.m.put(ctx, name, b, SourceFile)
+	err = d.m.put(ctx, name, b, SourceFile, Identity{})
 	if err == nil || errors.Is(err, ErrConsul) {
 		d.applied[name] = sum
 	}
@@ -307,7 +307,7 @@ func (d *Dir) apply(ctx context.Context, name, path string, now, prev fileSeen) 
 func (d *Dir) remove(ctx context.Context, name string) {
 	delete(d.seen, name)
 	delete(d.applied, name)
-	err := d.m.delete(ctx, name, SourceFile)
+	err := d.m.delete(ctx, name, SourceFile, Identity{})
 	switch {
 	case err == nil:
 		d.log.Info("providers directory: file removed; provider deleted", zap.String("provider", name))

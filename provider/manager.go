@@ -23,6 +23,10 @@ var ErrConsul = errors.New("consul agent did not accept the registrations")
 // ErrNotFound is returned for a provider with no recorded state.
 var ErrNotFound = errors.New("no such provider")
 
+// ErrNotOwner is returned by Put and Delete for a provider another
+// identity wrote: only that identity, or root, may change it.
+var ErrNotOwner = errors.New("provider belongs to another writer")
+
 // ErrFileManaged is returned by Put and Delete for a provider whose state
 // comes from a file in the providers directory: that file is the one place
 // to change it.
@@ -150,11 +154,13 @@ func (m *Manager) state(name string) *providerState {
 // error wrapping ErrConsul means the state is recorded but the Consul agent
 // failed; it is retried in the background until it holds. A provider whose
 // state comes from the providers directory is ErrFileManaged.
-func (m *Manager) Put(ctx context.Context, name string, b *Body) error {
-	return m.put(ctx, name, b, SourceHTTP)
+// Only who wrote the provider's recorded state, or root, may replace it
+// (ErrNotOwner).
+func (m *Manager) Put(ctx context.Context, name string, b *Body, who Identity) error {
+	return m.put(ctx, name, b, SourceHTTP, who)
 }
 
-func (m *Manager) put(ctx context.Context, name string, b *Body, source string) error {
+func (m *Manager) put(ctx context.Context, name string, b *Body, source string, who Identity) error {
 	name, err := CheckName(name)
 	if err != nil {
 		return err
@@ -170,10 +176,10 @@ func (m *Manager) put(ctx context.Context, name string, b *Body, source string) 
 	p := m.state(name)
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if err := m.own(p, name, source, true); err != nil {
+	if err := m.own(p, name, source, true, who); err != nil {
 		return err
 	}
-	if err := m.store.SaveRecord(name, Record{Body: nb, Source: source}); err != nil {
+	if err := m.store.SaveRecord(name, Record{Body: nb, Source: source, Owner: who.Owner}); err != nil {
 		return err
 	}
 	m.desired.WithLabelValues(name).Set(float64(len(nb.Instances)))
@@ -182,18 +188,36 @@ func (m *Manager) put(ctx context.Context, name string, b *Body, source string) 
 }
 
 // own checks, with p.mu held, that source may change the provider: HTTP may
-// not while its file exists. A change from the file (exists: it is there or
+// not while its file exists, and only the identity that wrote its recorded
+// state (or root) may. A change from the file (exists: it is there or
 // gone) makes the provider file-managed or not, in the same critical
 // section as the change itself, so that no HTTP request slips in between.
-func (m *Manager) own(p *providerState, name, source string, exists bool) error {
+func (m *Manager) own(p *providerState, name, source string, exists bool, who Identity) error {
 	if source != SourceHTTP {
 		m.markFile(p, exists, "")
 		return nil
 	}
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	if p.fileManaged {
+	managed := p.fileManaged
+	m.mu.Unlock()
+	if managed {
 		return fmt.Errorf("%w: %s", ErrFileManaged, name)
+	}
+	if who.Root {
+		return nil
+	}
+	r, err := m.store.LoadRecord(name)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil
+	case err != nil:
+		return err
+	case r.Deleted || r.Source != SourceHTTP:
+		return nil // a tombstone, or a file's leftover: anyone may take the name
+	case r.Owner == "":
+		return fmt.Errorf("%w: %s was recorded before owners were kept; only root may change it", ErrNotOwner, name)
+	case r.Owner != who.Owner:
+		return fmt.Errorf("%w: %s belongs to %s", ErrNotOwner, name, r.Owner)
 	}
 	return nil
 }
@@ -261,11 +285,13 @@ func (m *Manager) Get(name string) (*Body, error) {
 // stays recorded and the deregistration is retried, in the background and
 // after a restart, until it holds. A provider whose state comes from the
 // providers directory is ErrFileManaged.
-func (m *Manager) Delete(ctx context.Context, name string) error {
-	return m.delete(ctx, name, SourceHTTP)
+// Only who wrote the provider's recorded state, or root, may delete it
+// (ErrNotOwner).
+func (m *Manager) Delete(ctx context.Context, name string, who Identity) error {
+	return m.delete(ctx, name, SourceHTTP, who)
 }
 
-func (m *Manager) delete(ctx context.Context, name, source string) error {
+func (m *Manager) delete(ctx context.Context, name, source string, who Identity) error {
 	name, err := CheckName(name)
 	if err != nil {
 		return err
@@ -273,7 +299,7 @@ func (m *Manager) delete(ctx context.Context, name, source string) error {
 	p := m.state(name)
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if err := m.own(p, name, source, false); err != nil {
+	if err := m.own(p, name, source, false, who); err != nil {
 		return err
 	}
 	r, err := m.store.LoadRecord(name)
@@ -291,7 +317,7 @@ func (m *Manager) delete(ctx context.Context, name, source string) error {
 	}
 	// A tombstone even without a record: registrations carrying the tag
 	// (from a lost data directory) are removed too, and retried.
-	if err := m.store.SaveRecord(name, Record{Source: source, Deleted: true}); err != nil {
+	if err := m.store.SaveRecord(name, Record{Source: source, Deleted: true, Owner: who.Owner}); err != nil {
 		return err
 	}
 	m.desired.DeleteLabelValues(name)

@@ -33,7 +33,7 @@ func TestProviderManagerRetriesUntilItHolds(t *testing.T) {
 		t.Fatalf("Get unknown: %v", err)
 	}
 	proxy.SetFault(testconsul.Fault{Status: 500})
-	if err := m.Put(ctx, prov, &Body{Instances: ins}); !errors.Is(err, ErrConsul) {
+	if err := m.Put(ctx, prov, &Body{Instances: ins}, root); !errors.Is(err, ErrConsul) {
 		t.Fatalf("Put with Consul failing: %v, want ErrConsul", err)
 	}
 	if b, err := m.Get(prov); err != nil || len(b.Instances) != 2 {
@@ -71,16 +71,16 @@ func TestProviderManagerRetriesUntilItHolds(t *testing.T) {
 		t.Errorf("drift repaired after a clean reconcile %v, want %v", v, before+1)
 	}
 
-	if err := m.Delete(ctx, prov); err != nil {
+	if err := m.Delete(ctx, prov, root); err != nil {
 		t.Fatal(err)
 	}
 	if got := servicesOf(t, c, prov); len(got) != 0 {
 		t.Errorf("after Delete: %v", ids(got))
 	}
-	if err := m.Delete(ctx, prov); !errors.Is(err, ErrNotFound) {
+	if err := m.Delete(ctx, prov, root); !errors.Is(err, ErrNotFound) {
 		t.Errorf("second Delete: %v", err)
 	}
-	if err := m.Put(ctx, "bad_name", &Body{}); err == nil {
+	if err := m.Put(ctx, "bad_name", &Body{}, root); err == nil {
 		t.Error("Put with a bad name succeeded")
 	}
 }
@@ -107,4 +107,66 @@ func gauge(t *testing.T, reg *prometheus.Registry, name, label string) float64 {
 		}
 	}
 	return 0
+}
+
+// root is the identity tests write as unless they test ownership.
+var root = UID(0)
+
+// TestOwnership: a provider's state can be changed or deleted only by the
+// identity that wrote it, or root; a record from before owners were kept
+// only by root.
+func TestOwnership(t *testing.T) {
+	ctx := context.Background()
+	store, err := NewStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := NewManager(store, NewSyncer(consul.Client()), ManagerOptions{ReconcileEvery: time.Hour})
+	t.Cleanup(m.Close)
+	prov, product := newName("own"), newName("goku")
+	one := &Body{Instances: []Instance{{Service: "http", Job: "stream", Env: "prod", Product: product, Port: 8000}}}
+	alice, bob, tok := UID(1000), UID(1001), Identity{Owner: "token:ci"}
+
+	if err := m.Put(ctx, prov, one, alice); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := store.LoadRecord(prov); err != nil || r.Owner != "uid:1000" {
+		t.Fatalf("record owner %q (%v), want uid:1000", r.Owner, err)
+	}
+	for _, who := range []Identity{bob, tok} {
+		if err := m.Put(ctx, prov, &Body{Instances: []Instance{}}, who); !errors.Is(err, ErrNotOwner) {
+			t.Errorf("Put by %s: %v, want ErrNotOwner", who.Owner, err)
+		}
+		if err := m.Delete(ctx, prov, who); !errors.Is(err, ErrNotOwner) {
+			t.Errorf("Delete by %s: %v, want ErrNotOwner", who.Owner, err)
+		}
+	}
+	if b, err := m.Get(prov); err != nil || len(b.Instances) != 1 {
+		t.Fatalf("state after refused writes: %v %v", b, err)
+	}
+	if err := m.Put(ctx, prov, one, alice); err != nil {
+		t.Errorf("Put by the owner: %v", err)
+	}
+	if err := m.Delete(ctx, prov, root); err != nil {
+		t.Errorf("Delete by root: %v", err)
+	}
+	// Gone: the name is anyone's again.
+	if err := m.Put(ctx, prov, one, bob); err != nil {
+		t.Errorf("Put by another after the delete: %v", err)
+	}
+	if err := m.Delete(ctx, prov, bob); err != nil {
+		t.Errorf("Delete by its new owner: %v", err)
+	}
+
+	// A record kept before owners were: root's alone.
+	legacy := newName("legacy")
+	if err := store.SaveRecord(legacy, Record{Body: one, Source: SourceHTTP}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Put(ctx, legacy, one, alice); !errors.Is(err, ErrNotOwner) {
+		t.Errorf("Put of a record without owner by a user: %v, want ErrNotOwner", err)
+	}
+	if err := m.Delete(ctx, legacy, root); err != nil {
+		t.Errorf("Delete of a record without owner by root: %v", err)
+	}
 }

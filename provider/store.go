@@ -67,13 +67,18 @@ type Record struct {
 	Body    *Body
 	Source  string // SourceHTTP or SourceFile
 	Deleted bool
+	// Owner is who wrote a state accepted over HTTP (Identity.Owner):
+	// only they, or root, may change or delete it. Empty for a file's
+	// state and for records kept before owners were.
+	Owner string
 }
 
 // recordFile is a Record on disk: the body's shape, plus "source" when not
-// SourceHTTP and "deleted" for a tombstone, so that a record of a state
-// accepted over HTTP is exactly the body that was sent.
+// SourceHTTP, "owner" for a state accepted over HTTP, and "deleted" for a
+// tombstone.
 type recordFile struct {
 	Source    string     `json:"source,omitempty"`
+	Owner     string     `json:"owner,omitempty"`
 	Deleted   bool       `json:"deleted,omitempty"`
 	Instances []Instance `json:"instances"`
 }
@@ -92,7 +97,7 @@ func (s *Store) SaveRecord(name string, r Record) error {
 	if err != nil {
 		return err
 	}
-	f := recordFile{Deleted: r.Deleted, Instances: []Instance{}} // "instances": [] rather than null
+	f := recordFile{Deleted: r.Deleted, Owner: r.Owner, Instances: []Instance{}} // "instances": [] rather than null
 	if r.Source != SourceHTTP {
 		f.Source = r.Source
 	}
@@ -196,6 +201,7 @@ func (s *Store) LoadRecord(name string) (Record, error) {
 	// with errors naming the bad field.
 	var env struct {
 		Source    string             `json:"source"`
+		Owner     string             `json:"owner"`
 		Deleted   bool               `json:"deleted"`
 		Instances *[]json.RawMessage `json:"instances"`
 	}
@@ -205,7 +211,7 @@ func (s *Store) LoadRecord(name string) (Record, error) {
 	if err := decodeStrict(data, &env, ""); err != nil {
 		return Record{}, fmt.Errorf("provider store: load %s: %w", path, err)
 	}
-	r := Record{Source: env.Source, Deleted: env.Deleted}
+	r := Record{Source: env.Source, Deleted: env.Deleted, Owner: env.Owner}
 	switch r.Source {
 	case "":
 		r.Source = SourceHTTP

@@ -277,6 +277,11 @@ glimpse-agent: DNS on $DNS_ADDR, HTTP on $HTTP_ADDR. Try, from another terminal:
   curl -s $HTTP_HOST:$HTTP_PORT_AGENT/metrics | grep glimpse_
   curl -s $HTTP_HOST:$HTTP_PORT_AGENT/readyz
 
+A provider writes its instances through the agent's socket, as its own user:
+  curl -s --unix-socket $WORKDIR/providers.sock -X PUT localhost/v1/providers/demo \
+    -d '{"instances":[{"product":"goku","env":"prod","job":"stream","service":"admin","port":9090}]}'
+  curl -s --unix-socket $WORKDIR/providers.sock localhost/v1/providers/demo
+
 Change the topology while it runs, e.g. make the critical instance healthy:
   curl -s -X PUT $CONSUL_URL/v1/agent/check/pass/goku-stream-http-prod-3-ttl
 or remove one:
@@ -286,10 +291,10 @@ Ctrl-C stops glimpse-agent and Consul.
 
 EOF
 
-log "starting $AGENT -consul.addr $CONSUL_ADDR -data.dir $WORKDIR/data -log.format console"
+log "starting $AGENT -consul.addr $CONSUL_ADDR -data.dir $WORKDIR/data -providers.socket $WORKDIR/providers.sock -log.format console"
 # In the background so that the traps run as soon as a signal arrives; its
 # output still goes to this terminal.
-"$AGENT" -consul.addr "$CONSUL_ADDR" -data.dir "$WORKDIR/data" -log.format console </dev/null &
+"$AGENT" -consul.addr "$CONSUL_ADDR" -data.dir "$WORKDIR/data" -providers.socket "$WORKDIR/providers.sock" -log.format console </dev/null &
 AGENT_PID=$!
 set +e
 wait "$AGENT_PID"

@@ -36,6 +36,7 @@ func run(args []string, stderr io.Writer) error {
 	fs.SetOutput(io.Discard) // errors are reported in one line by main
 	fs.StringVar(&cfg.ConsulAddr, "consul.addr", "", "the local Consul agent's HTTP address (default $CONSUL_HTTP_ADDR or 127.0.0.1:8500)")
 	fs.StringVar(&cfg.ConsulToken, "consul.token", "", "Consul ACL token with read access (default $CONSUL_HTTP_TOKEN)")
+	fs.StringVar(&cfg.ConsulTokenFile, "consul.token-file", "", "file holding the Consul ACL token, not readable by others (keeps it out of ps and the command line)")
 	fs.StringVar(&cfg.ConsulCAFile, "consul.ca-file", "", "PEM file of the CA that signed an https Consul agent's certificate (default $CONSUL_CACERT, else the system's roots)")
 	fs.DurationVar(&cfg.ConsulStartTimeout, "consul.start-timeout", cfg.ConsulStartTimeout, "how long to wait for the Consul agent at start")
 	fs.DurationVar(&cfg.Watch.Wait, "consul.wait", cfg.Watch.Wait, "longest wait of a blocking query")
@@ -64,6 +65,9 @@ func run(args []string, stderr io.Writer) error {
 	origins := fs.String("http.allowed-origins", "", "comma-separated browser origins allowed to open websockets besides the agent's own (* for any)")
 	fs.BoolVar(&cfg.Pprof, "http.pprof", cfg.Pprof, "serve Go's profiles under /debug/pprof/ on -http.addr (off by default: profiles cost CPU and show internals)")
 	fs.StringVar(&cfg.DataDir, "data.dir", cfg.DataDir, "directory of the agent's durable state (the providers' recorded instances); created if missing")
+	fs.StringVar(&cfg.ProvidersSocket, "providers.socket", cfg.ProvidersSocket, "Unix socket where local providers write as their user, mode 0660 (empty: none)")
+	fs.StringVar(&cfg.ProvidersSocketGroup, "providers.socket-group", cfg.ProvidersSocketGroup, "group (name or number) of -providers.socket, whose members may write (default: the agent's group)")
+	fs.StringVar(&cfg.ProvidersTokens, "providers.tokens", cfg.ProvidersTokens, "file of bearer tokens that may write providers over TCP, one '<name> <token> <provider patterns>' per line (empty: writes over TCP are refused)")
 	fs.BoolVar(&cfg.ProviderAllowRemote, "providers.allow-remote", cfg.ProviderAllowRemote, "let non-loopback clients use the providers API")
 	fs.DurationVar(&cfg.ReconcileEvery, "providers.reconcile", cfg.ReconcileEvery, "how often the providers' recorded instances are applied to the Consul agent again")
 	fs.DurationVar(&cfg.ProbeEvery, "providers.probe", cfg.ProbeEvery, "how often the Consul agent's registrations are listed to notice its restart and reconcile at once")

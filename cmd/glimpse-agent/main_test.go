@@ -18,6 +18,10 @@ func TestExitsWithOneLine(t *testing.T) {
 	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
+	// A secret file others may read, and one they may not.
+	open, secret := filepath.Join(t.TempDir(), "open"), filepath.Join(t.TempDir(), "secret")
+	os.WriteFile(open, []byte("x\n"), 0o644)
+	os.WriteFile(secret, []byte("x\n"), 0o600)
 	// A port nothing listens on, for an unreachable Consul.
 	free, _ := net.Listen("tcp", "127.0.0.1:0")
 	dead := free.Addr().String()
@@ -36,6 +40,10 @@ func TestExitsWithOneLine(t *testing.T) {
 		{[]string{"-watch.pin", "goku,[a"}, "-watch.pin: pattern \"[a\""},
 		{[]string{"-consul.addr", dead, "-consul.start-timeout", "500ms"}, "consul agent not reachable"},
 		{[]string{"-consul.addr", "https://" + dead, "-consul.ca-file", filepath.Join(t.TempDir(), "none.pem")}, "consul TLS"},
+		{[]string{"-consul.token-file", open}, "chmod o-rwx"},
+		{[]string{"-consul.token-file", secret, "-consul.token", "x"}, "both set"},
+		{[]string{"-consul.token-file", filepath.Join(t.TempDir(), "none")}, "-consul.token-file"},
+		{[]string{"-providers.tokens", open}, "chmod o-rwx"},
 	} {
 		cmd := exec.Command(bin, tc.args...)
 		var stderr bytes.Buffer

@@ -3,6 +3,8 @@ package agent
 import (
 	"context"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -102,6 +104,19 @@ agent_prefix "" { policy = "read" }`}, nil)
 		cfg.ConsulToken = tok.SecretID
 		a, logs := debugAgent(t, cfg)
 		check(t, a, logs)
+	})
+	t.Run("token from -consul.token-file", func(t *testing.T) {
+		cfg := testConfig(t, srv.HTTPAddr())
+		cfg.ConsulTokenFile = filepath.Join(t.TempDir(), "token")
+		if err := os.WriteFile(cfg.ConsulTokenFile, []byte(tok.SecretID+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cfg.Pprof = true
+		a, logs := debugAgent(t, cfg)
+		check(t, a, logs)
+		if _, cmd := do(t, "GET", "http://"+a.HTTPAddr()+"/debug/pprof/cmdline", nil); strings.Contains(cmd, tok.SecretID) {
+			t.Error("the token is in /debug/pprof/cmdline")
+		}
 	})
 	t.Run("token from CONSUL_HTTP_TOKEN", func(t *testing.T) {
 		t.Setenv("CONSUL_HTTP_TOKEN", tok.SecretID)

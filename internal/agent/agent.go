@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -38,6 +39,9 @@ type Config struct {
 	ConsulAddr string
 	// ConsulToken overrides $CONSUL_HTTP_TOKEN.
 	ConsulToken string
+	// ConsulTokenFile holds the ACL token instead (not shown by ps nor
+	// in /debug/pprof/cmdline); it must not be readable by others.
+	ConsulTokenFile string
 	// ConsulCAFile, for an https ConsulAddr, is the PEM file of the CA
 	// that signed the Consul agent's certificate; it overrides
 	// $CONSUL_CACERT. Empty: the environment's, or the system's roots.
@@ -77,6 +81,13 @@ type Config struct {
 	DataDir string
 	// ProviderAllowRemote lets non-loopback clients use the providers API.
 	ProviderAllowRemote bool
+	// ProvidersSocket is the Unix socket where local providers write as
+	// their user (empty: none); ProvidersSocketGroup its group (empty: the
+	// agent's).
+	ProvidersSocket, ProvidersSocketGroup string
+	// ProvidersTokens is the file of bearer tokens that may write
+	// providers over TCP (empty: none may).
+	ProvidersTokens string
 	// ReconcileEvery is how often the providers' recorded state is applied
 	// to the Consul agent again, repairing drift.
 	ReconcileEvery time.Duration
@@ -110,6 +121,7 @@ func DefaultConfig() Config {
 		ReconcileEvery:     provider.DefaultReconcileEvery,
 		ProbeEvery:         provider.DefaultProbeEvery,
 		ProvidersDirPoll:   provider.DefaultDirPoll,
+		ProvidersSocket:    DefaultProvidersSocket,
 	}
 }
 
@@ -128,6 +140,9 @@ type Agent struct {
 	// providersDir applies cfg.ProvidersDir; nil when not configured.
 	providersDir *provider.Dir
 }
+
+// DefaultProvidersSocket is where the providers socket is by default.
+const DefaultProvidersSocket = "/run/glimpse/providers.sock"
 
 // New connects to Consul (waiting up to cfg.ConsulStartTimeout), settles the
 // local zone and binds the DNS and HTTP addresses. Run starts serving.
@@ -149,7 +164,15 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Agent, error) {
 			return nil, fmt.Errorf("-watch.pin: %w", err)
 		}
 	}
-	client, transport, err := ConsulClient(ConsulOptions{Addr: cfg.ConsulAddr, Token: cfg.ConsulToken, CAFile: cfg.ConsulCAFile, MaxConns: cfg.Watch.MaxConns})
+	var tokens *provider.Tokens
+	if cfg.ProvidersTokens != "" {
+		t, err := provider.LoadTokens(cfg.ProvidersTokens)
+		if err != nil {
+			return nil, err
+		}
+		tokens = t
+	}
+	client, transport, err := ConsulClient(ConsulOptions{Addr: cfg.ConsulAddr, Token: cfg.ConsulToken, TokenFile: cfg.ConsulTokenFile, CAFile: cfg.ConsulCAFile, MaxConns: cfg.Watch.MaxConns})
 	if err != nil {
 		return nil, err
 	}
@@ -204,7 +227,8 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Agent, error) {
 	}
 	dns.RegisterServer(reg, a.dns)
 	a.http, err = httpapi.Listen(cfg.HTTPAddr, httpapi.Options{Cache: c, LocalZone: zone, Gatherer: reg, Registerer: reg, Demand: w, FirstWait: cfg.FirstWait, Subscribe: cfg.Subscribe, Pprof: cfg.Pprof,
-		Providers: a.providers, ProviderAllowRemote: cfg.ProviderAllowRemote})
+		Providers: a.providers, ProviderAllowRemote: cfg.ProviderAllowRemote, ProviderTokens: tokens,
+		ProvidersSocket: cfg.ProvidersSocket, ProvidersSocketGroup: cfg.ProvidersSocketGroup})
 	if err != nil {
 		a.dns.Close()
 		transport.CloseIdleConnections()
@@ -220,6 +244,8 @@ type ConsulOptions struct {
 	Addr string
 	// Token is the ACL token; empty: the environment's.
 	Token string
+	// TokenFile holds the ACL token instead of Token.
+	TokenFile string
 	// CAFile verifies an https agent's certificate; empty: the
 	// environment's ($CONSUL_CACERT) or the system's roots.
 	CAFile string
@@ -238,6 +264,16 @@ func ConsulClient(co ConsulOptions) (*api.Client, *consulhttp.Transport, error) 
 	}
 	if co.Token != "" {
 		cc.Token = co.Token
+	}
+	if co.TokenFile != "" {
+		if co.Token != "" {
+			return nil, nil, errors.New("-consul.token and -consul.token-file are both set; keep the file")
+		}
+		tok, err := readSecret(co.TokenFile)
+		if err != nil {
+			return nil, nil, fmt.Errorf("-consul.token-file: %w", err)
+		}
+		cc.Token = tok
 	}
 	if co.CAFile != "" {
 		cc.TLSConfig.CAFile = co.CAFile
@@ -280,6 +316,32 @@ func ConsulClient(co ConsulOptions) (*api.Client, *consulhttp.Transport, error) 
 		return nil, nil, fmt.Errorf("consul client for %s: %w", cc.Address, err)
 	}
 	return client, tr, nil
+}
+
+// readSecret reads a secret from a file that others may not read, trimmed
+// of surrounding space.
+func readSecret(file string) (string, error) {
+	f, err := os.Open(file)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return "", err
+	}
+	if st.Mode().Perm()&0o007 != 0 {
+		return "", fmt.Errorf("%s is readable or writable by every user (mode %v); chmod o-rwx it", file, st.Mode().Perm())
+	}
+	data, err := io.ReadAll(io.LimitReader(f, 4096))
+	if err != nil {
+		return "", err
+	}
+	tok := strings.TrimSpace(string(data))
+	if tok == "" {
+		return "", fmt.Errorf("%s is empty", file)
+	}
+	return tok, nil
 }
 
 // localZone returns cfg.Zone, or else the Consul agent's datacenter; either

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -24,6 +26,10 @@ import (
 var consul *testconsul.Agent
 
 func TestMain(m *testing.M) {
+	if os.Getenv(socketClientEnv) != "" {
+		socketClient() // a child run as another user; see asUser
+		return
+	}
 	testconsul.Main(m, testconsul.Options{Dev: true, Datacenter: "dc1"}, &consul)
 }
 
@@ -46,7 +52,35 @@ func testConfig(t testing.TB, consulAddr string) Config {
 	cfg.ConsulStartTimeout = 10 * time.Second
 	cfg.Watch.Wait = 5 * time.Second
 	cfg.Watch.MaxBackoff = 500 * time.Millisecond
+	cfg.ProvidersSocket = socketPath(t)
+	cfg.ProvidersTokens = tokensFile(t)
 	return cfg
+}
+
+// testToken may write any provider over TCP in tests (see tokensFile).
+const testToken = "test-token-0123456789abcdef0123456789"
+
+// tokensFile writes a -providers.tokens file granting testToken every
+// provider, as identity "test".
+func tokensFile(t testing.TB) string {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "tokens")
+	if err := os.WriteFile(file, []byte("test "+testToken+" *\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return file
+}
+
+// socketPath returns a path for a providers socket in a directory of its
+// own, short enough for a Unix socket (108 bytes), removed at the end.
+func socketPath(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "gp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return filepath.Join(dir, "p.sock")
 }
 
 // startAgent runs an agent until the test ends and waits for its local

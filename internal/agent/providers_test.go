@@ -34,6 +34,9 @@ func do(t testing.TB, method, url string, body []byte) (int, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if method == http.MethodPut || method == http.MethodDelete {
+		req.Header.Set("Authorization", "Bearer "+testToken)
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, url, err)
