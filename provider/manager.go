@@ -88,6 +88,7 @@ type providerState struct {
 	retrying bool
 	again    bool   // a failure while retrying: go on even if the loop's last attempt held
 	gen      uint64 // applications that held; the probe ignores a provider whose gen moved
+	applying int    // applications under way: the probe ignores the provider meanwhile
 	// applied holds the service IDs of the last state that held in the
 	// Consul agent; nil until one did.
 	applied map[string]bool
@@ -243,7 +244,21 @@ func (m *Manager) applyRecord(ctx context.Context, name string, p *providerState
 	if gone {
 		b = &Body{Instances: []Instance{}}
 	}
-	changed, ids, err := m.syncer.reconcile(ctx, name, b)
+	// Registrations change one by one while this runs: what the probe
+	// lists meanwhile is no drift.
+	m.mu.Lock()
+	p.applying++
+	m.mu.Unlock()
+	// The manager's end (the agent's shutdown) stops an application under
+	// way: the state is recorded, and the next start applies it.
+	actx, stop := context.WithCancel(ctx)
+	defer stop()
+	unhook := context.AfterFunc(m.ctx, stop)
+	defer unhook()
+	changed, ids, err := m.syncer.reconcile(actx, name, b)
+	m.mu.Lock()
+	p.applying--
+	m.mu.Unlock()
 	if err != nil {
 		m.syncs.WithLabelValues("error").Inc()
 		return changed, err
@@ -509,7 +524,7 @@ func (m *Manager) drifted(owned map[string][]string, gens map[string]uint64) []s
 	defer m.mu.Unlock()
 	var names []string
 	for name, p := range m.providers {
-		if g, ok := gens[name]; p.applied == nil || p.retrying || !ok || g != p.gen {
+		if g, ok := gens[name]; p.applied == nil || p.retrying || p.applying > 0 || !ok || g != p.gen {
 			continue
 		}
 		ids := owned[name]
@@ -594,7 +609,17 @@ func (m *Manager) List() ([]Summary, error) {
 	return out, nil
 }
 
-// Close stops background retries and waits for them.
+// Stop ends the applications under way and the background retries without
+// waiting: a write in progress returns, its state recorded for the next
+// start. Close waits.
+func (m *Manager) Stop() {
+	m.mu.Lock()
+	m.cancel()
+	m.mu.Unlock()
+}
+
+// Close stops background retries and applications under way, and waits
+// for the retries.
 func (m *Manager) Close() {
 	m.mu.Lock()
 	m.cancel()

@@ -11,9 +11,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"golang.org/x/sync/errgroup"
 )
 
 // Tags glimpse puts on a provider's registrations (see watch/convert.go for
@@ -68,16 +70,52 @@ func call(ctx context.Context) (context.Context, context.CancelFunc) {
 }
 
 // Syncer makes the local Consul agent's registrations of a provider equal to
-// that provider's body. Apply calls are serialised, so two bodies of the same
-// provider never interleave. A Syncer is safe for concurrent use.
+// that provider's body. Apply calls for one provider are serialised, so two
+// bodies of the same provider never interleave; those of different
+// providers run side by side (their service IDs never collide). A Syncer is
+// safe for concurrent use.
 type Syncer struct {
 	client *api.Client
 	mu     sync.Mutex
+	locks  map[string]*nameLock // by provider, while in use
 }
+
+type nameLock struct {
+	sync.Mutex
+	users int // guarded by Syncer.mu
+}
+
+// ApplyParallel is how many registrations or deregistrations of one
+// provider's change are sent to the Consul agent at once. A provider of
+// thousands of instances is applied in seconds rather than minutes, and the
+// requests stay within the agent's connection budget.
+const ApplyParallel = 8
 
 // NewSyncer returns a Syncer registering with the Consul agent of client.
 func NewSyncer(client *api.Client) *Syncer {
-	return &Syncer{client: client}
+	return &Syncer{client: client, locks: map[string]*nameLock{}}
+}
+
+// lock serialises the applications of one provider; the function it
+// returns unlocks.
+func (s *Syncer) lock(name string) func() {
+	s.mu.Lock()
+	l := s.locks[name]
+	if l == nil {
+		l = &nameLock{}
+		s.locks[name] = l
+	}
+	l.users++
+	s.mu.Unlock()
+	l.Lock()
+	return func() {
+		l.Unlock()
+		s.mu.Lock()
+		if l.users--; l.users == 0 {
+			delete(s.locks, name)
+		}
+		s.mu.Unlock()
+	}
 }
 
 // Apply makes the local Consul agent's service registrations tagged
@@ -85,8 +123,9 @@ func NewSyncer(client *api.Client) *Syncer {
 // missing or differ, and deregisters that provider's registrations b no
 // longer holds. Registrations without that exact tag are never touched; an
 // instance whose service ID is taken by such a registration is an error.
-// Apply stops at the first failed Consul call and returns its error; what
-// was done until then stays done, and applying b again completes it. An
+// Registrations go ApplyParallel at a time; after the first failed Consul
+// call Apply starts no other and returns its error; what was done until
+// then stays done, and applying b again completes it. An
 // invalid name or body is a *ValidationError and nothing is done.
 func (s *Syncer) Apply(ctx context.Context, name string, b *Body) error {
 	_, _, err := s.reconcile(ctx, name, b)
@@ -114,8 +153,7 @@ func (s *Syncer) reconcile(ctx context.Context, name string, b *Body) (changed i
 		return 0, nil, err
 	}
 
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	defer s.lock(name)()
 
 	agent := s.client.Agent()
 	cctx, cancel := call(ctx)
@@ -145,15 +183,22 @@ func (s *Syncer) reconcile(ctx context.Context, name string, b *Body) (changed i
 	}
 
 	var nodeAddr string // fetched when a check needs it
-	want = make(map[string]bool, len(nb.Instances))
 	for _, in := range nb.Instances {
-		id := ServiceID(name, in)
-		want[id] = true
-		if in.Address == "" && in.Check != nil && in.Check.Target == "" && in.Check.Type != CheckTTL && nodeAddr == "" {
+		if in.Address == "" && in.Check != nil && in.Check.Target == "" && in.Check.Type != CheckTTL {
 			if nodeAddr, err = s.nodeAddress(ctx); err != nil {
 				return changed, nil, fmt.Errorf("provider %s: %w", name, err)
 			}
+			break
 		}
+	}
+	// What to send, decided before anything is: an ID taken by a
+	// registration that is not this provider's stops the whole change.
+	want = make(map[string]bool, len(nb.Instances))
+	var regs []*api.AgentServiceRegistration
+	var regFor []Instance
+	for _, in := range nb.Instances {
+		id := ServiceID(name, in)
+		want[id] = true
 		reg := registration(name, id, in, nodeAddr)
 		cur, mine := owned[id]
 		if !mine {
@@ -163,15 +208,8 @@ func (s *Syncer) reconcile(ctx context.Context, name string, b *Body) (changed i
 		} else if upToDate(cur, reg, checkCount[id]) {
 			continue
 		}
-		cctx, cancel := call(ctx)
-		err := agent.ServiceRegisterOpts(reg, api.ServiceRegisterOpts{ReplaceExistingChecks: true}.WithContext(cctx))
-		cancel()
-		if err != nil {
-			return changed, nil, fmt.Errorf("provider %s: register %s (%s): %w", name, id, describe(in), err)
-		}
-		changed++
+		regs, regFor = append(regs, reg), append(regFor, in)
 	}
-	// Deregister in a stable order, so that logs and retries are repeatable.
 	gone := make([]string, 0, len(owned))
 	for id := range owned {
 		if !want[id] {
@@ -179,14 +217,44 @@ func (s *Syncer) reconcile(ctx context.Context, name string, b *Body) (changed i
 		}
 	}
 	slices.Sort(gone)
+
+	// Registrations first, then deregistrations: a provider moving its
+	// instances never has fewer registered than it asked for because a
+	// registration failed.
+	var done atomic.Int64
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(ApplyParallel)
+	for i, reg := range regs {
+		g.Go(func() error {
+			cctx, cancel := call(gctx)
+			defer cancel()
+			if err := agent.ServiceRegisterOpts(reg, api.ServiceRegisterOpts{ReplaceExistingChecks: true}.WithContext(cctx)); err != nil {
+				return fmt.Errorf("provider %s: register %s (%s): %w", name, reg.ID, describe(regFor[i]), err)
+			}
+			done.Add(1)
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return int(done.Load()), nil, err
+	}
+	g, gctx = errgroup.WithContext(ctx)
+	g.SetLimit(ApplyParallel)
 	for _, id := range gone {
-		cctx, cancel := call(ctx)
-		err := agent.ServiceDeregisterOpts(id, (&api.QueryOptions{}).WithContext(cctx))
-		cancel()
-		if err != nil {
-			return changed, nil, fmt.Errorf("provider %s: deregister %s: %w", name, id, err)
-		}
-		changed++
+		g.Go(func() error {
+			cctx, cancel := call(gctx)
+			defer cancel()
+			if err := agent.ServiceDeregisterOpts(id, (&api.QueryOptions{}).WithContext(cctx)); err != nil {
+				return fmt.Errorf("provider %s: deregister %s: %w", name, id, err)
+			}
+			done.Add(1)
+			return nil
+		})
+	}
+	err = g.Wait()
+	changed = int(done.Load())
+	if err != nil {
+		return changed, nil, err
 	}
 	return changed, want, nil
 }

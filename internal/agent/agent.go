@@ -445,6 +445,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.log.Info("shutting down")
 	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer scancel()
+	// Provider writes under way stop first, so that the HTTP server does
+	// not wait for them: their states are recorded and applied at the next
+	// start.
+	a.providers.Stop()
 	err = errors.Join(err, a.dns.Shutdown(sctx), a.http.Shutdown(sctx))
 	cancel()
 	wg.Wait()

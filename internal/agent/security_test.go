@@ -316,3 +316,121 @@ func TestProvidersSocketIdentity(t *testing.T) {
 		t.Errorf("root's provider after the others' writes: %d %v", code, ins)
 	}
 }
+
+// bigBody is a provider body of n instances of product on ports from base.
+func bigBody(t *testing.T, product string, n, base int) []byte {
+	t.Helper()
+	ins := make([]provider.Instance, n)
+	for i := range ins {
+		ins[i] = provider.Instance{Service: "http", Job: "stream", Env: "prod", Product: product, Port: base + i}
+	}
+	return bodyOf(t, ins...)
+}
+
+// registeredPorts returns the ports of the Consul agent's registrations of
+// provider p.
+func registeredPorts(t *testing.T, p string) map[int]bool {
+	t.Helper()
+	svcs, err := consul.Client().Agent().ServicesWithFilter(fmt.Sprintf("%q in Tags", provider.TagProvider+p))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ports := make(map[int]bool, len(svcs))
+	for _, s := range svcs {
+		ports[s.Port] = true
+	}
+	return ports
+}
+
+// TestProvidersLargeWrite: a provider of 3,000 instances is written, and
+// another provider's write meanwhile does not wait for it; the agent
+// stopped in the middle of such a write stops within 10 s, and the next
+// agent on the same data directory makes Consul hold the recorded state
+// exactly. How long the 3,000 take is the Consul agent's: it registers
+// services one at a time, each slower the more it holds (27.7 s for 3,000
+// in a row on the machine these were written on, before glimpse).
+func TestProvidersLargeWrite(t *testing.T) {
+	cfg := testConfig(t, consul.HTTPAddr())
+	a, stop := stoppableAgent(t, cfg)
+	sock := a.http.Socket()
+	product := newProduct("big")
+	big, small := "bigprov", "smallprov"
+
+	type result struct {
+		code int
+		raw  string
+		err  error
+		took time.Duration
+	}
+	put := func(sock, name string, body []byte) chan result {
+		ch := make(chan result, 1)
+		go func() {
+			began := time.Now()
+			code, raw, err := overSocket(sock, "PUT", "/v1/providers/"+name, body)
+			ch <- result{code, raw, err, time.Since(began)}
+		}()
+		return ch
+	}
+	bigDone := put(sock, big, bigBody(t, product, 3000, 20000))
+	// Once the big write is under way, a small one of another provider.
+	testconsul.WaitFor(t, 30*time.Second, func() bool { return len(registeredPorts(t, big)) > 0 }, "the big write never started")
+	s := <-put(sock, small, bigBody(t, newProduct("small"), 1, 9000))
+	if s.err != nil || s.code != 200 {
+		t.Fatalf("small PUT: %d %s %v", s.code, s.raw, s.err)
+	}
+	if n := len(registeredPorts(t, big)); n == 3000 {
+		t.Log("the big write was over before the small one was answered")
+	}
+	if s.took > time.Second {
+		t.Errorf("a 1-instance PUT during a 3,000-instance one took %v", s.took)
+	}
+	var b result
+	select {
+	case b = <-bigDone:
+	case <-time.After(2 * time.Minute):
+		t.Fatal("a 3,000-instance PUT still runs after 2 minutes")
+	}
+	if b.err != nil || b.code != 200 {
+		t.Fatalf("big PUT: %d %s %v", b.code, b.raw, b.err)
+	}
+	t.Logf("3,000 instances written in %v; 1 instance of another provider meanwhile in %v", b.took, s.took)
+	if n := len(registeredPorts(t, big)); n != 3000 {
+		t.Fatalf("%d registrations, want 3,000", n)
+	}
+	for _, p := range []string{big, small} {
+		if code, raw, err := overSocket(sock, "DELETE", "/v1/providers/"+p, nil); err != nil || code != 200 {
+			t.Fatalf("DELETE %s: %d %s %v", p, code, raw, err)
+		}
+	}
+
+	// The agent stopped during another 3,000-instance write.
+	big2 := "bigprov2"
+	moved := put(sock, big2, bigBody(t, product, 3000, 40000))
+	testconsul.WaitFor(t, 30*time.Second, func() bool { return len(registeredPorts(t, big2)) > 0 }, "the second big write never started")
+	began := time.Now()
+	stop()
+	took := time.Since(began)
+	m := <-moved
+	t.Logf("stopped in %v, with %d of 3,000 registered (the write's answer: %d %s)", took, len(registeredPorts(t, big2)), m.code, strings.TrimSpace(m.raw))
+	if took > 10*time.Second {
+		t.Errorf("the agent took %v to stop during a write", took)
+	}
+
+	// A new agent on the same data directory applies what was recorded.
+	cfg2 := testConfig(t, consul.HTTPAddr())
+	cfg2.DataDir = cfg.DataDir
+	a2 := startAgent(t, cfg2)
+	t.Cleanup(func() { overSocket(a2.http.Socket(), "DELETE", "/v1/providers/"+big2, nil) })
+	testconsul.WaitFor(t, 2*time.Minute, func() bool {
+		ports := registeredPorts(t, big2)
+		if len(ports) != 3000 {
+			return false
+		}
+		for p := range ports {
+			if p < 40000 || p >= 43000 {
+				return false
+			}
+		}
+		return true
+	}, "Consul never held the recorded 3,000 instances after the restart")
+}
