@@ -79,6 +79,12 @@ func (b *Builder) target(zone string, in *cache.Instance) string {
 	return cache.Lower(in.Node) + ".node." + b.zoneName(zone)
 }
 
+// srvKey is what makes an SRV record of an address distinct.
+type srvKey struct {
+	target string
+	port   uint16
+}
+
 // BuildAddress implements cache.Builder.
 func (b *Builder) BuildAddress(a *cache.Address) any {
 	out := &addrAnswers{}
@@ -86,6 +92,7 @@ func (b *Builder) BuildAddress(a *cache.Address) any {
 	var srv, v4, v6, glue []mdns.RR
 	seenIP := map[netip.Addr]bool{}
 	seenTarget := map[string]bool{}
+	seenSRV := map[srvKey]bool{}
 	for i := range a.Instances {
 		in := &a.Instances[i]
 		if !b.healthy(in.Health) {
@@ -93,10 +100,16 @@ func (b *Builder) BuildAddress(a *cache.Address) any {
 		}
 		out.healthy = true
 		t := b.target(a.Zone, in)
-		srv = append(srv, &mdns.SRV{
-			Hdr:      b.hdr(qname, mdns.TypeSRV, b.cfg.TTL),
-			Priority: 1, Weight: 1, Port: in.Port, Target: t,
-		})
+		// Two instances at one address and port (two providers stating
+		// the same one) are one SRV record: an RRset holds no duplicates
+		// (RFC 2181 §5).
+		if k := (srvKey{t, in.Port}); !seenSRV[k] {
+			seenSRV[k] = true
+			srv = append(srv, &mdns.SRV{
+				Hdr:      b.hdr(qname, mdns.TypeSRV, b.cfg.TTL),
+				Priority: 1, Weight: 1, Port: in.Port, Target: t,
+			})
+		}
 		if !seenTarget[t] {
 			seenTarget[t] = true
 			glue = append(glue, b.addrRR(t, in.Address))

@@ -401,3 +401,20 @@ func TestBuildZone(t *testing.T) {
 		t.Errorf("zone without servers: SOA %v, NS %v, glue %v", za.soa, za.ns, za.glue)
 	}
 }
+
+// TestBuildAddressSameAddressTwice: two instances at one address and port
+// (two providers stating the same one) give one SRV record, not a
+// duplicate in the RRset; another port stays its own record.
+func TestBuildAddressSameAddressTwice(t *testing.T) {
+	b := newTestBuilder(false)
+	aa := b.BuildAddress(testAddress(
+		inst("web-1", "10.0.0.1", false, 80, cache.Passing),
+		inst("web-1", "10.0.0.1", false, 80, cache.Passing),
+		inst("web-1", "10.0.0.1", false, 81, cache.Passing),
+	)).(*addrAnswers)
+	m := unpackWire(t, aa.srv, testQName, mdns.TypeSRV)
+	want := []srvWant{{"web-1.node.dc1.srv.glimpse.io.", 80}, {"web-1.node.dc1.srv.glimpse.io.", 81}}
+	if got := srvRecords(t, m); !slices.Equal(got, want) {
+		t.Errorf("SRV records %v, want %v", got, want)
+	}
+}

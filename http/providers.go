@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"time"
 
 	"glimpse/provider"
 )
@@ -29,11 +30,14 @@ type providersAPI struct {
 	// host is the TCP listener's own host, which a request's Host may
 	// name.
 	host string
+	// tcpBodies and sockBodies are the turns to read a body, per listener.
+	tcpBodies, sockBodies chan struct{}
 }
 
 func (s *Server) registerProviders(opts Options) {
 	host, _, _ := net.SplitHostPort(s.ln.Addr().String())
-	p := &providersAPI{m: opts.Providers, allowRemote: opts.ProviderAllowRemote, tokens: opts.ProviderTokens, host: host}
+	p := &providersAPI{m: opts.Providers, allowRemote: opts.ProviderAllowRemote, tokens: opts.ProviderTokens, host: host,
+		tcpBodies: make(chan struct{}, ProviderBodies), sockBodies: make(chan struct{}, ProviderBodies)}
 	s.mux.Handle("GET /v1/providers", s.instrument("providers", p.guard(p.list)))
 	s.mux.Handle("PUT /v1/providers/{provider}", s.instrument("providers", p.guard(named(p.writer(p.put)))))
 	s.mux.Handle("GET /v1/providers/{provider}", s.instrument("providers", p.guard(named(p.get))))
@@ -140,6 +144,22 @@ func loopback(remote string) bool {
 }
 
 func (p *providersAPI) put(w http.ResponseWriter, r *http.Request, name string, who provider.Identity) {
+	turns := p.tcpBodies
+	if _, sock := peerOf(r.Context()); sock {
+		turns = p.sockBodies
+	}
+	wait := time.NewTimer(ProviderBodyWait)
+	defer wait.Stop()
+	select {
+	case turns <- struct{}{}:
+		defer func() { <-turns }()
+	case <-wait.C:
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("%d provider bodies are being received; try again", ProviderBodies))
+		return
+	case <-r.Context().Done():
+		return
+	}
 	b, err := provider.Parse(http.MaxBytesReader(w, r.Body, provider.MaxBody+1), provider.MaxBody)
 	if err != nil {
 		var mbe *http.MaxBytesError

@@ -81,6 +81,9 @@ type Options struct {
 	ProviderAllowRemote bool
 	// ProviderTokens may write providers over TCP (nil: none may).
 	ProviderTokens *provider.Tokens
+	// MaxConns caps the TCP connections open at once (0: no cap); see
+	// ConnCap.
+	MaxConns int
 	// ProvidersSocket is the path of the Unix socket serving the API too,
 	// where providers write as their local user (empty: none), mode 0660
 	// in group ProvidersSocketGroup (empty: the agent's).
@@ -93,6 +96,7 @@ func Listen(addr string, opts Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("http: listen %s: %w", addr, err)
 	}
+	ln = limitListen(ln, opts.MaxConns)
 	s := &Server{
 		cache:     opts.Cache,
 		local:     opts.LocalZone,
@@ -149,6 +153,7 @@ func Listen(addr string, opts Options) (*Server, error) {
 			ln.Close()
 			return nil, err
 		}
+		s.sock = limitListen(s.sock, 1024)
 		s.sockSrv = &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ConnContext: withPeer}
 	}
 	return s, nil
@@ -166,6 +171,8 @@ func (s *Server) Socket() string {
 // or 405 (with its Allow header) as a JSON error; a path not in canonical
 // form gets a 400 naming the canonical one instead of the mux's redirect.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body := watchBody(w, r)
+	defer body.drop(w)
 	if h, pattern := s.mux.Handler(r); pattern == "" || reflect.TypeOf(h) == redirectType {
 		w = &jsonErrorWriter{ResponseWriter: w, method: r.Method, path: r.URL.Path}
 	}

@@ -37,6 +37,9 @@ func peerOf(ctx context.Context) (peer, bool) {
 // withPeer is the socket server's ConnContext: it reads the peer's
 // credentials once per connection.
 func withPeer(ctx context.Context, c net.Conn) context.Context {
+	if lc, ok := c.(*limitedConn); ok {
+		c = lc.Conn
+	}
 	uc, ok := c.(*net.UnixConn)
 	if !ok {
 		return ctx

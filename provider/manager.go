@@ -180,6 +180,14 @@ func (m *Manager) put(ctx context.Context, name string, b *Body, source string, 
 	if err := m.own(p, name, source, true, who); err != nil {
 		return err
 	}
+	if _, err := m.store.LoadRecord(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		aside, serr := m.store.SetAside(name)
+		if serr != nil {
+			return serr
+		}
+		m.log.Warn("provider: replacing a record that cannot be read; it is kept aside",
+			zap.String("provider", name), zap.String("kept_as", aside), zap.Error(err))
+	}
 	if err := m.store.SaveRecord(name, Record{Body: nb, Source: source, Owner: who.Owner}); err != nil {
 		return err
 	}
@@ -212,7 +220,7 @@ func (m *Manager) own(p *providerState, name, source string, exists bool, who Id
 	case errors.Is(err, fs.ErrNotExist):
 		return nil
 	case err != nil:
-		return err
+		return fmt.Errorf("%w: %s: its record cannot be read, so whose it is is unknown; only root may change or delete it (%v)", ErrNotOwner, name, err)
 	case r.Deleted || r.Source != SourceHTTP:
 		return nil // a tombstone, or a file's leftover: anyone may take the name
 	case r.Owner == "":
@@ -320,7 +328,19 @@ func (m *Manager) delete(ctx context.Context, name, source string, who Identity)
 	r, err := m.store.LoadRecord(name)
 	recorded := err == nil && !r.Deleted
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
+		if source != SourceHTTP {
+			return err
+		}
+		// Only root gets here (see own): the record is set aside for
+		// inspection, and the provider's registrations are removed as for
+		// any other.
+		aside, serr := m.store.SetAside(name)
+		if serr != nil {
+			return serr
+		}
+		m.log.Warn("provider: deleting a provider whose record cannot be read; the record is kept aside",
+			zap.String("provider", name), zap.String("kept_as", aside), zap.Error(err))
+		recorded = true
 	}
 	if source == SourceFile {
 		if !recorded {

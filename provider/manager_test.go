@@ -3,7 +3,11 @@ package provider
 import (
 	"context"
 	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -168,5 +172,80 @@ func TestOwnership(t *testing.T) {
 	}
 	if err := m.Delete(ctx, legacy, root); err != nil {
 		t.Errorf("Delete of a record without owner by root: %v", err)
+	}
+}
+
+// TestUnreadableRecord: a record that cannot be read blocks nobody for
+// good: root deletes it (the file kept aside, the registrations removed)
+// or replaces it; others are told only root may.
+func TestUnreadableRecord(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	store, err := NewStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := NewManager(store, NewSyncer(consul.Client()), ManagerOptions{ReconcileEvery: time.Hour})
+	t.Cleanup(m.Close)
+	prov, product := newName("broken"), newName("goku")
+	one := &Body{Instances: []Instance{{Service: "http", Job: "stream", Env: "prod", Product: product, Port: 8000}}}
+	if err := m.Put(ctx, prov, one, UID(1000)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, prov+".json"), []byte("{not json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Delete(ctx, prov, UID(1000)); !errors.Is(err, ErrNotOwner) || !strings.Contains(err.Error(), "only root") {
+		t.Errorf("a user's Delete of an unreadable record: %v", err)
+	}
+	if err := m.Delete(ctx, prov, root); err != nil {
+		t.Fatalf("root's Delete of an unreadable record: %v", err)
+	}
+	if got := servicesOf(t, consul.Client(), prov); len(got) != 0 {
+		t.Errorf("registrations left: %v", ids(got))
+	}
+	aside, _ := filepath.Glob(filepath.Join(dir, prov+".json.unreadable-*"))
+	if len(aside) != 1 {
+		t.Errorf("the unreadable record was not kept aside: %v", aside)
+	}
+	// Replaced by root.
+	if err := os.WriteFile(filepath.Join(dir, prov+".json"), []byte("{not json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Put(ctx, prov, one, root); err != nil {
+		t.Fatalf("root's Put over an unreadable record: %v", err)
+	}
+	if b, err := m.Get(prov); err != nil || len(b.Instances) != 1 {
+		t.Errorf("after root's Put: %v %v", b, err)
+	}
+	m.Delete(ctx, prov, root)
+}
+
+// TestStoreModesAndLeftovers: records are the agent's alone, and the
+// temporary files of writes a crash cut short are gone at the next start.
+func TestStoreModesAndLeftovers(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "providers")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	left := filepath.Join(dir, ".bazooka.json.tmp-12345")
+	if err := os.WriteFile(left, []byte("half"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s, err := NewStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(left); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("a crashed write's temporary file is still there: %v", err)
+	}
+	if st, _ := os.Stat(dir); st.Mode().Perm() != 0o700 {
+		t.Errorf("store directory mode %v, want 0700", st.Mode().Perm())
+	}
+	if err := s.SaveRecord("bazooka", Record{Body: &Body{Instances: []Instance{}}, Source: SourceHTTP, Owner: "uid:0"}); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := os.Stat(filepath.Join(dir, "bazooka.json")); st.Mode().Perm() != 0o600 {
+		t.Errorf("record mode %v, want 0600", st.Mode().Perm())
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 )
 
 // MaxFileSize is the most bytes Store.Load reads of one provider's file.
@@ -31,11 +32,42 @@ type Store struct {
 }
 
 // NewStore returns a Store keeping its files in dir, creating dir if needed.
+// The directory is made the agent's alone (0700), and the temporary files
+// of writes a crash cut short are removed.
 func NewStore(dir string) (*Store, error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("provider store: %w", err)
 	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("provider store: %w", err)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("provider store: %w", err)
+	}
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), ".") && strings.Contains(e.Name(), ".tmp-") && e.Type().IsRegular() {
+			if err := os.Remove(filepath.Join(dir, e.Name())); err != nil {
+				return nil, fmt.Errorf("provider store: remove a crashed write's %s: %w", e.Name(), err)
+			}
+		}
+	}
 	return &Store{dir: dir}, nil
+}
+
+// SetAside renames the provider's record out of the store's sight, to
+// <name>.json.unreadable-<unix time>, for inspection; it returns the new
+// path.
+func (s *Store) SetAside(name string) (string, error) {
+	path, err := s.path(name)
+	if err != nil {
+		return "", err
+	}
+	aside := fmt.Sprintf("%s.unreadable-%d", path, time.Now().Unix())
+	if err := os.Rename(path, aside); err != nil {
+		return "", fmt.Errorf("provider store: set %s aside: %w", name, err)
+	}
+	return aside, syncDir(s.dir)
 }
 
 // Dir returns the store's directory.
@@ -109,7 +141,7 @@ func (s *Store) SaveRecord(name string, r Record) error {
 		return fmt.Errorf("provider store: encode %s: %w", name, err)
 	}
 	data = append(data, '\n')
-	if err := WriteFileAtomic(path, data); err != nil {
+	if err := writeFileAtomic(path, data, 0o600); err != nil {
 		return fmt.Errorf("provider store: save %s: %w", name, err)
 	}
 	return nil
@@ -121,6 +153,11 @@ func (s *Store) SaveRecord(name string, r Record) error {
 // the old file or the new one, never a part; providers written in Go can
 // use it for their <provider>.json.
 func WriteFileAtomic(path string, data []byte) (err error) {
+	return writeFileAtomic(path, data, 0o644)
+}
+
+// writeFileAtomic is WriteFileAtomic with the file's mode.
+func writeFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
 	dir, base := filepath.Split(path)
 	f, err := os.CreateTemp(dir, "."+base+".tmp-*")
 	if err != nil {
@@ -136,7 +173,7 @@ func WriteFileAtomic(path string, data []byte) (err error) {
 		f.Close()
 		return err
 	}
-	if err = f.Chmod(0o644); err != nil {
+	if err = f.Chmod(perm); err != nil {
 		f.Close()
 		return err
 	}

@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/time/rate"
 
+	httpapi "glimpse/http"
 	"glimpse/internal/agent"
 )
 
@@ -126,6 +127,11 @@ func run(args []string, stderr io.Writer) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// Connections, long-polls and subscriptions are capped below the open
+	// files limit; raising it to what the system allows makes room.
+	if _, err := httpapi.RaiseFileLimit(); err != nil {
+		log.Warn("could not raise the open files limit", zap.Error(err))
+	}
 	a, err := agent.New(ctx, cfg, log)
 	if err != nil {
 		return err

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -22,6 +23,16 @@ func TestExitsWithOneLine(t *testing.T) {
 	open, secret := filepath.Join(t.TempDir(), "open"), filepath.Join(t.TempDir(), "secret")
 	os.WriteFile(open, []byte("x\n"), 0o644)
 	os.WriteFile(secret, []byte("x\n"), 0o600)
+	// A data directory another process holds.
+	locked := t.TempDir()
+	lf, err := os.OpenFile(filepath.Join(locked, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lf.Close()
+	if err := syscall.Flock(int(lf.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		t.Fatal(err)
+	}
 	// A port nothing listens on, for an unreachable Consul.
 	free, _ := net.Listen("tcp", "127.0.0.1:0")
 	dead := free.Addr().String()
@@ -44,6 +55,7 @@ func TestExitsWithOneLine(t *testing.T) {
 		{[]string{"-consul.token-file", secret, "-consul.token", "x"}, "both set"},
 		{[]string{"-consul.token-file", filepath.Join(t.TempDir(), "none")}, "-consul.token-file"},
 		{[]string{"-providers.tokens", open}, "chmod o-rwx"},
+		{[]string{"-data.dir", locked}, "in use by another glimpse-agent"},
 	} {
 		cmd := exec.Command(bin, tc.args...)
 		var stderr bytes.Buffer

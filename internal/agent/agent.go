@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -22,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 
 	"glimpse/cache"
 	"glimpse/dns"
@@ -127,6 +129,8 @@ func DefaultConfig() Config {
 
 // Agent is a running glimpse-agent.
 type Agent struct {
+	// dataLock holds the data directory's lock until Run returns.
+	dataLock *os.File
 	cfg      Config
 	log      *zap.Logger
 	Cache    *cache.Cache
@@ -172,6 +176,19 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Agent, error) {
 		}
 		tokens = t
 	}
+	if cfg.DataDir == "" {
+		return nil, errors.New("no data directory configured")
+	}
+	dataLock, err := lockDataDir(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	started := false
+	defer func() {
+		if !started {
+			dataLock.Close()
+		}
+	}()
 	client, transport, err := ConsulClient(ConsulOptions{Addr: cfg.ConsulAddr, Token: cfg.ConsulToken, TokenFile: cfg.ConsulTokenFile, CAFile: cfg.ConsulCAFile, MaxConns: cfg.Watch.MaxConns})
 	if err != nil {
 		return nil, err
@@ -206,7 +223,7 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Agent, error) {
 		Demand:    w,
 		FirstWait: cfg.FirstWait,
 	})
-	a := &Agent{cfg: cfg, log: log, Cache: c, Registry: reg, watch: w, transport: transport}
+	a := &Agent{cfg: cfg, log: log, Cache: c, Registry: reg, watch: w, transport: transport, dataLock: dataLock}
 	if a.providers, err = newProviders(cfg, client, reg, log); err != nil {
 		transport.CloseIdleConnections()
 		return nil, err
@@ -228,12 +245,14 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Agent, error) {
 	dns.RegisterServer(reg, a.dns)
 	a.http, err = httpapi.Listen(cfg.HTTPAddr, httpapi.Options{Cache: c, LocalZone: zone, Gatherer: reg, Registerer: reg, Demand: w, FirstWait: cfg.FirstWait, Subscribe: cfg.Subscribe, Pprof: cfg.Pprof,
 		Providers: a.providers, ProviderAllowRemote: cfg.ProviderAllowRemote, ProviderTokens: tokens,
-		ProvidersSocket: cfg.ProvidersSocket, ProvidersSocketGroup: cfg.ProvidersSocketGroup})
+		ProvidersSocket: cfg.ProvidersSocket, ProvidersSocketGroup: cfg.ProvidersSocketGroup,
+		MaxConns: httpapi.ConnCap(cfg.Watch.MaxConns, cfg.DNSMaxTCPConns)})
 	if err != nil {
 		a.dns.Close()
 		transport.CloseIdleConnections()
 		return nil, err
 	}
+	started = true
 	return a, nil
 }
 
@@ -411,6 +430,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	errs := make(chan error, 2)
+	defer a.dataLock.Close() // last: after the providers' work
 	// Background provider retries must not outlive the agent even when the
 	// manager's Run has not started.
 	defer a.providers.Close()
@@ -486,6 +506,35 @@ func registerTransport(reg prometheus.Registerer, t *consulhttp.Transport) {
 	)
 }
 
+// lockDataDir takes an exclusive lock on dir (its file "lock"), held until
+// the returned file is closed or the process ends: two agents sharing one
+// data directory would undo each other's registrations.
+func lockDataDir(dir string) (*os.File, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("data directory: %w", err)
+	}
+	// The providers' records say who owns what: the agent's alone.
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("data directory: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("data directory %s: %w", dir, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		holder, _ := io.ReadAll(io.LimitReader(f, 32))
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("data directory %s is in use by another glimpse-agent (pid %s); each agent needs its own", dir, strings.TrimSpace(string(holder)))
+		}
+		return nil, fmt.Errorf("data directory %s: lock: %w", dir, err)
+	}
+	if err := f.Truncate(0); err == nil {
+		f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	}
+	return f, nil
+}
+
 // newProviders opens the providers' store under cfg.DataDir, which must be
 // writable, and returns their manager.
 func newProviders(cfg Config, client *api.Client, reg prometheus.Registerer, log *zap.Logger) (*provider.Manager, error) {
@@ -495,7 +544,7 @@ func newProviders(cfg Config, client *api.Client, reg prometheus.Registerer, log
 	if cfg.ReconcileEvery <= 0 || cfg.ProbeEvery <= 0 || cfg.ProvidersDirPoll <= 0 {
 		return nil, errors.New("the providers' reconcile, probe and directory poll intervals must be positive")
 	}
-	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data directory: %w", err)
 	}
 	probe, err := os.CreateTemp(cfg.DataDir, ".write-probe-*")

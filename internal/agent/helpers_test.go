@@ -30,6 +30,10 @@ func TestMain(m *testing.M) {
 		socketClient() // a child run as another user; see asUser
 		return
 	}
+	if os.Getenv(trickleEnv) != "" {
+		trickleClient() // a child of TestTrickledBodies
+		return
+	}
 	testconsul.Main(m, testconsul.Options{Dev: true, Datacenter: "dc1"}, &consul)
 }
 

@@ -11,12 +11,15 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	mdns "github.com/miekg/dns"
 
 	"glimpse/internal/testconsul"
 	"glimpse/provider"
@@ -433,4 +436,265 @@ func TestProvidersLargeWrite(t *testing.T) {
 		}
 		return true
 	}, "Consul never held the recorded 3,000 instances after the restart")
+}
+
+// TestDataDirLocked: a second agent on a data directory in use does not
+// start, and says which process holds it.
+func TestDataDirLocked(t *testing.T) {
+	cfg := testConfig(t, consul.HTTPAddr())
+	startAgent(t, cfg)
+	cfg2 := testConfig(t, consul.HTTPAddr())
+	cfg2.DataDir = cfg.DataDir
+	_, err := New(context.Background(), cfg2, nopLogger(t))
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("in use by another glimpse-agent (pid %d)", os.Getpid())) {
+		t.Fatalf("a second agent on the same data directory: %v", err)
+	}
+	if st, err := os.Stat(cfg.DataDir); err != nil || st.Mode().Perm()&0o077 != 0 {
+		t.Errorf("data directory mode %v (%v)", st.Mode(), err)
+	}
+}
+
+// rss returns the process's resident set size in bytes.
+func rss(t *testing.T) int64 {
+	t.Helper()
+	data, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var size, res int64
+	fmt.Sscan(string(data), &size, &res)
+	return res * int64(os.Getpagesize())
+}
+
+// TestStalledBodies: 150 clients with a valid token each send most of a
+// 4 MiB provider body and stall. The agent reads a few bodies at a time and
+// leaves the rest in the kernel, so its memory grows by far less than the
+// 600 MiB they hold back; it keeps answering, and a local provider's write
+// through the socket is not held up by them.
+func TestStalledBodies(t *testing.T) {
+	a := startAgent(t, testConfig(t, consul.HTTPAddr()))
+	runtime.GC()
+	before := rss(t)
+	const n = 150
+	chunk := bytes.Repeat([]byte(" "), 1<<20)
+	var conns []net.Conn
+	t.Cleanup(func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	done := make(chan struct{}, n)
+	for i := range n {
+		c, err := net.Dial("tcp", a.HTTPAddr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+		go func() {
+			defer func() { done <- struct{}{} }()
+			fmt.Fprintf(c, "PUT /v1/providers/stall%d HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer %s\r\nContent-Length: %d\r\n\r\n{\"instances\": [", i, testToken, provider.MaxBody)
+			c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			for range 3 { // 3 of the 4 MiB, then nothing more
+				if _, err := c.Write(chunk); err != nil {
+					return
+				}
+			}
+		}()
+	}
+	for range n {
+		<-done
+	}
+	grown := rss(t) - before
+	t.Logf("RSS grew by %d MiB with %d stalled bodies of 4 MiB", grown>>20, n)
+	if grown > 100<<20 {
+		t.Errorf("RSS grew by %d MiB", grown>>20)
+	}
+	began := time.Now()
+	if code, _ := do(t, "GET", "http://"+a.HTTPAddr()+"/healthz", nil); code != 200 {
+		t.Errorf("/healthz: %d", code)
+	}
+	if code, raw, err := overSocket(a.http.Socket(), "PUT", "/v1/providers/local", bigBody(t, newProduct("local"), 1, 7000)); err != nil || code != 200 {
+		t.Errorf("a local write during the stall: %d %s %v", code, raw, err)
+	}
+	t.Logf("/healthz and a local write answered in %v", time.Since(began))
+	overSocket(a.http.Socket(), "DELETE", "/v1/providers/local", nil)
+}
+
+var (
+	agentBinOnce sync.Once
+	agentBin     string
+	agentBinErr  error
+)
+
+// agentBinary builds glimpse-agent once for the tests that run it as a
+// process of its own.
+func agentBinary(t *testing.T) string {
+	t.Helper()
+	agentBinOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "glimpse-agent-bin")
+		if err != nil {
+			agentBinErr = err
+			return
+		}
+		agentBin = filepath.Join(dir, "glimpse-agent")
+		out, err := exec.Command("go", "build", "-o", agentBin, "glimpse/cmd/glimpse-agent").CombinedOutput()
+		if err != nil {
+			agentBinErr = fmt.Errorf("build: %v\n%s", err, out)
+		}
+	})
+	if agentBinErr != nil {
+		t.Fatal(agentBinErr)
+	}
+	return agentBin
+}
+
+// freeUDPTCPAddr returns a 127.0.0.1 address whose port is free for UDP
+// and TCP a moment ago.
+func freeUDPTCPAddr(t *testing.T) string {
+	t.Helper()
+	for range 50 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := l.Addr().String()
+		u, err := net.ListenPacket("udp", addr)
+		l.Close()
+		if err == nil {
+			u.Close()
+			return addr
+		}
+	}
+	t.Fatal("no free port")
+	return ""
+}
+
+// trickleEnv makes the test binary a trickling client: see
+// TestTrickledBodies.
+const trickleEnv = "GLIMPSE_TEST_TRICKLE"
+
+// trickleClient opens the connections the environment asks for, sends
+// each the head of a provider write with a 1,000-byte body, then one byte
+// of the body per connection a second for 5 s, and prints how many it
+// opened and how many the agent had closed by then.
+func trickleClient() {
+	var addr string
+	var n int
+	fmt.Sscanf(os.Getenv(trickleEnv), "%s %d", &addr, &n)
+	head := []byte("PUT /v1/providers/trickle HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n{")
+	var conns []net.Conn
+	failed := 0
+	for range n {
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			failed++
+			continue
+		}
+		c.SetWriteDeadline(time.Now().Add(time.Second))
+		c.Write(head)
+		conns = append(conns, c)
+	}
+	closed := map[int]bool{}
+	for range 5 {
+		time.Sleep(time.Second)
+		for i, c := range conns {
+			c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+			if _, err := c.Write([]byte(" ")); err != nil {
+				closed[i] = true
+			}
+		}
+	}
+	fmt.Println(len(conns), failed, len(closed))
+	os.Exit(0)
+}
+
+// TestTrickledBodies: 20,000 connections each trickle a provider write's
+// body a byte a second into a glimpse-agent process, from two client
+// processes; meanwhile /healthz and DNS answer within 1 s. A write without
+// an identity is refused before its body is read, and its connection
+// closed rather than kept to read the rest, so tricklers cost the agent no
+// connection for long.
+func TestTrickledBodies(t *testing.T) {
+	bin := agentBinary(t)
+	dnsAddr, httpAddr := freeUDPTCPAddr(t), freeUDPTCPAddr(t)
+	cmd := exec.Command(bin, "-consul.addr", consul.HTTPAddr(), "-dns.addr", dnsAddr, "-http.addr", httpAddr,
+		"-data.dir", t.TempDir(), "-providers.socket", "", "-log.level", "warn")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		if t.Failed() {
+			t.Logf("agent's stderr:\n%s", stderr.String())
+		}
+	})
+	client := &http.Client{Timeout: time.Second}
+	testconsul.WaitFor(t, 30*time.Second, func() bool {
+		resp, err := client.Get("http://" + httpAddr + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	}, "the agent never became ready")
+
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const perClient = 10000
+	type result struct {
+		out string
+		err error
+	}
+	results := make(chan result, 2)
+	for range 2 {
+		c := exec.Command(self)
+		c.Env = append(os.Environ(), fmt.Sprintf("%s=%s %d", trickleEnv, httpAddr, perClient))
+		go func() {
+			out, err := c.Output()
+			results <- result{strings.TrimSpace(string(out)), err}
+		}()
+	}
+	var worst time.Duration
+	probes := 0
+	for pending := 2; pending > 0; {
+		select {
+		case r := <-results:
+			pending--
+			if r.err != nil {
+				t.Fatalf("trickling client: %v", r.err)
+			}
+			var opened, failed, closed int
+			fmt.Sscan(r.out, &opened, &failed, &closed)
+			t.Logf("a client opened %d connections (%d failed), the agent closed %d of them", opened, failed, closed)
+			if opened+failed != perClient || opened < perClient*9/10 {
+				t.Errorf("a client opened %d of %d connections (%q)", opened, perClient, r.out)
+			}
+			continue
+		case <-time.After(200 * time.Millisecond):
+		}
+		began := time.Now()
+		resp, err := client.Get("http://" + httpAddr + "/healthz")
+		if err != nil {
+			t.Errorf("/healthz: %v", err)
+		} else {
+			resp.Body.Close()
+		}
+		m := new(mdns.Msg)
+		m.SetQuestion("dc1.srv.glimpse.io.", mdns.TypeSOA)
+		r, _, err := (&mdns.Client{Timeout: time.Second}).Exchange(m, dnsAddr)
+		if err != nil || r.Rcode != mdns.RcodeSuccess {
+			t.Errorf("DNS: %v %v", r, err)
+		}
+		worst = max(worst, time.Since(began))
+		probes++
+	}
+	t.Logf("%d probes of /healthz and DNS while the connections trickled: the slowest pair took %v", probes, worst)
+	if worst > time.Second {
+		t.Errorf("/healthz and DNS took up to %v", worst)
+	}
 }
