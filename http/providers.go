@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"go.uber.org/zap"
+
 	"glimpse/provider"
 )
 
@@ -32,12 +34,16 @@ type providersAPI struct {
 	host string
 	// tcpBodies and sockBodies are the turns to read a body, per listener.
 	tcpBodies, sockBodies chan struct{}
+	log                   *zap.Logger
 }
 
 func (s *Server) registerProviders(opts Options) {
 	host, _, _ := net.SplitHostPort(s.ln.Addr().String())
 	p := &providersAPI{m: opts.Providers, allowRemote: opts.ProviderAllowRemote, tokens: opts.ProviderTokens, host: host,
-		tcpBodies: make(chan struct{}, ProviderBodies), sockBodies: make(chan struct{}, ProviderBodies)}
+		tcpBodies: make(chan struct{}, ProviderBodies), sockBodies: make(chan struct{}, ProviderBodies), log: opts.Log}
+	if p.log == nil {
+		p.log = zap.NewNop()
+	}
 	s.mux.Handle("GET /v1/providers", s.instrument("providers", p.guard(p.list)))
 	s.mux.Handle("PUT /v1/providers/{provider}", s.instrument("providers", p.guard(named(p.writer(p.put)))))
 	s.mux.Handle("GET /v1/providers/{provider}", s.instrument("providers", p.guard(named(p.get))))
@@ -214,6 +220,9 @@ func (p *providersAPI) delete(w http.ResponseWriter, r *http.Request, name strin
 	writeJSON(w, http.StatusOK, map[string]any{"provider": name, "deleted": true})
 }
 
+// fail answers for err: 4xx for the caller's mistakes, 503 for Consul's,
+// and 500, logged, for the agent's own faults (the data directory); each
+// is counted in glimpse_http_requests_total by code.
 func (p *providersAPI) fail(w http.ResponseWriter, err error) {
 	var ve *provider.ValidationError
 	switch {
@@ -228,6 +237,7 @@ func (p *providersAPI) fail(w http.ResponseWriter, err error) {
 	case errors.Is(err, provider.ErrConsul):
 		writeError(w, http.StatusServiceUnavailable, err.Error())
 	default:
+		p.log.Error("providers API: the agent's own fault", zap.Error(err))
 		writeError(w, http.StatusInternalServerError, err.Error())
 	}
 }

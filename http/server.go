@@ -22,6 +22,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"go.uber.org/zap"
+
 	"glimpse/cache"
 	"glimpse/provider"
 )
@@ -84,6 +86,8 @@ type Options struct {
 	// MaxConns caps the TCP connections open at once (0: no cap); see
 	// ConnCap.
 	MaxConns int
+	// Log receives the server's own faults (the 500s); nil: none.
+	Log *zap.Logger
 	// ProvidersSocket is the path of the Unix socket serving the API too,
 	// where providers write as their local user (empty: none), mode 0660
 	// in group ProvidersSocketGroup (empty: the agent's).

@@ -246,7 +246,7 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Agent, error) {
 	a.http, err = httpapi.Listen(cfg.HTTPAddr, httpapi.Options{Cache: c, LocalZone: zone, Gatherer: reg, Registerer: reg, Demand: w, FirstWait: cfg.FirstWait, Subscribe: cfg.Subscribe, Pprof: cfg.Pprof,
 		Providers: a.providers, ProviderAllowRemote: cfg.ProviderAllowRemote, ProviderTokens: tokens,
 		ProvidersSocket: cfg.ProvidersSocket, ProvidersSocketGroup: cfg.ProvidersSocketGroup,
-		MaxConns: httpapi.ConnCap(cfg.Watch.MaxConns, cfg.DNSMaxTCPConns)})
+		MaxConns: httpapi.ConnCap(cfg.Watch.MaxConns, cfg.DNSMaxTCPConns), Log: log.Named("http")})
 	if err != nil {
 		a.dns.Close()
 		transport.CloseIdleConnections()

@@ -698,3 +698,30 @@ func TestTrickledBodies(t *testing.T) {
 		t.Errorf("/healthz and DNS took up to %v", worst)
 	}
 }
+
+// TestServerFaultLogged: a write the data directory refuses (here: a
+// file where the providers' directory goes) is a 500, with the cause in the
+// answer, a log line and the requests metric; the caller's mistakes are
+// never 500s.
+func TestServerFaultLogged(t *testing.T) {
+	cfg := testConfig(t, consul.HTTPAddr())
+	a, logs := debugAgent(t, cfg)
+	waitSynced(t, a)
+	store := filepath.Join(cfg.DataDir, "providers")
+	if err := os.RemoveAll(store); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(store, []byte("not a directory"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, raw, err := overSocket(a.http.Socket(), "PUT", "/v1/providers/jammed", bigBody(t, newProduct("jam"), 1, 7000))
+	if err != nil || code != http.StatusInternalServerError || !strings.Contains(raw, "jammed") {
+		t.Fatalf("PUT into a jammed store: %d %s %v", code, raw, err)
+	}
+	testconsul.WaitFor(t, 5*time.Second, func() bool {
+		return strings.Contains(logs.String(), "the agent's own fault") && strings.Contains(logs.String(), "jammed")
+	}, "no log line for the 500")
+	if v := metricValue(scrape(t, a.HTTPAddr()), `glimpse_http_requests_total{code="500",endpoint="providers"}`); v != 1 {
+		t.Errorf("500s counted: %v", v)
+	}
+}
