@@ -117,7 +117,7 @@ func CheckName(name string) (string, error) {
 // validates it. Every error about the body's content is a *ValidationError
 // naming the field; an error reading r is returned as it is, wrapped.
 func Parse(r io.Reader, limit int64) (*Body, error) {
-	data, err := io.ReadAll(io.LimitReader(r, limit+1))
+	data, err := readCapped(r, limit+1)
 	if err != nil {
 		return nil, fmt.Errorf("read body: %w", err)
 	}
@@ -125,6 +125,29 @@ func Parse(r io.Reader, limit int64) (*Body, error) {
 		return nil, &ValidationError{Msg: fmt.Sprintf("body larger than %d bytes", limit), Err: ErrTooLarge}
 	}
 	return parseBytes(data)
+}
+
+// readCapped reads r to its end or to n bytes, whichever comes first, in a
+// buffer that grows as the data comes and never beyond n: a body cut off
+// before its end holds what arrived, not a doubling of it.
+func readCapped(r io.Reader, n int64) ([]byte, error) {
+	buf := make([]byte, 0, min(n, 64<<10))
+	for int64(len(buf)) < n {
+		if len(buf) == cap(buf) {
+			grown := make([]byte, len(buf), min(n, int64(2*cap(buf))))
+			copy(grown, buf)
+			buf = grown
+		}
+		m, err := r.Read(buf[len(buf):min(int64(cap(buf)), n)])
+		buf = buf[:len(buf)+m]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
+		}
+	}
+	return buf, nil
 }
 
 // parseBytes is Parse of a body already read (and within its limit).

@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"testing/iotest"
 )
 
 // inst is a valid instance as JSON, with fields replaced or added by kv
@@ -226,4 +227,22 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("round trip changed %+v to %+v", b, b2)
 		}
 	})
+}
+
+// TestReadCapped: a body is read whole up to the cap, in a buffer never
+// larger than the cap, however it arrives.
+func TestReadCapped(t *testing.T) {
+	for _, size := range []int{0, 1, 64 << 10, 64<<10 + 1, 300 << 10} {
+		for _, capAt := range []int64{1, 1000, 64 << 10, 100 << 10, 1 << 20} {
+			src := bytes.Repeat([]byte("x"), size)
+			got, err := readCapped(iotest.HalfReader(bytes.NewReader(src)), capAt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := src[:min(int64(size), capAt)]
+			if !bytes.Equal(got, want) || int64(cap(got)) > capAt {
+				t.Errorf("size %d, cap %d: got %d bytes in a buffer of %d", size, capAt, len(got), cap(got))
+			}
+		}
+	}
 }
