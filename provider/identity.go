@@ -53,23 +53,35 @@ const minTokenLen = 32
 // LoadTokens reads a tokens file. The file must not be readable by others
 // than its owner and group: it holds secrets.
 func LoadTokens(file string) (*Tokens, error) {
-	f, err := os.Open(file)
+	f, err := OpenSecret(file)
 	if err != nil {
 		return nil, fmt.Errorf("providers tokens: %w", err)
 	}
 	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("providers tokens: %w", err)
-	}
-	if st.Mode().Perm()&0o007 != 0 {
-		return nil, fmt.Errorf("providers tokens: %s is readable or writable by every user (mode %v); chmod o-rwx it", file, st.Mode().Perm())
-	}
 	t, err := ParseTokens(f)
 	if err != nil {
 		return nil, fmt.Errorf("providers tokens: %s: %w", file, err)
 	}
 	return t, nil
+}
+
+// OpenSecret opens a file that holds secrets (a tokens file, a Consul
+// token), refusing one that every user may read or write.
+func OpenSecret(file string) (*os.File, error) {
+	f, err := os.Open(file)
+	if err != nil {
+		return nil, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if st.Mode().Perm()&0o007 != 0 {
+		f.Close()
+		return nil, fmt.Errorf("%s is readable or writable by every user (mode %v); chmod o-rwx it", file, st.Mode().Perm())
+	}
+	return f, nil
 }
 
 // ParseTokens reads the tokens file's format (see Tokens).

@@ -340,18 +340,11 @@ func ConsulClient(co ConsulOptions) (*api.Client, *consulhttp.Transport, error) 
 // readSecret reads a secret from a file that others may not read, trimmed
 // of surrounding space.
 func readSecret(file string) (string, error) {
-	f, err := os.Open(file)
+	f, err := provider.OpenSecret(file)
 	if err != nil {
 		return "", err
 	}
 	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return "", err
-	}
-	if st.Mode().Perm()&0o007 != 0 {
-		return "", fmt.Errorf("%s is readable or writable by every user (mode %v); chmod o-rwx it", file, st.Mode().Perm())
-	}
 	data, err := io.ReadAll(io.LimitReader(f, 4096))
 	if err != nil {
 		return "", err

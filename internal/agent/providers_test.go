@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"slices"
@@ -30,23 +29,11 @@ func providerConfig(t testing.TB) Config {
 
 func do(t testing.TB, method, url string, body []byte) (int, string) {
 	t.Helper()
-	req, err := http.NewRequest(method, url, bytes.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
+	var header map[string]string
 	if method == http.MethodPut || method == http.MethodDelete {
-		req.Header.Set("Authorization", "Bearer "+testToken)
+		header = map[string]string{"Authorization": "Bearer " + testToken}
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, url, err)
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, url, err)
-	}
-	return resp.StatusCode, string(raw)
+	return rawRequest(t, method, url, body, header)
 }
 
 func bodyOf(t testing.TB, ins ...provider.Instance) []byte {

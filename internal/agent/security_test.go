@@ -112,7 +112,7 @@ func recorded(t *testing.T, a *Agent, p string) (int, []provider.Instance) {
 
 // rawRequest sends a request over TCP with the headers given, and returns
 // the status and body.
-func rawRequest(t *testing.T, method, url string, body []byte, header map[string]string) (int, string) {
+func rawRequest(t testing.TB, method, url string, body []byte, header map[string]string) (int, string) {
 	t.Helper()
 	req, err := http.NewRequest(method, url, bytes.NewReader(body))
 	if err != nil {
@@ -127,10 +127,13 @@ func rawRequest(t *testing.T, method, url string, body []byte, header map[string
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("%s %s: %v", method, url, err)
 	}
 	defer resp.Body.Close()
-	raw, _ := io.ReadAll(resp.Body)
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
 	return resp.StatusCode, string(raw)
 }
 

@@ -3,7 +3,6 @@ package consulhttp
 import (
 	"context"
 	"crypto/tls"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -136,10 +135,13 @@ func (t *Transport) take(ctx context.Context) (*muxConn, error) {
 				return c, nil
 			}
 		}
-		cooling := now.Before(t.coolUntil)
-		if !cooling && !t.dialing && (t.o.MaxConns <= 0 || t.open < t.o.MaxConns) {
-			t.open++
-			t.peak = max(t.peak, t.open)
+		// One dial at a time: the requests waiting meanwhile may all fit
+		// on the connection it brings.
+		claimed, cooling := false, now.Before(t.coolUntil)
+		if !t.dialing {
+			claimed, cooling = t.claimLocked(now)
+		}
+		if claimed {
 			t.dialing = true
 			t.mu.Unlock()
 			err := t.dialMux(ctx)
@@ -155,14 +157,8 @@ func (t *Transport) take(ctx context.Context) (*muxConn, error) {
 			}
 			continue // the new connection is in the pool: take room in turn
 		}
-		freed, until := t.freed, t.coolUntil
-		t.mu.Unlock()
-		if !waited {
-			waited = true
-			t.waits.Add(1)
-		}
-		if err := waitFor(ctx, freed, cooling, until.Sub(now)); err != nil {
-			return nil, fmt.Errorf("consulhttp: waiting for a connection (at most %d): %w", t.o.MaxConns, err)
+		if err := t.waitLocked(ctx, now, cooling, &waited); err != nil {
+			return nil, err
 		}
 	}
 }

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"log"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
@@ -15,32 +13,10 @@ import (
 	"time"
 )
 
-// h2server is an httptest TLS server speaking HTTP/2 (allowing 250
-// concurrent streams per connection, as Consul does), counting the
-// connections it accepted.
+// h2server is a countingServer offering HTTP/2.
 func h2server(t *testing.T, h http.HandlerFunc) (*httptest.Server, *atomic.Int64) {
 	t.Helper()
-	var conns atomic.Int64
-	s := httptest.NewUnstartedServer(h)
-	s.EnableHTTP2 = true
-	s.Config.ErrorLog = log.New(io.Discard, "", 0)
-	s.Config.ConnState = func(_ net.Conn, st http.ConnState) {
-		if st == http.StateNew {
-			conns.Add(1)
-		}
-	}
-	s.StartTLS()
-	t.Cleanup(s.Close)
-	return s, &conns
-}
-
-func h2client(t *testing.T, s *httptest.Server, o Options) (*http.Client, *Transport) {
-	t.Helper()
-	o.Network, o.Address = "tcp", s.Listener.Addr().String()
-	o.TLS = s.Client().Transport.(*http.Transport).TLSClientConfig
-	tr := New(o)
-	t.Cleanup(tr.CloseIdleConnections)
-	return &http.Client{Transport: tr}, tr
+	return countingServer(t, h, tlsHTTP2)
 }
 
 // parked runs n GETs that the handler holds until release is closed, and
@@ -90,7 +66,7 @@ func (p *parked) run(c *http.Client, url string, n int) {
 func TestHTTP2CarriesManyRequestsPerConnection(t *testing.T) {
 	p := newParked()
 	s, conns := h2server(t, p.handler)
-	c, tr := h2client(t, s, Options{MaxConns: 4})
+	c, tr := client(t, s, Options{MaxConns: 4})
 	const n = 250 // more than two connections carry
 	p.arrived.Add(n)
 	p.run(c, s.URL, n)
@@ -114,7 +90,7 @@ func TestHTTP2CarriesManyRequestsPerConnection(t *testing.T) {
 func TestHTTP2WaitsForAStreamWithinMaxConns(t *testing.T) {
 	p := newParked()
 	s, conns := h2server(t, p.handler)
-	c, tr := h2client(t, s, Options{MaxConns: 1})
+	c, tr := client(t, s, Options{MaxConns: 1})
 	p.arrived.Add(maxStreams)
 	p.run(c, s.URL, maxStreams+50)
 	p.arrived.Wait()
@@ -140,7 +116,7 @@ func TestHTTP2WaitsForAStreamWithinMaxConns(t *testing.T) {
 func TestHTTP2WaitEndsWithContext(t *testing.T) {
 	p := newParked()
 	s, _ := h2server(t, p.handler)
-	c, tr := h2client(t, s, Options{MaxConns: 1})
+	c, tr := client(t, s, Options{MaxConns: 1})
 	p.arrived.Add(maxStreams)
 	p.run(c, s.URL, maxStreams)
 	p.arrived.Wait()
@@ -161,7 +137,7 @@ func TestHTTP2WaitEndsWithContext(t *testing.T) {
 // request dials a new one.
 func TestHTTP2DeadConnectionLeavesThePool(t *testing.T) {
 	s, conns := h2server(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, r.Proto) })
-	c, tr := h2client(t, s, Options{MaxConns: 1})
+	c, tr := client(t, s, Options{MaxConns: 1})
 	if got := get(t, c, s.URL); got != "HTTP/2.0" {
 		t.Fatalf("got %q", got)
 	}
@@ -191,7 +167,7 @@ func TestHTTP2TooManyRequestsCoolsDown(t *testing.T) {
 		}
 		io.WriteString(w, "ok")
 	})
-	c, tr := h2client(t, s, Options{MaxConns: 4})
+	c, tr := client(t, s, Options{MaxConns: 4})
 	resp, err := c.Get(s.URL)
 	if err != nil {
 		t.Fatal(err)
@@ -218,16 +194,8 @@ func TestHTTP2TooManyRequestsCoolsDown(t *testing.T) {
 // time, and MaxConns still holds.
 func TestHTTPSFallsBackToHTTP1(t *testing.T) {
 	p := newParked()
-	s := httptest.NewUnstartedServer(http.HandlerFunc(p.handler))
-	var conns atomic.Int64
-	s.Config.ConnState = func(_ net.Conn, st http.ConnState) {
-		if st == http.StateNew {
-			conns.Add(1)
-		}
-	}
-	s.StartTLS() // HTTP/1.1 only
-	defer s.Close()
-	c, tr := h2client(t, s, Options{MaxConns: 3})
+	s, conns := countingServer(t, p.handler, tlsHTTP1)
+	c, tr := client(t, s, Options{MaxConns: 3})
 	p.arrived.Add(3)
 	p.run(c, s.URL, 5)
 	p.arrived.Wait()
@@ -248,7 +216,7 @@ func TestHTTPSFallsBackToHTTP1(t *testing.T) {
 func TestHTTP2LeavesNoGoroutines(t *testing.T) {
 	s, _ := h2server(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })
 	before := runtime.NumGoroutine()
-	c, tr := h2client(t, s, Options{MaxConns: 2})
+	c, tr := client(t, s, Options{MaxConns: 2})
 	for range 10 {
 		get(t, c, s.URL)
 	}

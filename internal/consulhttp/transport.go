@@ -266,10 +266,8 @@ func (t *Transport) get(ctx context.Context) (*conn, bool, error) {
 			c.Close() // makes room for the next turn
 			continue
 		}
-		cooling := now.Before(t.coolUntil)
-		if !cooling && (t.o.MaxConns <= 0 || t.open < t.o.MaxConns) {
-			t.open++
-			t.peak = max(t.peak, t.open)
+		claimed, cooling := t.claimLocked(now)
+		if claimed {
 			t.mu.Unlock()
 			c, err := t.dial(ctx)
 			if err != nil {
@@ -280,16 +278,41 @@ func (t *Transport) get(ctx context.Context) (*conn, bool, error) {
 			}
 			return c, false, err
 		}
-		freed, until := t.freed, t.coolUntil
-		t.mu.Unlock()
-		if !waited {
-			waited = true
-			t.waits.Add(1)
-		}
-		if err := waitFor(ctx, freed, cooling, until.Sub(now)); err != nil {
-			return nil, false, fmt.Errorf("consulhttp: waiting for a connection (at most %d): %w", t.o.MaxConns, err)
+		if err := t.waitLocked(ctx, now, cooling, &waited); err != nil {
+			return nil, false, err
 		}
 	}
+}
+
+// claimLocked counts one more connection in t.open if the budget has room
+// and no cool-down after a 429 runs; it reports whether it did, and
+// whether the cool-down runs. Called with t.mu held.
+func (t *Transport) claimLocked(now time.Time) (claimed, cooling bool) {
+	if now.Before(t.coolUntil) {
+		return false, true
+	}
+	if t.o.MaxConns > 0 && t.open >= t.o.MaxConns {
+		return false, false
+	}
+	t.open++
+	t.peak = max(t.peak, t.open)
+	return true, false
+}
+
+// waitLocked releases t.mu and waits for room: a connection freed, the
+// cool-down's end, or ctx's end (an error). The first wait of a request
+// is counted in Waits. Called with t.mu held.
+func (t *Transport) waitLocked(ctx context.Context, now time.Time, cooling bool, waited *bool) error {
+	freed, until := t.freed, t.coolUntil
+	t.mu.Unlock()
+	if !*waited {
+		*waited = true
+		t.waits.Add(1)
+	}
+	if err := waitFor(ctx, freed, cooling, until.Sub(now)); err != nil {
+		return fmt.Errorf("consulhttp: waiting for a connection (at most %d): %w", t.o.MaxConns, err)
+	}
+	return nil
 }
 
 // waitFor waits for freed to close, for d to pass if cooling, or for ctx

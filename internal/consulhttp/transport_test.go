@@ -19,8 +19,16 @@ import (
 	"time"
 )
 
-// server is an httptest server counting the connections it accepted.
-func server(t *testing.T, h http.HandlerFunc) (*httptest.Server, *atomic.Int64) {
+// Kinds of test server.
+const (
+	plainHTTP = iota
+	tlsHTTP1  // TLS, HTTP/1.1 only
+	tlsHTTP2  // TLS offering HTTP/2 (250 concurrent streams per connection, as Consul)
+)
+
+// countingServer is an httptest server of a kind counting the connections
+// it accepted.
+func countingServer(t *testing.T, h http.HandlerFunc, kind int) (*httptest.Server, *atomic.Int64) {
 	t.Helper()
 	var conns atomic.Int64
 	s := httptest.NewUnstartedServer(h)
@@ -29,14 +37,32 @@ func server(t *testing.T, h http.HandlerFunc) (*httptest.Server, *atomic.Int64) 
 			conns.Add(1)
 		}
 	}
-	s.Start()
+	switch kind {
+	case plainHTTP:
+		s.Start()
+	default:
+		s.EnableHTTP2 = kind == tlsHTTP2
+		s.Config.ErrorLog = log.New(io.Discard, "", 0)
+		s.StartTLS()
+	}
 	t.Cleanup(s.Close)
 	return s, &conns
 }
 
+// server is a plain HTTP countingServer.
+func server(t *testing.T, h http.HandlerFunc) (*httptest.Server, *atomic.Int64) {
+	t.Helper()
+	return countingServer(t, h, plainHTTP)
+}
+
+// client returns a Transport for s (over TLS if s has it) and a client
+// using it.
 func client(t *testing.T, s *httptest.Server, o Options) (*http.Client, *Transport) {
 	t.Helper()
 	o.Network, o.Address = "tcp", s.Listener.Addr().String()
+	if s.TLS != nil {
+		o.TLS = s.Client().Transport.(*http.Transport).TLSClientConfig
+	}
 	tr := New(o)
 	t.Cleanup(tr.CloseIdleConnections)
 	return &http.Client{Transport: tr}, tr
