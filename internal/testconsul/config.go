@@ -200,6 +200,12 @@ func writeConfig(path string, o Options, p agentPorts, dataDir string, tf tlsFil
 		"bind_addr":            o.BindAddr,
 		"client_addr":          clientAddr,
 		"disable_update_check": true,
+		// Consul's own default; -dev would log at DEBUG, which makes the
+		// agent log a line per service it holds at each anti-entropy
+		// sync and doubles the time of registering thousands of services
+		// on one node (measured: 3,000 took 34 s at DEBUG, 16-18 s at
+		// INFO). -log-level in ExtraArgs still wins.
+		"log_level": "INFO",
 		"ports": map[string]any{
 			"http":     p.HTTP,
 			"https":    orDisabled(p.HTTPS),
