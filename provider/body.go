@@ -116,54 +116,195 @@ func CheckName(name string) (string, error) {
 // normalizes it (labels in lower case, addresses in canonical form) and
 // validates it. Every error about the body's content is a *ValidationError
 // naming the field; an error reading r is returned as it is, wrapped.
+//
+// The body is parsed as it arrives, one instance at a time: what a
+// connection holds is the instances decoded so far, never a copy of the
+// body's bytes, and a body that goes wrong is refused at its first error
+// without waiting for the rest.
 func Parse(r io.Reader, limit int64) (*Body, error) {
-	data, err := readCapped(r, limit+1)
-	if err != nil {
-		return nil, fmt.Errorf("read body: %w", err)
-	}
-	if int64(len(data)) > limit {
+	cr := &cappedReader{r: r, left: limit}
+	b, err := parseStream(json.NewDecoder(cr))
+	switch {
+	case cr.over:
 		return nil, &ValidationError{Msg: fmt.Sprintf("body larger than %d bytes", limit), Err: ErrTooLarge}
+	case cr.err != nil:
+		return nil, fmt.Errorf("read body: %w", cr.err)
 	}
-	return parseBytes(data)
+	return b, err
 }
 
-// readCapped reads r to its end or to n bytes, whichever comes first, in a
-// buffer that grows as the data comes and never beyond n: a body cut off
-// before its end holds what arrived, not a doubling of it.
-func readCapped(r io.Reader, n int64) ([]byte, error) {
-	buf := make([]byte, 0, min(n, 64<<10))
-	for int64(len(buf)) < n {
-		if len(buf) == cap(buf) {
-			grown := make([]byte, len(buf), min(n, int64(2*cap(buf))))
-			copy(grown, buf)
-			buf = grown
-		}
-		m, err := r.Read(buf[len(buf):min(int64(cap(buf)), n)])
-		buf = buf[:len(buf)+m]
-		if err == io.EOF {
-			return buf, nil
-		}
-		if err != nil {
-			return buf, err
-		}
+// errOverCap ends a cappedReader's data; Parse reports it as ErrTooLarge.
+var errOverCap = errors.New("over the size limit")
+
+// cappedReader passes at most left bytes of r through, and notes whether r
+// had more (over) or failed (err, other than io.EOF).
+type cappedReader struct {
+	r    io.Reader
+	left int64
+	over bool
+	err  error
+}
+
+func (c *cappedReader) Read(p []byte) (int, error) {
+	if c.over {
+		return 0, errOverCap
 	}
-	return buf, nil
+	if c.left <= 0 {
+		// At the cap: one more byte means the body is over it.
+		var one [1]byte
+		n, err := io.ReadFull(c.r, one[:])
+		if n > 0 {
+			c.over = true
+			return 0, errOverCap
+		}
+		if err == io.ErrUnexpectedEOF {
+			err = io.EOF
+		}
+		return 0, c.note(err)
+	}
+	if int64(len(p)) > c.left {
+		p = p[:c.left]
+	}
+	n, err := c.r.Read(p)
+	c.left -= int64(n)
+	return n, c.note(err)
+}
+
+func (c *cappedReader) note(err error) error {
+	if err != nil && err != io.EOF {
+		c.err = err
+	}
+	return err
 }
 
 // parseBytes is Parse of a body already read (and within its limit).
 func parseBytes(data []byte) (*Body, error) {
-	var top struct {
-		Instances *[]json.RawMessage `json:"instances"`
-	}
-	if err := decodeStrict(data, &top, ""); err != nil {
+	return parseStream(json.NewDecoder(bytes.NewReader(data)))
+}
+
+// parseStream decodes a body's top-level object token by token and its
+// instances one at a time, then normalizes and validates it.
+func parseStream(dec *json.Decoder) (*Body, error) {
+	if err := expectDelim(dec, '{', ""); err != nil {
 		return nil, err
 	}
-	return parseInstances(top.Instances)
+	var b *Body
+	for dec.More() {
+		tok, err := dec.Token()
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		if err != nil {
+			return nil, jsonError(err, "")
+		}
+		key, _ := tok.(string)
+		switch {
+		case key != "instances":
+			return nil, &ValidationError{Field: key, Msg: "unknown field"}
+		case b != nil:
+			return nil, invalid("instances", "given twice")
+		}
+		if b, err = decodeInstances(dec); err != nil {
+			return nil, err
+		}
+	}
+	if err := expectDelim(dec, '}', ""); err != nil {
+		return nil, err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		if err != nil && !isSyntax(err) {
+			return nil, err // the reader's, which Parse reports
+		}
+		return nil, invalid("", "trailing data after the JSON value")
+	}
+	if b == nil || b.Instances == nil {
+		return nil, invalid("instances", "missing (send [] to remove all instances)")
+	}
+	b.Normalize()
+	if err := b.Validate(); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// decodeInstances decodes the value of "instances": an array of at most
+// MaxInstances instances, or null (returned as a Body without instances).
+func decodeInstances(dec *json.Decoder) (*Body, error) {
+	tok, err := dec.Token()
+	if err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	if err != nil {
+		return nil, jsonError(err, "instances")
+	}
+	switch tok {
+	case nil:
+		return &Body{}, nil
+	case json.Delim('['):
+	default:
+		return nil, invalid("instances", "cannot be a JSON %s (want an array)", tokenKind(tok))
+	}
+	b := &Body{Instances: []Instance{}}
+	for dec.More() {
+		field := fmt.Sprintf("instances[%d]", len(b.Instances))
+		if len(b.Instances) == MaxInstances {
+			return nil, invalid("instances", "more than %d instances, at most %d allowed", MaxInstances, MaxInstances)
+		}
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			return nil, jsonError(err, field)
+		}
+		in, err := decodeInstance(raw, field)
+		if err != nil {
+			return nil, err
+		}
+		b.Instances = append(b.Instances, in)
+	}
+	return b, expectDelim(dec, ']', "instances")
+}
+
+// expectDelim reads the next token, which must be d. Only the body's
+// first token may meet the end of the data: later, that is a truncation.
+func expectDelim(dec *json.Decoder, d json.Delim, field string) error {
+	tok, err := dec.Token()
+	if err == io.EOF && dec.InputOffset() > 0 {
+		err = io.ErrUnexpectedEOF
+	}
+	switch {
+	case err != nil:
+		return jsonError(err, field)
+	case tok != d:
+		want := map[json.Delim]string{'{': "an object", '[': "an array"}[d]
+		return invalid(field, "cannot be a JSON %s (want %s)", tokenKind(tok), want)
+	}
+	return nil
+}
+
+// tokenKind names the JSON type of a token as encoding/json's errors do.
+func tokenKind(tok json.Token) string {
+	switch tok.(type) {
+	case json.Delim:
+		if tok == json.Delim('[') {
+			return "array"
+		}
+		return "object"
+	case string:
+		return "string"
+	case float64, json.Number:
+		return "number"
+	case bool:
+		return "bool"
+	}
+	return "null"
+}
+
+func isSyntax(err error) bool {
+	var syntaxErr *json.SyntaxError
+	return errors.As(err, &syntaxErr)
 }
 
 // parseInstances decodes, normalizes and validates the "instances" of a
-// body or of a recorded state (nil: the field was missing). It decodes in
-// stages, so that errors can name the instance and field they are about.
+// recorded state (nil: the field was missing).
 func parseInstances(raws *[]json.RawMessage) (*Body, error) {
 	if raws == nil {
 		return nil, invalid("instances", "missing (send [] to remove all instances)")
@@ -173,34 +314,43 @@ func parseInstances(raws *[]json.RawMessage) (*Body, error) {
 	}
 	b := &Body{Instances: make([]Instance, len(*raws))}
 	for i, raw := range *raws {
-		field := fmt.Sprintf("instances[%d]", i)
-		// Instance's fields, with the check left raw to decode on its own.
-		var in struct {
-			Service string          `json:"service"`
-			Job     string          `json:"job"`
-			Env     string          `json:"env"`
-			Product string          `json:"product"`
-			Port    int             `json:"port"`
-			Address string          `json:"address"`
-			Check   json.RawMessage `json:"check"`
-		}
-		if err := decodeStrict(raw, &in, field); err != nil {
+		in, err := decodeInstance(raw, fmt.Sprintf("instances[%d]", i))
+		if err != nil {
 			return nil, err
 		}
-		inst := Instance{Service: in.Service, Job: in.Job, Env: in.Env, Product: in.Product, Port: in.Port, Address: in.Address}
-		if len(in.Check) > 0 && !bytes.Equal(in.Check, []byte("null")) {
-			inst.Check = new(Check)
-			if err := decodeStrict(in.Check, inst.Check, field+".check"); err != nil {
-				return nil, err
-			}
-		}
-		b.Instances[i] = inst
+		b.Instances[i] = in
 	}
 	b.Normalize()
 	if err := b.Validate(); err != nil {
 		return nil, err
 	}
 	return b, nil
+}
+
+// decodeInstance decodes one instance strictly, in stages, so that errors
+// can name the field they are about.
+func decodeInstance(raw json.RawMessage, field string) (Instance, error) {
+	// Instance's fields, with the check left raw to decode on its own.
+	var in struct {
+		Service string          `json:"service"`
+		Job     string          `json:"job"`
+		Env     string          `json:"env"`
+		Product string          `json:"product"`
+		Port    int             `json:"port"`
+		Address string          `json:"address"`
+		Check   json.RawMessage `json:"check"`
+	}
+	if err := decodeStrict(raw, &in, field); err != nil {
+		return Instance{}, err
+	}
+	inst := Instance{Service: in.Service, Job: in.Job, Env: in.Env, Product: in.Product, Port: in.Port, Address: in.Address}
+	if len(in.Check) > 0 && !bytes.Equal(in.Check, []byte("null")) {
+		inst.Check = new(Check)
+		if err := decodeStrict(in.Check, inst.Check, field+".check"); err != nil {
+			return Instance{}, err
+		}
+	}
+	return inst, nil
 }
 
 // decodeStrict decodes one JSON value from data into v, rejecting unknown

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"reflect"
 	"strings"
 	"testing"
@@ -86,7 +87,8 @@ func TestParseInvalid(t *testing.T) {
 	}{
 		{"not JSON", `hello`, "", "not valid JSON"},
 		{"empty", ``, "", "empty"},
-		{"truncated", `{"instances": [{"service": "http"`, "", "truncated"},
+		{"truncated", `{"instances": [{"service": "http"`, "instances[0]", "truncated"},
+		{"truncated after an instance", `{"instances": [{"service": "http"}`, "instances", "truncated"},
 		{"array", `[]`, "", "cannot be a JSON array"},
 		{"trailing data", `{"instances": []} {}`, "", "trailing data"},
 		{"trailing garbage", `{"instances": []}x`, "", "trailing data"},
@@ -229,20 +231,42 @@ func FuzzParse(f *testing.F) {
 	})
 }
 
-// TestReadCapped: a body is read whole up to the cap, in a buffer never
-// larger than the cap, however it arrives.
-func TestReadCapped(t *testing.T) {
-	for _, size := range []int{0, 1, 64 << 10, 64<<10 + 1, 300 << 10} {
-		for _, capAt := range []int64{1, 1000, 64 << 10, 100 << 10, 1 << 20} {
-			src := bytes.Repeat([]byte("x"), size)
-			got, err := readCapped(iotest.HalfReader(bytes.NewReader(src)), capAt)
-			if err != nil {
-				t.Fatal(err)
-			}
-			want := src[:min(int64(size), capAt)]
-			if !bytes.Equal(got, want) || int64(cap(got)) > capAt {
-				t.Errorf("size %d, cap %d: got %d bytes in a buffer of %d", size, capAt, len(got), cap(got))
-			}
-		}
+// TestParseStreams: a body is parsed as it arrives, so one that goes wrong
+// is refused at its first error without the rest being read (here, a rest
+// that never ends), and a reader's failure midway is the reader's error.
+func TestParseStreams(t *testing.T) {
+	bad := strings.NewReader(`{"instances": [{"service": "http", "job": "j", "env": "e", "product": "p", "port": 1, "weight": 3},`)
+	_, err := Parse(io.MultiReader(bad, endless{}), 4<<20)
+	var ve *ValidationError
+	if !errors.As(err, &ve) || ve.Field != "instances[0].weight" {
+		t.Fatalf("a bad first instance followed by endless data: %v", err)
 	}
+
+	// The cap is found as the bytes come, whatever their content.
+	_, err = Parse(io.MultiReader(strings.NewReader(`{"instances": [`), endless{}), 1<<20)
+	if !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("an endless body: %v, want ErrTooLarge", err)
+	}
+
+	half := body(inst(), inst("port", 2))
+	_, err = Parse(io.MultiReader(strings.NewReader(half[:len(half)/2]), errReader{}), 4<<20)
+	if err == nil || errors.As(err, &ve) || !strings.Contains(err.Error(), "connection reset") {
+		t.Fatalf("a read error midway: %v, want the reader's error", err)
+	}
+
+	// However the bytes are split, the result is the same.
+	b, err := Parse(iotest.OneByteReader(strings.NewReader(half)), int64(len(half)))
+	if err != nil || len(b.Instances) != 2 {
+		t.Fatalf("one byte at a time: %+v, %v", b, err)
+	}
+}
+
+// endless is a body that never ends: spaces, valid JSON whitespace.
+type endless struct{}
+
+func (endless) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = ' '
+	}
+	return len(p), nil
 }
