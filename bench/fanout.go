@@ -35,11 +35,13 @@ func (b *bench) fanoutSection(ctx context.Context) error {
 	snapshots.Add(n)
 	dialer := &websocket.Dialer{HandshakeTimeout: 30 * time.Second, ReadBufferSize: 1024, WriteBufferSize: 1024}
 	began := time.Now()
-	var dials errgroup.Group
+	// The first failure stops the other dials (each may take the whole
+	// handshake timeout when the agent accepts no more).
+	dials, dctx := errgroup.WithContext(ctx)
 	dials.SetLimit(64)
 	for i := range conns {
 		dials.Go(func() error {
-			c, _, err := dialer.DialContext(ctx, u, nil)
+			c, _, err := dialer.DialContext(dctx, u, nil)
 			if err != nil {
 				snapshots.Done()
 				return fmt.Errorf("subscriber %d: %w", i, err)

@@ -5,8 +5,10 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 )
 
@@ -59,21 +61,37 @@ func ConnCap(consulConns, dnsConns int) int {
 
 // limitListener accepts at most n connections open at once; beyond that
 // Accept waits for one to close, and new connections wait in the kernel's
-// backlog.
+// backlog. Reaching the cap is logged, at most once a minute: clients
+// then wait, and the operator should know why.
 type limitListener struct {
 	net.Listener
-	sem chan struct{}
+	sem    chan struct{}
+	what   string
+	log    *zap.Logger
+	logged atomic.Int64 // unix nanoseconds of the last warning
 }
 
-func limitListen(l net.Listener, n int) net.Listener {
+func limitListen(l net.Listener, n int, what string, log *zap.Logger) net.Listener {
 	if n <= 0 {
 		return l
 	}
-	return &limitListener{Listener: l, sem: make(chan struct{}, n)}
+	if log == nil {
+		log = zap.NewNop()
+	}
+	return &limitListener{Listener: l, sem: make(chan struct{}, n), what: what, log: log}
 }
 
 func (l *limitListener) Accept() (net.Conn, error) {
-	l.sem <- struct{}{}
+	select {
+	case l.sem <- struct{}{}:
+	default:
+		if now, last := time.Now().UnixNano(), l.logged.Load(); now-last > int64(time.Minute) && l.logged.CompareAndSwap(last, now) {
+			l.log.Warn("connection cap reached: new connections wait in the kernel's backlog until one closes",
+				zap.String("listener", l.what), zap.Int("cap", cap(l.sem)),
+				zap.String("why", "the cap keeps the agent within its open files limit (raise LimitNOFILE, or lower -consul.max-conns and -dns.tcp-max-conns, to allow more)"))
+		}
+		l.sem <- struct{}{}
+	}
 	c, err := l.Listener.Accept()
 	if err != nil {
 		<-l.sem

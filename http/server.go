@@ -100,7 +100,7 @@ func Listen(addr string, opts Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("http: listen %s: %w", addr, err)
 	}
-	ln = limitListen(ln, opts.MaxConns)
+	ln = limitListen(ln, opts.MaxConns, "http", opts.Log)
 	s := &Server{
 		cache:     opts.Cache,
 		local:     opts.LocalZone,
@@ -157,7 +157,7 @@ func Listen(addr string, opts Options) (*Server, error) {
 			ln.Close()
 			return nil, err
 		}
-		s.sock = limitListen(s.sock, 1024)
+		s.sock = limitListen(s.sock, 1024, "providers socket", opts.Log)
 		s.sockSrv = &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ConnContext: withPeer}
 	}
 	return s, nil
