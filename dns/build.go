@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"net/netip"
 	"strconv"
+	"sync/atomic"
 
 	mdns "github.com/miekg/dns"
 
@@ -21,6 +22,30 @@ type Config struct {
 	NegativeTTL uint32
 	// AllowWarning lets instances whose health is warning into answers.
 	AllowWarning bool
+	// MaxRecords caps the records of an address's SRV, A and AAAA answers
+	// (0: DefaultMaxRecords). A larger set is served as rotating subsets
+	// of MaxRecords records, so that every instance is answered in turn
+	// (see rotate).
+	MaxRecords int
+	// DelegateZones makes each zone a delegation: NS <zone> names the
+	// zone's Consul servers and names under a zone carry the zone's SOA.
+	// Off, the domain is one zone: only its apex has SOA and NS.
+	DelegateZones bool
+}
+
+// DefaultMaxRecords is the default cap on an answer's records: BIND
+// (max-records-per-type since 9.18.28) refuses RRsets of more than 100
+// records, with SERVFAIL for the name.
+const DefaultMaxRecords = 100
+
+// maxRotations bounds the prepared subsets of one RRset; see rotate.
+const maxRotations = 16
+
+func (c Config) maxRecords() int {
+	if c.MaxRecords <= 0 {
+		return DefaultMaxRecords
+	}
+	return c.MaxRecords
 }
 
 // Builder precomputes DNS answers whenever the cache changes, as a
@@ -45,6 +70,41 @@ type addrAnswers struct {
 	srv     wire
 	a       wire
 	aaaa    wire
+	// rot holds every subset of an RRset over the cap (srv, a and aaaa
+	// are then its first); nil when every RRset is whole.
+	rot *rotations
+}
+
+// rotations are the prepared subsets of an address's large RRsets, served
+// in turn.
+type rotations struct {
+	next         atomic.Uint32
+	srv, a, aaaa []wire
+}
+
+// answer returns the prepared answer for qtype, the next subset in turn
+// for an RRset over the cap.
+func (aa *addrAnswers) answer(qtype uint16) wire {
+	if aa.rot == nil {
+		return pick(qtype, aa.srv, aa.a, aa.aaaa)
+	}
+	set := aa.rot.srv
+	switch qtype {
+	case mdns.TypeA:
+		set = aa.rot.a
+	case mdns.TypeAAAA:
+		set = aa.rot.aaaa
+	case mdns.TypeSRV, mdns.TypeANY:
+	default:
+		return nil
+	}
+	switch len(set) {
+	case 0:
+		return nil
+	case 1:
+		return set[0]
+	}
+	return set[int(aa.rot.next.Add(1))%len(set)]
 }
 
 // nodeAnswers are a node's prepared answers.
@@ -126,10 +186,80 @@ func (b *Builder) BuildAddress(a *cache.Address) any {
 	if !out.healthy {
 		return out
 	}
-	out.srv = b.pack(qname, mdns.TypeSRV, srv, glue)
-	out.a = b.pack(qname, mdns.TypeA, v4, nil)
-	out.aaaa = b.pack(qname, mdns.TypeAAAA, v6, nil)
+	limit := b.cfg.maxRecords()
+	if len(srv) <= limit && len(v4) <= limit && len(v6) <= limit {
+		out.srv = b.pack(qname, mdns.TypeSRV, srv, glue)
+		out.a = b.pack(qname, mdns.TypeA, v4, nil)
+		out.aaaa = b.pack(qname, mdns.TypeAAAA, v6, nil)
+		return out
+	}
+	// The glue of an SRV subset is the addresses of its own targets.
+	glueOf := make(map[string]mdns.RR, len(glue))
+	for _, g := range glue {
+		glueOf[g.Header().Name] = g
+	}
+	out.rot = &rotations{}
+	for _, sub := range rotate(srv, limit) {
+		var extra []mdns.RR
+		seen := make(map[string]bool, len(sub))
+		for _, rr := range sub {
+			if t := rr.(*mdns.SRV).Target; !seen[t] {
+				seen[t] = true
+				extra = append(extra, glueOf[t])
+			}
+		}
+		out.rot.srv = append(out.rot.srv, b.pack(qname, mdns.TypeSRV, sub, extra))
+	}
+	for _, sub := range rotate(v4, limit) {
+		out.rot.a = append(out.rot.a, b.pack(qname, mdns.TypeA, sub, nil))
+	}
+	for _, sub := range rotate(v6, limit) {
+		out.rot.aaaa = append(out.rot.aaaa, b.pack(qname, mdns.TypeAAAA, sub, nil))
+	}
+	first := func(w []wire) wire {
+		if len(w) == 0 {
+			return nil
+		}
+		return w[0]
+	}
+	out.srv, out.a, out.aaaa = first(out.rot.srv), first(out.rot.a), first(out.rot.aaaa)
 	return out
+}
+
+// rotate splits an RRset of more than limit records into subsets of limit
+// records that are served in turn. The subsets are consecutive windows of
+// the records taken as a ring, so each record is in at least one, and k
+// windows cover the ring k×limit/n times: each record is in the same
+// number of subsets, or one fewer, and so gets the same share of the
+// answers. k is the smallest count that makes that share exact
+// (n/gcd(n, limit)), at most maxRotations unless more are needed to cover
+// every record. A set within the limit is its own only subset.
+func rotate(rrs []mdns.RR, limit int) [][]mdns.RR {
+	n := len(rrs)
+	if n <= limit {
+		if n == 0 {
+			return nil
+		}
+		return [][]mdns.RR{rrs}
+	}
+	k := min(n/gcd(n, limit), maxRotations)
+	k = max(k, (n+limit-1)/limit)
+	subs := make([][]mdns.RR, k)
+	for i := range subs {
+		sub := make([]mdns.RR, limit)
+		for j := range sub {
+			sub[j] = rrs[(i*limit+j)%n]
+		}
+		subs[i] = sub
+	}
+	return subs
+}
+
+func gcd(a, b int) int {
+	for b != 0 {
+		a, b = b, a%b
+	}
+	return a
 }
 
 // BuildNode implements cache.Builder.

@@ -97,7 +97,8 @@ func (h *Handler) serve(req *request) int {
 	if r.Opcode != mdns.OpcodeQuery {
 		return h.fail(req, mdns.RcodeNotImplemented)
 	}
-	if len(r.Question) != 1 {
+	if len(r.Question) != 1 || optCount(r.Extra) > 1 {
+		// More than one OPT record: FORMERR (RFC 6891 §6.1.1).
 		return h.fail(req, mdns.RcodeFormatError)
 	}
 	req.q = r.Question[0]
@@ -121,7 +122,12 @@ func (h *Handler) serve(req *request) int {
 	switch n.kind {
 	case kindOutside:
 		return h.fail(req, mdns.RcodeRefused)
-	case kindApex, kindInvalid:
+	case kindInvalid:
+		if soa := h.delegatedSOA(&n); soa != nil {
+			return h.nxdomain(req, soa) // under a delegated zone: its SOA
+		}
+		return h.serveApex(req, &n)
+	case kindApex:
 		return h.serveApex(req, &n)
 	case kindOne:
 		// A zone, or ns<i> of the local zone unless a zone has that name.
@@ -146,45 +152,99 @@ func (h *Handler) serve(req *request) int {
 		return h.fail(req, mdns.RcodeServerFailure)
 	}
 	za := z.Derived.(*zoneAnswers)
+	soa := h.soaOf(za)
 	switch n.kind {
 	case kindOne:
-		switch req.q.Qtype {
-		case mdns.TypeSOA:
+		switch {
+		case req.q.Qtype == mdns.TypeDS:
+			// Answered by the parent side of a cut, the apex (RFC 4035
+			// §3.1.4.1), and there is no DS to give.
+			return h.nodata(req, h.apexSOA(za))
+		case !h.cfg.DelegateZones:
+			// Not a zone cut: a name with names below it, and no records.
+			return h.nodata(req, soa)
+		case req.q.Qtype == mdns.TypeSOA || req.q.Qtype == mdns.TypeANY:
+			// ANY: one RRset of those the name has (RFC 8482 §4.2).
 			return h.reply(req, mdns.RcodeSuccess, []mdns.RR{za.soa}, nil, nil)
-		case mdns.TypeNS:
-			if len(za.ns) > 0 {
-				return h.reply(req, mdns.RcodeSuccess, za.ns, nil, za.glue)
-			}
+		case req.q.Qtype == mdns.TypeNS && len(za.ns) > 0:
+			return h.reply(req, mdns.RcodeSuccess, za.ns, nil, za.glue)
 		}
-		return h.nodata(req, za.soa)
+		return h.nodata(req, soa)
 	case kindZoneNS:
 		i, _ := nsIndex(n.labels[1])
 		if i >= len(za.glue) && h.prefixExists(z, &n) {
-			return h.nodata(req, za.soa) // a product named ns<i>
+			return h.nodata(req, soa) // a product named ns<i>
 		}
-		return h.serveServer(req, za.glue, i, za.soa)
+		return h.serveServer(req, za.glue, i, soa)
 	case kindNode:
 		wa, ok := prepared(z, &n, req.q.Qtype)
 		if !ok {
-			return h.missing(req, z, &n, za.soa)
+			return h.missing(req, z, &n, soa)
 		}
-		return h.serveWire(req, wa, za.soa)
+		return h.serveWire(req, wa, soa)
 	case kindAddr:
 		ip, ok := parseHexAddr(n.labels[2])
 		if !ok {
-			return h.missing(req, z, &n, za.soa)
+			return h.missing(req, z, &n, soa)
 		}
-		return h.serveIP(req, ip, za.soa)
+		return h.serveIP(req, ip, soa)
 	case kindPrefix:
-		return h.missing(req, z, &n, za.soa)
+		return h.missing(req, z, &n, soa)
 	case kindAddress:
 		wa, ok := prepared(z, &n, req.q.Qtype)
 		if !ok {
-			return h.nxdomain(req, za.soa)
+			return h.nxdomain(req, soa)
 		}
-		return h.serveWire(req, wa, za.soa)
+		return h.serveWire(req, wa, soa)
 	}
-	return h.nxdomain(req, za.soa)
+	return h.nxdomain(req, soa)
+}
+
+// optCount counts the OPT records of a message's additional section.
+func optCount(extra []mdns.RR) int {
+	n := 0
+	for _, rr := range extra {
+		if rr.Header().Rrtype == mdns.TypeOPT {
+			n++
+		}
+	}
+	return n
+}
+
+// soaOf returns the SOA that negative answers for names of a zone carry:
+// the zone's own when zones are delegations, else the apex's, the SOA of
+// the one zone they are in (RFC 2308 §3).
+func (h *Handler) soaOf(za *zoneAnswers) *mdns.SOA {
+	if h.cfg.DelegateZones {
+		return za.soa
+	}
+	return h.apexSOA(za)
+}
+
+// apexSOA returns the domain's SOA, which the local zone's snapshot holds;
+// until that is synced, a remote zone's own.
+func (h *Handler) apexSOA(za *zoneAnswers) *mdns.SOA {
+	if za.apexSOA != nil {
+		return za.apexSOA
+	}
+	if l := h.localZone(); l != nil {
+		return l.Derived.(*zoneAnswers).apexSOA
+	}
+	return za.soa
+}
+
+// delegatedSOA returns the SOA of the delegated zone a malformed name is
+// under (its last label below the domain names a synced zone), nil when
+// zones are not delegations or there is none. It starts no watch.
+func (h *Handler) delegatedSOA(n *name) *mdns.SOA {
+	if !h.cfg.DelegateZones || n.n < 1 {
+		return nil
+	}
+	z := h.cache.Zone(n.zone())
+	if z == nil || !z.Synced {
+		return nil
+	}
+	return z.Derived.(*zoneAnswers).soa
 }
 
 // prepared returns the prepared answer of qtype for an address or a node
@@ -218,7 +278,7 @@ func prepared(z *cache.Zone, n *name, qtype uint16) (wa wire, ok bool) {
 	if !aa.healthy {
 		return nil, false
 	}
-	return pick(qtype, aa.srv, aa.a, aa.aaaa), true
+	return aa.answer(qtype), true
 }
 
 // udpLimit is the largest UDP response to a client advertising size
@@ -271,7 +331,7 @@ func (h *Handler) serveApex(req *request, n *name) int {
 	switch n.kind {
 	case kindApex:
 		switch req.q.Qtype {
-		case mdns.TypeSOA:
+		case mdns.TypeSOA, mdns.TypeANY: // ANY: one of its RRsets (RFC 8482 §4.2)
 			return h.reply(req, mdns.RcodeSuccess, []mdns.RR{za.apexSOA}, nil, nil)
 		case mdns.TypeNS:
 			if len(za.apexNS) > 0 {
@@ -300,7 +360,7 @@ func (h *Handler) serveServer(req *request, glue []mdns.RR, i int, soa *mdns.SOA
 	if i >= len(glue) {
 		return h.nxdomain(req, soa)
 	}
-	if glue[i].Header().Rrtype != req.q.Qtype {
+	if t := glue[i].Header().Rrtype; t != req.q.Qtype && req.q.Qtype != mdns.TypeANY {
 		return h.nodata(req, soa)
 	}
 	return h.reply(req, mdns.RcodeSuccess, []mdns.RR{glue[i]}, nil, nil)
@@ -310,11 +370,18 @@ func (h *Handler) serveServer(req *request, glue []mdns.RR, i int, soa *mdns.SOA
 func (h *Handler) serveIP(req *request, ip netip.Addr, soa *mdns.SOA) int {
 	var rr mdns.RR
 	hdr := mdns.RR_Header{Name: req.q.Name, Class: mdns.ClassINET, Ttl: h.cfg.TTL}
+	qtype := req.q.Qtype
+	if qtype == mdns.TypeANY { // the one record the name has
+		qtype = mdns.TypeAAAA
+		if ip.Is4() {
+			qtype = mdns.TypeA
+		}
+	}
 	switch {
-	case req.q.Qtype == mdns.TypeA && ip.Is4():
+	case qtype == mdns.TypeA && ip.Is4():
 		hdr.Rrtype = mdns.TypeA
 		rr = &mdns.A{Hdr: hdr, A: ip.AsSlice()}
-	case req.q.Qtype == mdns.TypeAAAA && ip.Is6():
+	case qtype == mdns.TypeAAAA && ip.Is6():
 		hdr.Rrtype = mdns.TypeAAAA
 		rr = &mdns.AAAA{Hdr: hdr, AAAA: ip.AsSlice()}
 	default:
@@ -391,13 +458,18 @@ func (h *Handler) reply(req *request, rcode int, answer, ns, extra []mdns.RR) in
 }
 
 // write sends m, with an OPT record when the query had one, trimmed to what
-// the client can take; Truncate sets TC when it leaves records out.
+// the client can take. TC is set only when answer or authority records were
+// left out: additional records (an SRV answer's addresses) are trimmed
+// silently (RFC 2181 §9), since the answer is whole without them and a
+// resolver would otherwise retry every such query over TCP.
 func (h *Handler) write(req *request, m *mdns.Msg) {
 	m.Extra = append([]mdns.RR(nil), m.Extra...)
 	if req.opt != nil {
 		m.SetEdns0(maxUDPSize, req.opt.Do())
 	}
+	answers, authority := len(m.Answer), len(m.Ns)
 	m.Truncate(req.limit)
+	m.Truncated = len(m.Answer) < answers || len(m.Ns) < authority
 	_ = req.w.WriteMsg(m)
 }
 

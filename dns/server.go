@@ -15,7 +15,7 @@ import (
 // bound with SO_REUSEPORT so the kernel spreads queries over them, and TCP.
 type Server struct {
 	udp  []*udpServer
-	tcp  *mdns.Server
+	tcp  *tcpServer
 	tcpl *tcpLimiter
 	addr *net.UDPAddr
 	errs chan error
@@ -28,8 +28,8 @@ const DefaultMaxTCPConns = 1000
 // Listen binds addr ("host:port"; port 0 picks a free one) for UDP, with
 // sockets sockets, and for TCP, with at most maxTCP connections open at once
 // (0: DefaultMaxTCPConns): a new connection beyond that closes the one quiet
-// longest. A connection is also closed after 2 s without a whole query at
-// its start, 8 s idle between queries, or 128 queries.
+// longest. Over TCP, pipelined queries are answered concurrently and a
+// connection is closed only when idle (see tcp.go for the limits).
 //
 // The TCP listener is bound first and without SO_REUSEPORT: it makes the
 // port ours, so a second agent started on the same port fails to bind
@@ -67,17 +67,11 @@ func listen(addr string, sockets, maxTCP int, h mdns.Handler) (*Server, error) {
 		return nil, err
 	}
 	s.addr = pcs[0].LocalAddr().(*net.UDPAddr)
-	accept := func(dh mdns.Header) mdns.MsgAcceptAction {
-		if dh.Bits&qrBit != 0 { // a response: never answer it
-			return mdns.MsgIgnore
-		}
-		return mdns.MsgAccept // the handler answers everything else
-	}
 	for _, pc := range pcs {
 		s.udp = append(s.udp, newUDPServer(pc, h))
 	}
 	s.tcpl = newTCPLimiter(ln, maxTCP)
-	s.tcp = &mdns.Server{Listener: s.tcpl, Handler: h, MsgAcceptFunc: accept}
+	s.tcp = newTCPServer(s.tcpl, h)
 	return s, nil
 }
 
@@ -102,7 +96,7 @@ func ListenUDP(addr string, sockets int) ([]*net.UDPConn, error) {
 
 // Close releases the sockets of a server that was never served.
 func (s *Server) Close() {
-	_ = s.tcp.Listener.Close()
+	_ = s.tcpl.Close()
 	for _, u := range s.udp {
 		_ = u.conn.Close()
 	}
@@ -113,7 +107,7 @@ func (s *Server) Addr() string { return s.addr.String() }
 
 // Serve serves until Shutdown; it returns the first error of any socket.
 func (s *Server) Serve() error {
-	go func() { s.errs <- s.tcp.ActivateAndServe() }()
+	go func() { s.errs <- s.tcp.serve() }()
 	for _, u := range s.udp {
 		go func() { s.errs <- u.serve() }()
 	}
@@ -124,7 +118,7 @@ func (s *Server) Serve() error {
 // answers being written.
 func (s *Server) Shutdown(ctx context.Context) error {
 	errs := make(chan error, len(s.udp)+1)
-	go func() { errs <- s.tcp.ShutdownContext(ctx) }()
+	go func() { errs <- s.tcp.shutdown(ctx) }()
 	for _, u := range s.udp {
 		go func() { errs <- u.shutdown(ctx) }()
 	}

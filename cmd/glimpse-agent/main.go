@@ -57,6 +57,8 @@ func run(args []string, stderr io.Writer) error {
 	fs.DurationVar(&cfg.TTL, "dns.ttl", cfg.TTL, "TTL of positive DNS answers")
 	fs.DurationVar(&cfg.NegativeTTL, "dns.negative-ttl", cfg.NegativeTTL, "SOA minimum: how long resolvers cache NXDOMAIN and NODATA")
 	fs.BoolVar(&cfg.AllowWarning, "dns.allow-warning", cfg.AllowWarning, "answer with instances whose health is warning too")
+	fs.IntVar(&cfg.MaxRecords, "dns.max-records", cfg.MaxRecords, "most records in one SRV, A or AAAA answer; larger sets are answered in rotating subsets of this size")
+	fs.BoolVar(&cfg.DelegateZones, "dns.delegate-zones", cfg.DelegateZones, "make each zone a delegation: NS <zone> names its Consul servers (only where those hosts serve glimpse on port 53)")
 	fs.DurationVar(&cfg.FirstWait, "dns.remote-wait", cfg.FirstWait, "the same as -watch.first-wait (the older name)")
 	fs.StringVar(&cfg.HTTPAddr, "http.addr", cfg.HTTPAddr, "HTTP address: API, websocket, /metrics, /healthz, /readyz")
 	fs.IntVar(&cfg.History, "http.history", cfg.History, "recent address changes kept for websocket subscribers resuming from an index")
@@ -115,6 +117,9 @@ func run(args []string, stderr io.Writer) error {
 	}
 	if cfg.ReconcileEvery <= 0 || cfg.ProbeEvery <= 0 || cfg.ProvidersDirPoll <= 0 || cfg.DataDir == "" {
 		return errors.New("-providers.reconcile, -providers.probe and -providers.dir-poll must be positive and -data.dir not empty")
+	}
+	if cfg.MaxRecords < 1 || cfg.MaxRecords > 1000 {
+		return errors.New("-dns.max-records must be between 1 and 1000")
 	}
 	if cfg.UDPSockets < 1 || cfg.DNSMaxTCPConns < 1 {
 		return errors.New("-dns.udp-sockets and -dns.tcp-max-conns must be at least 1")

@@ -63,6 +63,12 @@ type Config struct {
 	// NegativeTTL is the SOA minimum: how long NXDOMAIN and NODATA are cached.
 	NegativeTTL  time.Duration
 	AllowWarning bool
+	// MaxRecords caps the records of one DNS answer RRset (0: 100); larger
+	// sets are served as rotating subsets.
+	MaxRecords int
+	// DelegateZones answers NS at zone names with the zone's Consul
+	// servers, making each zone a delegation (see docs/resolvers.md).
+	DelegateZones bool
 	// FirstWait bounds how long a read (DNS query or HTTP lookup) waits for
 	// the first result of a product or remote zone nobody read before.
 	FirstWait time.Duration
@@ -114,6 +120,7 @@ func DefaultConfig() Config {
 		DNSMaxTCPConns:     dns.DefaultMaxTCPConns,
 		TTL:                5 * time.Second,
 		NegativeTTL:        5 * time.Second,
+		MaxRecords:         dns.DefaultMaxRecords,
 		FirstWait:          2 * time.Second,
 		HTTPAddr:           "127.0.0.1:5960",
 		History:            cache.HistorySize,
@@ -207,10 +214,12 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Agent, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	dcfg := dns.Config{
-		Domain:       domain,
-		TTL:          uint32(cfg.TTL / time.Second),
-		NegativeTTL:  uint32(cfg.NegativeTTL / time.Second),
-		AllowWarning: cfg.AllowWarning,
+		Domain:        domain,
+		TTL:           uint32(cfg.TTL / time.Second),
+		NegativeTTL:   uint32(cfg.NegativeTTL / time.Second),
+		AllowWarning:  cfg.AllowWarning,
+		MaxRecords:    cfg.MaxRecords,
+		DelegateZones: cfg.DelegateZones,
 	}
 	c := cache.New(dns.NewBuilder(dcfg), cache.WithHistory(cfg.History))
 	reg.MustRegister(cache.NewCollector(c))

@@ -73,8 +73,8 @@ func TestDNSRows(t *testing.T) {
 			t.Fatalf("AAAA %s", got)
 		}
 		// AAAA where only IPv4 exists, and A where only IPv6: NODATA.
-		checkNodata(t, query(t, dnsAddr, "udp", addr, mdns.TypeAAAA, 0), "dc1."+domain)
-		checkNodata(t, query(t, dnsAddr, "udp", v6, mdns.TypeA, 0), "dc1."+domain)
+		checkNodata(t, query(t, dnsAddr, "udp", addr, mdns.TypeAAAA, 0), domain)
+		checkNodata(t, query(t, dnsAddr, "udp", v6, mdns.TypeA, 0), domain)
 	})
 	t.Run("node and addr names", func(t *testing.T) {
 		m := query(t, dnsAddr, "udp", nodeTarget, mdns.TypeA, 0)
@@ -94,40 +94,61 @@ func TestDNSRows(t *testing.T) {
 		if m := query(t, dnsAddr, "udp", nodeTarget, mdns.TypeANY, 0); ips(m.Answer) != "127.0.0.1" || m.Question[0].Qtype != mdns.TypeANY {
 			t.Fatalf("ANY on the node: %v", m)
 		}
-		checkNodata(t, query(t, dnsAddr, "udp", nodeTarget, mdns.TypeSRV, 0), "dc1."+domain)
-		checkNxdomain(t, query(t, dnsAddr, "udp", "no-such-node.node.dc1."+domain, mdns.TypeA, 0), "dc1."+domain)
-		checkNxdomain(t, query(t, dnsAddr, "udp", "7f00.addr.dc1."+domain, mdns.TypeA, 0), "dc1."+domain)
+		checkNodata(t, query(t, dnsAddr, "udp", nodeTarget, mdns.TypeSRV, 0), domain)
+		checkNxdomain(t, query(t, dnsAddr, "udp", "no-such-node.node.dc1."+domain, mdns.TypeA, 0), domain)
+		checkNxdomain(t, query(t, dnsAddr, "udp", "7f00.addr.dc1."+domain, mdns.TypeA, 0), domain)
 	})
 	t.Run("NS with glue and server names", func(t *testing.T) {
+		m := query(t, dnsAddr, "udp", domain, mdns.TypeNS, 0)
+		checkHeader(t, m, mdns.RcodeSuccess, true)
+		if len(m.Answer) != 1 || m.Answer[0].(*mdns.NS).Ns != "ns1."+domain {
+			t.Fatalf("NS %s: %v", domain, m.Answer)
+		}
+		if got := ips(m.Extra); got != "127.0.0.1" {
+			t.Fatalf("NS %s glue %s", domain, got)
+		}
+		// A zone is no zone cut: NS there is NODATA, so a resolver asking
+		// it on its way down stays on the agent.
+		checkNodata(t, query(t, dnsAddr, "udp", "dc1."+domain, mdns.TypeNS, 0), domain)
 		for _, owner := range []string{"dc1." + domain, domain} {
-			m := query(t, dnsAddr, "udp", owner, mdns.TypeNS, 0)
-			checkHeader(t, m, mdns.RcodeSuccess, true)
-			if len(m.Answer) != 1 || m.Answer[0].(*mdns.NS).Ns != "ns1."+owner {
-				t.Fatalf("NS %s: %v", owner, m.Answer)
-			}
-			if got := ips(m.Extra); got != "127.0.0.1" {
-				t.Fatalf("NS %s glue %s", owner, got)
-			}
 			m = query(t, dnsAddr, "udp", "ns1."+owner, mdns.TypeA, 0)
 			if got := ips(m.Answer); got != "127.0.0.1" {
 				t.Fatalf("A ns1.%s: %s", owner, got)
 			}
-			checkNxdomain(t, query(t, dnsAddr, "udp", "ns2."+owner, mdns.TypeA, 0), owner)
+			checkNxdomain(t, query(t, dnsAddr, "udp", "ns2."+owner, mdns.TypeA, 0), domain)
 		}
 	})
 	t.Run("SOA and its serial", func(t *testing.T) {
-		for _, owner := range []string{"dc1." + domain, domain} {
-			m := query(t, dnsAddr, "udp", owner, mdns.TypeSOA, 0)
-			checkHeader(t, m, mdns.RcodeSuccess, true)
-			if len(m.Answer) != 1 || m.Answer[0].Header().Name != owner {
-				t.Fatalf("SOA %s: %v", owner, m.Answer)
-			}
+		m := query(t, dnsAddr, "udp", domain, mdns.TypeSOA, 0)
+		checkHeader(t, m, mdns.RcodeSuccess, true)
+		if len(m.Answer) != 1 || m.Answer[0].Header().Name != domain {
+			t.Fatalf("SOA %s: %v", domain, m.Answer)
 		}
-		before := query(t, dnsAddr, "udp", "dc1."+domain, mdns.TypeSOA, 0).Answer[0].(*mdns.SOA).Serial
+		checkNodata(t, query(t, dnsAddr, "udp", "dc1."+domain, mdns.TypeSOA, 0), domain)
+		before := m.Answer[0].(*mdns.SOA).Serial
 		register(t, c, instance{id: p + "-c", product: p, env: "prod", job: "stream", service: "http", address: "127.0.0.10", port: 8002})
-		waitDNS(t, dnsAddr, "dc1."+domain, mdns.TypeSOA, func(m *mdns.Msg) bool {
+		waitDNS(t, dnsAddr, domain, mdns.TypeSOA, func(m *mdns.Msg) bool {
 			return len(m.Answer) == 1 && m.Answer[0].(*mdns.SOA).Serial != before
 		}, "SOA serial moves with the topology")
+	})
+	t.Run("zones delegated", func(t *testing.T) {
+		cfg := testConfig(t, consul.HTTPAddr())
+		cfg.DelegateZones = true
+		d := startAgent(t, cfg).DNSAddr()
+		zone := "dc1." + domain
+		waitDNS(t, d, addr, mdns.TypeSRV, func(m *mdns.Msg) bool { return len(m.Answer) > 0 }, "answers")
+		m := query(t, d, "udp", zone, mdns.TypeNS, 0)
+		if len(m.Answer) != 1 || m.Answer[0].(*mdns.NS).Ns != "ns1."+zone || ips(m.Extra) != "127.0.0.1" {
+			t.Fatalf("NS %s: %v, glue %v", zone, m.Answer, m.Extra)
+		}
+		m = query(t, d, "udp", zone, mdns.TypeSOA, 0)
+		if len(m.Answer) != 1 || m.Answer[0].Header().Name != zone {
+			t.Fatalf("SOA %s: %v", zone, m.Answer)
+		}
+		checkNxdomain(t, query(t, d, "udp", "nope.stream.prod."+p+"."+zone, mdns.TypeSRV, 0), zone)
+		checkNxdomain(t, query(t, d, "udp", "ht_tp.stream.prod."+p+"."+zone, mdns.TypeSRV, 0), zone)
+		checkNodata(t, query(t, d, "udp", addr, mdns.TypeTXT, 0), zone)
+		checkNodata(t, query(t, d, "udp", zone, mdns.TypeDS, 0), domain) // the parent side
 	})
 	t.Run("NXDOMAIN with SOA", func(t *testing.T) {
 		for _, name := range []string{
@@ -146,11 +167,11 @@ func TestDNSRows(t *testing.T) {
 		}
 	})
 	t.Run("NODATA with SOA", func(t *testing.T) {
-		checkNodata(t, query(t, dnsAddr, "udp", addr, mdns.TypeTXT, 0), "dc1."+domain)
-		checkNodata(t, query(t, dnsAddr, "udp", "dc1."+domain, mdns.TypeA, 0), "dc1."+domain)
+		checkNodata(t, query(t, dnsAddr, "udp", addr, mdns.TypeTXT, 0), domain)
+		checkNodata(t, query(t, dnsAddr, "udp", "dc1."+domain, mdns.TypeA, 0), domain)
 		// Names above an address exist (RFC 8020): NODATA, not NXDOMAIN.
-		checkNodata(t, query(t, dnsAddr, "udp", p+".dc1."+domain, mdns.TypeA, 0), "dc1."+domain)
-		checkNodata(t, query(t, dnsAddr, "udp", "stream.prod."+p+".dc1."+domain, mdns.TypeA, 0), "dc1."+domain)
+		checkNodata(t, query(t, dnsAddr, "udp", p+".dc1."+domain, mdns.TypeA, 0), domain)
+		checkNodata(t, query(t, dnsAddr, "udp", "stream.prod."+p+".dc1."+domain, mdns.TypeA, 0), domain)
 	})
 	t.Run("REFUSED FORMERR NOTIMP", func(t *testing.T) {
 		m := query(t, dnsAddr, "udp", "www.example.com.", mdns.TypeA, 0)
@@ -355,8 +376,8 @@ func TestDNSNeverCallsConsul(t *testing.T) {
 }
 
 // TestDNSTruncation: UDP answers never exceed 512 bytes without EDNS or the
-// advertised size with it, TC is set when records are left out, and TCP
-// returns all 200 instances of an address.
+// advertised size with it, TC is set when answer records are left out, and
+// TCP returns all 200 instances of an address (with a cap above 200).
 func TestDNSTruncation(t *testing.T) {
 	c := consul.Client()
 	p := newProduct("big")
@@ -367,7 +388,10 @@ func TestDNSTruncation(t *testing.T) {
 			address: fmt.Sprintf("127.2.%d.%d", i/250, i%250+1), port: 10000 + i,
 		})
 	}
-	a := startAgent(t, testConfig(t, consul.HTTPAddr()))
+	// Above the default cap of 100 records, so that all 200 are one set.
+	cfg := testConfig(t, consul.HTTPAddr())
+	cfg.MaxRecords = 1000
+	a := startAgent(t, cfg)
 	name := "http.fleet.prod." + p + ".dc1." + domain
 	waitDNS(t, a.DNSAddr(), name, mdns.TypeSRV, func(m *mdns.Msg) bool {
 		if !m.Truncated {
@@ -486,7 +510,7 @@ func TestDNSProductsNamedLikeKeywords(t *testing.T) {
 	for _, p := range []string{"node", "addr", "ns7"} {
 		waitDNS(t, a.DNSAddr(), "http.stream.prod."+p+".dc1."+domain, mdns.TypeA, func(m *mdns.Msg) bool { return len(m.Answer) == 1 }, p)
 		for _, above := range []string{"prod." + p, "stream.prod." + p, p} {
-			checkNodata(t, query(t, a.DNSAddr(), "udp", above+".dc1."+domain, mdns.TypeA, 0), "dc1."+domain)
+			checkNodata(t, query(t, a.DNSAddr(), "udp", above+".dc1."+domain, mdns.TypeA, 0), domain)
 		}
 	}
 }
