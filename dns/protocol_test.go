@@ -10,7 +10,6 @@ import (
 	"glimpse/cache"
 )
 
-
 // protoCache is a synced local zone dc1 with two Consul servers, product
 // "goku" with 4 instances and product "big" with n instances of their own
 // addresses (each its own SRV target).

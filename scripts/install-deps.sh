@@ -6,6 +6,10 @@
 #   dnsutils  dig, used by `make run` (scripts/demo.sh prints dig commands)
 #   curl      scripts/demo.sh talks to Consul's HTTP API with it
 #   gcc       cgo, which `go test -race` needs
+#   bind9, knot-resolver, pdns-recursor, dnsmasq-base
+#             the other resolvers of docs/resolvers.md, which TestResolvers
+#             starts in the foreground; their packaged services are kept
+#             stopped and disabled
 # With the argument "bench" (`make bench`), also:
 #   dnsperf     the DNS load generator of bench/
 #   util-linux  taskset, which pins servers and load generators to CPUs
@@ -19,13 +23,17 @@ if ! have unbound && [ ! -x /usr/sbin/unbound ]; then missing+=(unbound); fi
 if ! have dig; then missing+=(dnsutils); fi
 if ! have curl; then missing+=(curl); fi
 if ! have gcc; then missing+=(gcc libc6-dev); fi
+if ! have named && [ ! -x /usr/sbin/named ]; then missing+=(bind9); fi
+if ! have kresd && [ ! -x /usr/sbin/kresd ]; then missing+=(knot-resolver); fi
+if ! have pdns_recursor && [ ! -x /usr/sbin/pdns_recursor ]; then missing+=(pdns-recursor); fi
+if ! have dnsmasq && [ ! -x /usr/sbin/dnsmasq ]; then missing+=(dnsmasq-base); fi
 if [ "${1:-}" = bench ]; then
 	if ! have dnsperf; then missing+=(dnsperf); fi
 	if ! have taskset; then missing+=(util-linux); fi
 fi
 
 if [ "${#missing[@]}" -eq 0 ]; then
-	echo "deps: unbound, dig, curl and gcc${1:+ and the $1 tools} are installed"
+	echo "deps: unbound, dig, curl, gcc and the resolvers${1:+ and the $1 tools} are installed"
 	exit 0
 fi
 
@@ -60,23 +68,26 @@ apt-get update -q
 echo "+ apt-get install -y --no-install-recommends ${missing[*]}"
 apt-get install -y -q --no-install-recommends "${missing[@]}" </dev/null
 
-# glimpse runs its own unbound instances: make sure the packaged one is
-# neither running nor enabled at boot.
-if [[ " ${missing[*]} " == *" unbound "* ]]; then
+# glimpse's tests run their own resolver instances: make sure the packaged
+# ones are neither running nor enabled at boot.
+for svc in unbound named kresd@1 pdns-recursor; do
+	pkg=${svc%%@*}
+	case $svc in named) pkg=bind9 ;; kresd@1) pkg=knot-resolver ;; esac
+	[[ " ${missing[*]} " == *" $pkg "* ]] || continue
 	if have systemctl; then
 		if [ -d /run/systemd/system ]; then
-			systemctl disable --now unbound.service >/dev/null 2>&1 || true
+			systemctl disable --now "$svc.service" >/dev/null 2>&1 || true
 		else
-			systemctl disable unbound.service >/dev/null 2>&1 || true
+			systemctl disable "$svc.service" >/dev/null 2>&1 || true
 		fi
 	fi
-	if have update-rc.d && [ -e /etc/init.d/unbound ]; then
-		update-rc.d unbound disable >/dev/null 2>&1 || true
+	if have update-rc.d && [ -e "/etc/init.d/$svc" ]; then
+		update-rc.d "$svc" disable >/dev/null 2>&1 || true
 	fi
 	# Without systemd, stop an instance the init script may have started anyway.
-	if [ ! -d /run/systemd/system ] && [ -x /etc/init.d/unbound ] && [ -s /run/unbound.pid ]; then
-		/etc/init.d/unbound stop >/dev/null 2>&1 || true
+	if [ ! -d /run/systemd/system ] && [ -x "/etc/init.d/$svc" ]; then
+		"/etc/init.d/$svc" stop >/dev/null 2>&1 || true
 	fi
-fi
+done
 
 echo "deps: done"

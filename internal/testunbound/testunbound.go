@@ -59,6 +59,14 @@ type Unbound struct {
 // log is printed.
 func Start(tb testing.TB, agentAddr string, domain string) *Unbound {
 	tb.Helper()
+	return StartFile(tb, agentAddr, domain, ConfFile)
+}
+
+// StartFile is Start with another documented configuration, confFile
+// (repository-relative), whose forward-addr or stub-addr lines are pointed
+// at agentAddr.
+func StartFile(tb testing.TB, agentAddr, domain, confFile string) *Unbound {
+	tb.Helper()
 
 	bin, err := Binary()
 	if err != nil {
@@ -79,19 +87,19 @@ func Start(tb testing.TB, agentAddr string, domain string) *Unbound {
 	if err != nil {
 		tb.Fatalf("testunbound: %v", err)
 	}
-	doc, err := os.ReadFile(filepath.Join(root, ConfFile))
+	doc, err := os.ReadFile(filepath.Join(root, confFile))
 	if err != nil {
 		tb.Fatalf("testunbound: %v", err)
 	}
 	docConf, err := rewriteConf(string(doc), upstream, domain)
 	if err != nil {
-		tb.Fatalf("testunbound: %s: %v", ConfFile, err)
+		tb.Fatalf("testunbound: %s: %v", confFile, err)
 	}
 
 	dir := tb.TempDir()
 	var lastErr error
 	for attempt := 1; attempt <= startAttempts; attempt++ {
-		u, err := start(bin, dir, docConf, attempt)
+		u, err := start(bin, dir, confFile, docConf, attempt)
 		if err == nil {
 			tb.Cleanup(func() {
 				u.stop()
@@ -209,7 +217,7 @@ func rewriteConf(doc, upstream, domain string) (string, error) {
 	return out.String(), nil
 }
 
-func start(bin, dir, docConf string, attempt int) (*Unbound, error) {
+func start(bin, dir, confFile, docConf string, attempt int) (*Unbound, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
@@ -249,7 +257,7 @@ remote-control:
     control-enable: no
 
 # ---- %s ----
-%s`, attempt, port, dir, filepath.Join(dir, "unbound.pid"), u.logPath, ConfFile, docConf)
+%s`, attempt, port, dir, filepath.Join(dir, "unbound.pid"), u.logPath, confFile, docConf)
 	confPath := filepath.Join(dir, "unbound.conf")
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
 		return nil, err
