@@ -249,6 +249,10 @@ server:
     log-replies: yes
     log-servfail: yes
     module-config: "iterator"
+    # Strict QNAME minimisation, where a stub zone uses it: no fallback to
+    # full names when the server answers minimised questions badly.
+    qname-minimisation: yes
+    qname-minimisation-strict: yes
     num-threads: 1
     so-reuseport: no
     access-control: 127.0.0.0/8 allow
