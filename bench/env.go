@@ -232,12 +232,20 @@ type glimpse struct {
 	dnsAddr, httpAddr string
 }
 
-// wholeZone are the flags of an agent that holds its whole zone, as every
-// agent did before products were watched on demand: every product pinned,
-// and a connection budget as large as the bench's main Consul allows
-// (limits.http_max_conns_per_client = 16384). The sections written for that
-// agent (DNS, propagation, fan-out, scale, soak) run it.
-var wholeZone = []string{"-watch.pin", "*", "-consul.max-conns", "16000"}
+// wholeZone returns the flags of an agent that holds its whole zone of
+// products, as every agent did before products were watched on demand:
+// every product pinned, and a connection budget whose blocking share (85 %)
+// holds a read for each product and the zone's own, with room to spare.
+// The budget follows the zone rather than the most the bench's main Consul
+// allows (limits.http_max_conns_per_client = 16384): an agent caps its HTTP
+// connections at its open files limit less its Consul and DNS budgets, and
+// the fan-out's 10,000 subscribers must fit under a limit of 20,000 files.
+// The sections written for that agent (DNS, propagation, fan-out, scale,
+// soak) run it.
+func wholeZone(products int) []string {
+	conns := (products+64)*100/85 + 64
+	return []string{"-watch.pin", "*", "-consul.max-conns", strconv.Itoa(conns)}
+}
 
 // startGlimpse starts glimpse-agent against consulAddr with flags (and
 // -agent.args), and waits until it listens (not until it is synced: the

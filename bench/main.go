@@ -25,7 +25,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -63,7 +62,6 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(2)
 	}
-	raiseFileLimit()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, cfg); err != nil {
@@ -137,31 +135,4 @@ func parseFlags(args []string) (*config, error) {
 		return nil, err
 	}
 	return cfg, nil
-}
-
-// raiseFileLimit raises this process's open files limit, which the agents
-// and servers it starts inherit, as far as the kernel allows (as root, up
-// to fs.nr_open): the whole-zone agent holds a Consul connection per
-// product (up to 16,000) besides 10,000 websocket subscribers, and an
-// agent caps its HTTP connections at its limit less its Consul and DNS
-// connections, so at a limit of 20,000 the fan-out's subscribers would
-// wait in the kernel's backlog.
-func raiseFileLimit() {
-	var l syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {
-		return
-	}
-	want := uint64(1 << 20)
-	if b, err := os.ReadFile("/proc/sys/fs/nr_open"); err == nil {
-		if n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); err == nil {
-			want = n
-		}
-	}
-	if l.Max < want {
-		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: want, Max: want}); err == nil {
-			return
-		}
-	}
-	l.Cur = l.Max
-	_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l)
 }

@@ -84,7 +84,7 @@ func run(ctx context.Context, cfg *config) error {
 	defer b.proxy.Close()
 
 	if cfg.sections["dns"] || cfg.sections["propagation"] || cfg.sections["fanout"] || cfg.sections["soak"] {
-		b.g, err = b.startGlimpse(ctx, b.proxy.Addr(), "main", wholeZone...)
+		b.g, err = b.startGlimpse(ctx, b.proxy.Addr(), "main", wholeZone(b.topo.products)...)
 		if err != nil {
 			return err
 		}

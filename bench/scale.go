@@ -116,7 +116,7 @@ func (b *bench) measureSize(ctx context.Context, size, products int, base int64,
 		return row, err
 	}
 	began := time.Now()
-	g, err := b.startGlimpse(ctx, b.consul.HTTPAddr(), fmt.Sprint("scale-", size), wholeZone...)
+	g, err := b.startGlimpse(ctx, b.consul.HTTPAddr(), fmt.Sprint("scale-", size), wholeZone(products)...)
 	if err != nil {
 		return row, err
 	}
@@ -159,7 +159,7 @@ func (b *bench) measureSize(ctx context.Context, size, products int, base int64,
 // profileSync starts a fresh glimpse-agent and takes a CPU profile of its
 // first sync.
 func (b *bench) profileSync(ctx context.Context, size int) (string, error) {
-	g, err := b.startGlimpse(ctx, b.consul.HTTPAddr(), fmt.Sprint("profile-", size), wholeZone...)
+	g, err := b.startGlimpse(ctx, b.consul.HTTPAddr(), fmt.Sprint("profile-", size), wholeZone(size/(b.topo.jobs*b.topo.perJob))...)
 	if err != nil {
 		return "", err
 	}
@@ -208,7 +208,7 @@ func (b *bench) emptyRSS(ctx context.Context) (int64, error) {
 	if err := pin(empty.PID(), b.cfg.serverCPUs); err != nil {
 		return 0, err
 	}
-	g, err := b.startGlimpse(ctx, empty.HTTPAddr(), "empty", wholeZone...)
+	g, err := b.startGlimpse(ctx, empty.HTTPAddr(), "empty", wholeZone(0)...)
 	if err != nil {
 		return 0, err
 	}
