@@ -1,4 +1,4 @@
-module glimpse
+module github.com/rugby110/glimpse
 
 go 1.26.7
 

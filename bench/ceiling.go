@@ -13,7 +13,7 @@ import (
 
 	mdns "github.com/miekg/dns"
 
-	"glimpse/dns"
+	"github.com/rugby110/glimpse/dns"
 )
 
 // ceiling is the DNS ceiling: the least a miekg/dns server can do per

@@ -19,7 +19,7 @@ import (
 	mdns "github.com/miekg/dns"
 	"golang.org/x/sync/errgroup"
 
-	"glimpse/internal/testconsul"
+	"github.com/rugby110/glimpse/internal/testconsul"
 )
 
 // The fleet of the on-demand section: a datacenter of thousands of

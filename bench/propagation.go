@@ -13,19 +13,17 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/hashicorp/consul/api"
 	mdns "github.com/miekg/dns"
+
+	gapi "github.com/rugby110/glimpse/api"
 )
 
-// wsMsg is a websocket subscription message.
+// wsMsg is a websocket subscription message (api.Message) with its
+// instances left undecoded: the harness reads the messages of 10,000
+// subscribers at once and only counts them.
 type wsMsg struct {
 	Type      string            `json:"type"`
 	Index     uint64            `json:"index"`
 	Address   string            `json:"address"`
-	Instances []json.RawMessage `json:"instances"`
-}
-
-// lookupResp is the body of GET /v1/lookup/<address>.
-type lookupResp struct {
-	Index     uint64            `json:"index"`
 	Instances []json.RawMessage `json:"instances"`
 }
 
@@ -90,7 +88,7 @@ func (b *bench) propagationSection(ctx context.Context) error {
 		dnsName := glimpseName(p, 0)
 
 		// The long-poll waits from the current index.
-		var cur lookupResp
+		var cur gapi.Lookup
 		if err := getJSON(ctx, "http://"+b.g.httpAddr+"/v1/lookup/"+addr, &cur); err != nil {
 			return err
 		}
@@ -126,7 +124,7 @@ func (b *bench) propagationSection(ctx context.Context) error {
 			defer wg.Done()
 			index := cur.Index
 			for lpCtx.Err() == nil {
-				var r lookupResp
+				var r gapi.Lookup
 				if getJSON(lpCtx, fmt.Sprintf("http://%s/v1/lookup/%s?index=%d&wait=30s", b.g.httpAddr, addr, index), &r) != nil {
 					return
 				}

@@ -17,7 +17,8 @@ import (
 	"github.com/hashicorp/consul/api"
 	mdns "github.com/miekg/dns"
 
-	"glimpse/internal/testconsul"
+	gapi "github.com/rugby110/glimpse/api"
+	"github.com/rugby110/glimpse/internal/testconsul"
 )
 
 // bench is one run of the benchmark.
@@ -149,21 +150,14 @@ func raiseFDLimit() {
 	}
 }
 
-// zoneStatus is dc1's entry in /v1/zones.
-type zoneStatus struct {
-	Zone      string `json:"zone"`
-	Synced    bool   `json:"synced"`
-	Instances int    `json:"instances"`
-}
-
 // waitSynced waits until g's local zone is synced with n instances, and
 // returns when that was first seen.
 func (b *bench) waitSynced(ctx context.Context, g *glimpse, n int, timeout time.Duration) (time.Time, error) {
-	var last zoneStatus
+	var last gapi.ZoneStatus
 	var at time.Time
 	err := g.poll(ctx, timeout, 5*time.Millisecond, func() bool {
 		var zones struct {
-			Zones []zoneStatus `json:"zones"`
+			Zones []gapi.ZoneStatus `json:"zones"`
 		}
 		if getJSON(ctx, "http://"+g.httpAddr+"/v1/zones", &zones) != nil {
 			return false

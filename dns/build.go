@@ -8,7 +8,7 @@ import (
 
 	mdns "github.com/miekg/dns"
 
-	"glimpse/cache"
+	"github.com/rugby110/glimpse/cache"
 )
 
 // Config is what shapes the DNS answers.

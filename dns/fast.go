@@ -7,7 +7,7 @@ import (
 
 	mdns "github.com/miekg/dns"
 
-	"glimpse/cache"
+	"github.com/rugby110/glimpse/cache"
 )
 
 // RawHandler is a handler that can answer some UDP queries from the packet

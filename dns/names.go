@@ -6,7 +6,7 @@ import (
 
 	mdns "github.com/miekg/dns"
 
-	"glimpse/cache"
+	"github.com/rugby110/glimpse/cache"
 )
 
 // kind is what a query name denotes, from its labels alone.

@@ -7,7 +7,7 @@ import (
 
 	mdns "github.com/miekg/dns"
 
-	"glimpse/cache"
+	"github.com/rugby110/glimpse/cache"
 )
 
 const testDomain = "srv.glimpse.io."

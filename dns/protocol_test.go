@@ -7,7 +7,7 @@ import (
 
 	mdns "github.com/miekg/dns"
 
-	"glimpse/cache"
+	"github.com/rugby110/glimpse/cache"
 )
 
 // protoCache is a synced local zone dc1 with two Consul servers, product

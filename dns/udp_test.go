@@ -3,7 +3,7 @@ package dns
 import (
 	"context"
 	"fmt"
-	"glimpse/cache"
+	"github.com/rugby110/glimpse/cache"
 	"net"
 	"sync"
 	"testing"

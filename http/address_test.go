@@ -4,7 +4,7 @@ import (
 	"strings"
 	"testing"
 
-	"glimpse/cache"
+	"github.com/rugby110/glimpse/cache"
 )
 
 func TestLookupParseAddress(t *testing.T) {

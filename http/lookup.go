@@ -9,7 +9,8 @@ import (
 	"strconv"
 	"time"
 
-	"glimpse/cache"
+	"github.com/rugby110/glimpse/api"
+	"github.com/rugby110/glimpse/cache"
 )
 
 // Long-poll waits, as in Consul's blocking queries.
@@ -67,37 +68,22 @@ func (f HealthFilter) Match(h cache.Health) bool {
 	}
 }
 
-// Instance is one instance as the HTTP API shows it.
-type Instance struct {
-	Node    string `json:"node"`
-	Address string `json:"address"`
-	Port    uint16 `json:"port"`
-	Health  string `json:"health"`
-	// Provider is the glimpse:provider tag, "" when there is none.
-	Provider string `json:"provider"`
-	Zone     string `json:"zone"`
-	Product  string `json:"product"`
-	Env      string `json:"env"`
-	Job      string `json:"job"`
-	Service  string `json:"service"`
-}
-
 // Instances returns the instances of addrs that pass f, address by address
 // in the order given and, within an address, in the cache's order (env, job,
 // service, node, address, port). It never returns nil.
-func Instances(addrs []*cache.Address, f HealthFilter) []Instance {
+func Instances(addrs []*cache.Address, f HealthFilter) []api.Instance {
 	n := 0
 	for _, a := range addrs {
 		n += len(a.Instances)
 	}
-	out := make([]Instance, 0, n)
+	out := make([]api.Instance, 0, n)
 	for _, a := range addrs {
 		for i := range a.Instances {
 			in := &a.Instances[i]
 			if !f.Match(in.Health) {
 				continue
 			}
-			out = append(out, Instance{
+			out = append(out, api.Instance{
 				Node: in.Node, Address: in.Address.String(), Port: in.Port,
 				Health: in.Health.String(), Provider: in.Provider,
 				Zone: a.Zone, Product: a.Product, Env: a.Env, Job: a.Job, Service: a.Service,
@@ -105,13 +91,6 @@ func Instances(addrs []*cache.Address, f HealthFilter) []Instance {
 		}
 	}
 	return out
-}
-
-// lookupResponse is the body of GET /v1/lookup/<address>.
-type lookupResponse struct {
-	Index     uint64     `json:"index"`
-	Address   string     `json:"address"`
-	Instances []Instance `json:"instances"`
 }
 
 // lookupParams are the query parameters of a lookup.
@@ -200,7 +179,7 @@ func (s *Server) lookup(w http.ResponseWriter, r *http.Request) {
 	synced := res.Zone != nil && res.Zone.Synced
 	w.Header().Set("X-Glimpse-Index", strconv.FormatUint(res.Index, 10))
 	w.Header().Set("X-Glimpse-Synced", strconv.FormatBool(synced))
-	writeJSON(w, http.StatusOK, lookupResponse{
+	writeJSON(w, http.StatusOK, api.Lookup{
 		Index:     res.Index,
 		Address:   queryName(q),
 		Instances: Instances(res.Addresses, p.health),

@@ -16,7 +16,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
-	"glimpse/cache"
+	"github.com/rugby110/glimpse/api"
+	"github.com/rugby110/glimpse/cache"
 )
 
 func TestLookupParseHealth(t *testing.T) {
@@ -181,7 +182,7 @@ func testCache() *cache.Cache {
 	return c
 }
 
-func nodes(r lookupResponse) string {
+func nodes(r api.Lookup) string {
 	var s []string
 	for _, in := range r.Instances {
 		s = append(s, in.Node+":"+in.Service+"."+in.Job+"."+in.Env)
@@ -206,7 +207,7 @@ func TestLookupHandler(t *testing.T) {
 		{"/v1/lookup/http.stream.prod.nope.dc1", ""},
 		{"/v1/lookup/http.stream.prod.goku.nope", ""},
 	} {
-		var r lookupResponse
+		var r api.Lookup
 		resp := ts.get(t, "GET", tt.path, &r)
 		if resp.StatusCode != 200 || nodes(r) != tt.want || r.Instances == nil {
 			t.Errorf("%s: %d %q (nil: %v), want %q", tt.path, resp.StatusCode, nodes(r), r.Instances == nil, tt.want)
@@ -215,9 +216,9 @@ func TestLookupHandler(t *testing.T) {
 			t.Errorf("%s: X-Glimpse-Index %q, body index %d", tt.path, got, r.Index)
 		}
 	}
-	var r lookupResponse
+	var r api.Lookup
 	ts.get(t, "GET", "/v1/lookup/HTTP.Stream.prod.goku.DC1", &r)
-	if r.Address != "http.stream.prod.goku.dc1" || r.Instances[0] != (Instance{
+	if r.Address != "http.stream.prod.goku.dc1" || r.Instances[0] != (api.Instance{
 		Node: "n1", Address: "10.0.0.1", Port: 80, Health: "passing",
 		Zone: "dc1", Product: "goku", Env: "prod", Job: "stream", Service: "http",
 	}) {
@@ -266,8 +267,8 @@ func TestHTTPNotFoundAndMethods(t *testing.T) {
 }
 
 // lookupAsync runs a lookup in the background.
-func (ts *testServer) lookupAsync(t *testing.T, path string) <-chan lookupResponse {
-	out := make(chan lookupResponse, 1)
+func (ts *testServer) lookupAsync(t *testing.T, path string) <-chan api.Lookup {
+	out := make(chan api.Lookup, 1)
 	go func() {
 		resp, err := http.Get(ts.base + path)
 		if err != nil {
@@ -276,7 +277,7 @@ func (ts *testServer) lookupAsync(t *testing.T, path string) <-chan lookupRespon
 			return
 		}
 		defer resp.Body.Close()
-		var r lookupResponse
+		var r api.Lookup
 		if err := json.NewDecoder(resp.Body).Decode(&r); err != nil || resp.StatusCode != 200 {
 			t.Errorf("GET %s: %d %v", path, resp.StatusCode, err)
 		}
@@ -288,7 +289,7 @@ func (ts *testServer) lookupAsync(t *testing.T, path string) <-chan lookupRespon
 func TestLongPollHandler(t *testing.T) {
 	c := testCache()
 	ts := newTestServer(t, c)
-	var first lookupResponse
+	var first api.Lookup
 	ts.get(t, "GET", "/v1/lookup/http.stream.prod.goku.dc1", &first)
 	path := "/v1/lookup/http.stream.prod.goku.dc1?wait=1m&index=" + jsonIndex(first.Index)
 
@@ -356,7 +357,7 @@ func TestLookupRemoteZoneWanted(t *testing.T) {
 	c := testCache()
 	c.SetDatacenters([]string{"dc1", "DC2"})
 	ts := newTestServer(t, c)
-	var r lookupResponse
+	var r api.Lookup
 	var e map[string]string
 	// A zone that never syncs within the first wait: 503, saying so.
 	if resp := ts.get(t, "GET", "/v1/lookup/http.stream.prod.goku.dc2", &e); resp.StatusCode != 503 || !strings.Contains(e["error"], "not synced") {
@@ -374,7 +375,7 @@ func TestLookupRemoteZoneWanted(t *testing.T) {
 		t.Errorf("zones read before they were watched: %q, want dc2,dc3 (the watchers ignore dc3, which Consul does not know)", wanted)
 	}
 
-	var top topologyResponse
+	var top api.Topology
 	if resp := ts.get(t, "GET", "/v1/topology?zone=dc2", &top); resp.StatusCode != 200 || top.Synced || len(top.Products) != 0 {
 		t.Errorf("topology of an unwatched zone: %d %+v", resp.StatusCode, top)
 	}
@@ -389,7 +390,7 @@ func TestLookupRemoteZoneWanted(t *testing.T) {
 func TestTopologyAndZonesHandlers(t *testing.T) {
 	c := testCache()
 	ts := newTestServer(t, c)
-	var top topologyResponse
+	var top api.Topology
 	ts.get(t, "GET", "/v1/topology", &top)
 	b, _ := json.Marshal(top)
 	want := `{"zone":"dc1","index":` + jsonIndex(c.Zone("dc1").Index) + `,"synced":true,"products":{"goku":{"watched":true,"envs":{` +
@@ -400,7 +401,7 @@ func TestTopologyAndZonesHandlers(t *testing.T) {
 		t.Errorf("topology:\n%s\nwant\n%s", b, want)
 	}
 
-	var zones zonesResponse
+	var zones api.Zones
 	ts.get(t, "GET", "/v1/zones", &zones)
 	if len(zones.Zones) != 1 {
 		t.Fatalf("zones: %+v", zones)
@@ -452,7 +453,7 @@ func TestEncodedMessagesShared(t *testing.T) {
 	if err1 != nil || err2 != nil || &b1[0] != &b2[0] {
 		t.Errorf("the same state and filter were encoded twice (%v, %v)", err1, err2)
 	}
-	var m message
+	var m api.Message
 	if err := json.Unmarshal(b1, &m); err != nil || m.Type != "update" || m.Address != "http.stream.prod.goku.dc1" || len(m.Instances) != 1 {
 		t.Errorf("message %s: %v", b1, err)
 	}

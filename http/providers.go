@@ -11,7 +11,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"glimpse/provider"
+	"github.com/rugby110/glimpse/provider"
 )
 
 // providersAPI serves /v1/providers/{provider}.

@@ -24,8 +24,8 @@ import (
 
 	"go.uber.org/zap"
 
-	"glimpse/cache"
-	"glimpse/provider"
+	"github.com/rugby110/glimpse/cache"
+	"github.com/rugby110/glimpse/provider"
 )
 
 // Server is the agent's HTTP server.

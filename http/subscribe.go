@@ -13,7 +13,8 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"glimpse/cache"
+	"github.com/rugby110/glimpse/api"
+	"github.com/rugby110/glimpse/cache"
 )
 
 // SubscribeLimits bound what websocket subscriptions may cost.
@@ -95,14 +96,6 @@ func newSubscribeMetrics(reg prometheus.Registerer, hub *cache.Hub) *subscribeMe
 	return m
 }
 
-// message is one websocket message.
-type message struct {
-	Type      string     `json:"type"` // snapshot or update
-	Index     uint64     `json:"index"`
-	Address   string     `json:"address"`
-	Instances []Instance `json:"instances"`
-}
-
 // encodedMessages keeps the recent messages of address states, as sent: a
 // change fans out to every subscriber of its address, and each would
 // otherwise encode the same message again. A slot, chosen by the state's
@@ -132,9 +125,9 @@ func (e *encodedMessages) message(u cache.Update, keep HealthFilter) ([]byte, er
 		return b, nil
 	}
 	e.mu.Unlock()
-	m := message{Type: "update", Index: u.Address.Index, Address: u.Address.Name(), Instances: Instances([]*cache.Address{u.Address}, keep)}
+	m := api.Message{Type: api.MessageUpdate, Index: u.Address.Index, Address: u.Address.Name(), Instances: Instances([]*cache.Address{u.Address}, keep)}
 	if u.Snapshot {
-		m.Type = "snapshot"
+		m.Type = api.MessageSnapshot
 	}
 	b, err := json.Marshal(&m)
 	if err != nil {

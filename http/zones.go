@@ -7,67 +7,24 @@ import (
 	"strconv"
 	"time"
 
-	"glimpse/cache"
+	"github.com/rugby110/glimpse/api"
+	"github.com/rugby110/glimpse/cache"
 )
-
-// zonesResponse is the body of GET /v1/zones.
-type zonesResponse struct {
-	// Index is the cache index.
-	Index uint64       `json:"index"`
-	Zones []zoneStatus `json:"zones"`
-}
-
-// zoneStatus is one zone in GET /v1/zones.
-type zoneStatus struct {
-	Zone string `json:"zone"`
-	// Local is true for the agent's own zone.
-	Local bool `json:"local"`
-	// Watched is true for a zone in the cache; false for a datacenter
-	// Consul knows that nobody has asked for (yet, or for a while).
-	Watched bool `json:"watched"`
-	// Synced is true once every watcher of the zone delivered its first
-	// result.
-	Synced bool `json:"synced"`
-	// Index is the cache index at which the zone last changed.
-	Index uint64 `json:"index"`
-	// LastContact is the time of the last fresh result from Consul; null
-	// when there was none.
-	LastContact *time.Time `json:"last_contact"`
-	// SecondsStale is 0 while every watcher of the zone is in contact with
-	// Consul, else the seconds since the last fresh result.
-	SecondsStale float64 `json:"seconds_stale"`
-	// Error is why the zone is stale: the last failure of its watchers.
-	Error string `json:"error,omitempty"`
-	// Products counts the zone's glimpse products Consul lists; Watched
-	// those this host reads (or pinned) that have a state.
-	Products        int `json:"products"`
-	WatchedProducts int `json:"watched_products"`
-	Instances       int `json:"instances"`
-	// Failing lists the products whose last read failed, with why; they
-	// answer from their last state, or SERVFAIL without one.
-	Failing []productProblem `json:"failing,omitempty"`
-}
-
-// productProblem is a product whose reads fail.
-type productProblem struct {
-	Product string `json:"product"`
-	Error   string `json:"error"`
-}
 
 // zones serves GET /v1/zones.
 func (s *Server) zones(w http.ResponseWriter, r *http.Request) {
 	now := time.Now()
-	resp := zonesResponse{Index: s.cache.Index(), Zones: []zoneStatus{}}
+	resp := api.Zones{Index: s.cache.Index(), Zones: []api.ZoneStatus{}}
 	seen := map[string]bool{}
 	for _, z := range s.cache.Zones() {
 		seen[z.Name] = true
-		zs := zoneStatus{Zone: z.Name, Local: z.Local, Watched: true, Synced: z.Synced, Index: z.Index,
+		zs := api.ZoneStatus{Zone: z.Name, Local: z.Local, Watched: true, Synced: z.Synced, Index: z.Index,
 			Products: len(z.Known), WatchedProducts: z.Products.Len()}
 		for _, p := range z.Products.All() {
 			zs.Instances += p.Instances
 		}
 		for name, msg := range z.Problems {
-			zs.Failing = append(zs.Failing, productProblem{Product: name, Error: msg})
+			zs.Failing = append(zs.Failing, api.ProductProblem{Product: name, Error: msg})
 		}
 		sort.Slice(zs.Failing, func(i, j int) bool { return zs.Failing[i].Product < zs.Failing[j].Product })
 		if st := s.cache.Status(z.Name); st != nil {
@@ -83,50 +40,12 @@ func (s *Server) zones(w http.ResponseWriter, r *http.Request) {
 	for _, dc := range s.cache.Datacenters() {
 		if !seen[dc] && cache.ValidLabel(dc) {
 			seen[dc] = true
-			resp.Zones = append(resp.Zones, zoneStatus{Zone: dc})
+			resp.Zones = append(resp.Zones, api.ZoneStatus{Zone: dc})
 		}
 	}
 	sort.Slice(resp.Zones, func(i, j int) bool { return resp.Zones[i].Zone < resp.Zones[j].Zone })
 	w.Header().Set("X-Glimpse-Index", strconv.FormatUint(resp.Index, 10))
 	writeJSON(w, http.StatusOK, resp)
-}
-
-// topologyResponse is the body of GET /v1/topology.
-type topologyResponse struct {
-	Zone string `json:"zone"`
-	// Index is the cache index at which the zone last changed (the cache
-	// index for a zone not in the cache yet).
-	Index uint64 `json:"index"`
-	// Synced is false while the zone's first sync is pending: the
-	// hierarchy may be incomplete.
-	Synced bool `json:"synced"`
-	// Products holds every glimpse product Consul lists; only those this
-	// host reads (watched) have their hierarchy.
-	Products map[string]productTopology `json:"products"`
-}
-
-type productTopology struct {
-	// Watched is true for a product this host reads or pins, whose
-	// hierarchy follows; false for one it has not read.
-	Watched bool                   `json:"watched"`
-	Envs    map[string]envTopology `json:"envs"`
-	// Error is why the product's reads fail, if they do.
-	Error string `json:"error,omitempty"`
-}
-
-type envTopology struct {
-	Jobs map[string]jobTopology `json:"jobs"`
-}
-
-type jobTopology struct {
-	Services map[string]*healthCounts `json:"services"`
-}
-
-// healthCounts counts the instances of an address by health.
-type healthCounts struct {
-	Passing  int `json:"passing"`
-	Warning  int `json:"warning"`
-	Critical int `json:"critical"`
 }
 
 // topology serves GET /v1/topology?zone=Z.
@@ -140,7 +59,7 @@ func (s *Server) topology(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	zone = cache.Lower(zone)
-	resp := topologyResponse{Zone: zone, Products: map[string]productTopology{}}
+	resp := api.Topology{Zone: zone, Products: map[string]api.ProductTopology{}}
 	z := s.cache.Zone(zone)
 	if z == nil {
 		exists, known := s.cache.Datacenter(zone)
@@ -164,22 +83,22 @@ func (s *Server) topology(w http.ResponseWriter, r *http.Request) {
 	s.demand.Use(zone, "")
 	resp.Index, resp.Synced = z.Index, z.Synced
 	for name := range z.Known {
-		resp.Products[name] = productTopology{Envs: map[string]envTopology{}, Error: z.Problems[name]}
+		resp.Products[name] = api.ProductTopology{Envs: map[string]api.EnvTopology{}, Error: z.Problems[name]}
 	}
 	for _, p := range z.Products.All() {
-		pt := productTopology{Watched: true, Envs: map[string]envTopology{}, Error: z.Problems[p.Name]}
+		pt := api.ProductTopology{Watched: true, Envs: map[string]api.EnvTopology{}, Error: z.Problems[p.Name]}
 		for _, a := range p.Addresses {
 			et, ok := pt.Envs[a.Env]
 			if !ok {
-				et = envTopology{Jobs: map[string]jobTopology{}}
+				et = api.EnvTopology{Jobs: map[string]api.JobTopology{}}
 				pt.Envs[a.Env] = et
 			}
 			jt, ok := et.Jobs[a.Job]
 			if !ok {
-				jt = jobTopology{Services: map[string]*healthCounts{}}
+				jt = api.JobTopology{Services: map[string]*api.HealthCounts{}}
 				et.Jobs[a.Job] = jt
 			}
-			c := &healthCounts{}
+			c := &api.HealthCounts{}
 			for i := range a.Instances {
 				switch a.Instances[i].Health {
 				case cache.Passing:

@@ -13,7 +13,8 @@ import (
 	"strings"
 	"time"
 
-	"glimpse/cache"
+	"github.com/rugby110/glimpse/api"
+	"github.com/rugby110/glimpse/cache"
 )
 
 // MaxBody is the largest body a provider may send or write to its file.
@@ -33,40 +34,15 @@ const (
 const DefaultInterval = "10s"
 
 // Body is the whole desired state of one provider on this host, as sent in
-// PUT /v1/providers/<name> or written to <name>.json.
-type Body struct {
-	Instances []Instance `json:"instances"`
-}
+// PUT /v1/providers/<name> or written to <name>.json (api.ProviderBody).
+type Body = api.ProviderBody
 
-// Instance is one service instance a provider runs. Service, Job, Env and
-// Product are glimpse labels; Address is an IP, or empty for the Consul
-// node's address.
-type Instance struct {
-	Service string `json:"service"`
-	Job     string `json:"job"`
-	Env     string `json:"env"`
-	Product string `json:"product"`
-	Port    int    `json:"port"`
-	Address string `json:"address,omitempty"`
-	Check   *Check `json:"check,omitempty"`
-}
+// Instance is one service instance a provider runs (api.ProviderInstance).
+type Instance = api.ProviderInstance
 
 // Check is the optional health check of an instance, run by the Consul
-// agent.
-type Check struct {
-	// Type is "tcp", "http" or "ttl".
-	Type string `json:"type"`
-	// Target is the URL of an http check or the host:port of a tcp check.
-	// Empty means the instance itself: http://address:port/ or
-	// address:port. A ttl check has none.
-	Target string `json:"target,omitempty"`
-	// Interval and Timeout are Go durations ("10s") of tcp and http checks.
-	// Interval defaults to DefaultInterval, Timeout to Consul's default.
-	Interval string `json:"interval,omitempty"`
-	Timeout  string `json:"timeout,omitempty"`
-	// TTL is the Go duration of a ttl check; required for that type only.
-	TTL string `json:"ttl,omitempty"`
-}
+// agent (api.ProviderCheck).
+type Check = api.ProviderCheck
 
 // ErrTooLarge is wrapped by the ValidationError of a body over the size
 // limit, for callers that answer it differently (413).
@@ -220,8 +196,8 @@ func parseStream(dec *json.Decoder) (*Body, error) {
 	if b == nil || b.Instances == nil {
 		return nil, invalid("instances", "missing (send [] to remove all instances)")
 	}
-	b.Normalize()
-	if err := b.Validate(); err != nil {
+	Normalize(b)
+	if err := Validate(b); err != nil {
 		return nil, err
 	}
 	return b, nil
@@ -320,8 +296,8 @@ func parseInstances(raws *[]json.RawMessage) (*Body, error) {
 		}
 		b.Instances[i] = in
 	}
-	b.Normalize()
-	if err := b.Validate(); err != nil {
+	Normalize(b)
+	if err := Validate(b); err != nil {
 		return nil, err
 	}
 	return b, nil
@@ -402,7 +378,7 @@ func jsonError(err error, field string) error {
 // Normalize puts b in canonical form in place: labels in lower case,
 // addresses as netip prints them (IPv4-mapped IPv6 unmapped), check type
 // in lower case. Invalid values are left for Validate to report.
-func (b *Body) Normalize() {
+func Normalize(b *Body) {
 	for i := range b.Instances {
 		in := &b.Instances[i]
 		in.Service = cache.Lower(in.Service)
@@ -425,7 +401,7 @@ type key struct {
 	port                                int
 }
 
-func (in *Instance) key() key {
+func keyOf(in *Instance) key {
 	return key{
 		product: cache.Lower(in.Product), env: cache.Lower(in.Env), job: cache.Lower(in.Job),
 		service: cache.Lower(in.Service), address: in.Address, port: in.Port,
@@ -435,7 +411,7 @@ func (in *Instance) key() key {
 // Validate reports the first thing wrong with b as a *ValidationError, or
 // nil. It does not change b; call Normalize first for case-insensitive
 // duplicate detection of addresses written differently.
-func (b *Body) Validate() error {
+func Validate(b *Body) error {
 	if len(b.Instances) > MaxInstances {
 		return invalid("instances", "%d instances, at most %d allowed", len(b.Instances), MaxInstances)
 	}
@@ -443,10 +419,10 @@ func (b *Body) Validate() error {
 	for i := range b.Instances {
 		in := &b.Instances[i]
 		field := fmt.Sprintf("instances[%d]", i)
-		if err := in.validate(field); err != nil {
+		if err := validateInstance(in, field); err != nil {
 			return err
 		}
-		k := in.key()
+		k := keyOf(in)
 		if j, dup := seen[k]; dup {
 			return invalid(field, "duplicate of instances[%d] (same product, env, job, service, address and port)", j)
 		}
@@ -455,7 +431,7 @@ func (b *Body) Validate() error {
 	return nil
 }
 
-func (in *Instance) validate(field string) error {
+func validateInstance(in *Instance, field string) error {
 	for _, l := range []struct{ name, v string }{
 		{"service", in.Service}, {"job", in.Job}, {"env", in.Env}, {"product", in.Product},
 	} {
@@ -482,12 +458,12 @@ func (in *Instance) validate(field string) error {
 		}
 	}
 	if in.Check != nil {
-		return in.Check.validate(field + ".check")
+		return validateCheck(in.Check, field+".check")
 	}
 	return nil
 }
 
-func (c *Check) validate(field string) error {
+func validateCheck(c *Check, field string) error {
 	switch strings.ToLower(c.Type) {
 	case CheckTCP:
 		if c.Target != "" {

@@ -13,6 +13,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+
+	"github.com/rugby110/glimpse/api"
 )
 
 // ErrConsul wraps the errors of a Put or Delete whose desired state was
@@ -170,8 +172,8 @@ func (m *Manager) put(ctx context.Context, name string, b *Body, source string, 
 	if nb.Instances == nil {
 		nb.Instances = []Instance{}
 	}
-	nb.Normalize()
-	if err := nb.Validate(); err != nil {
+	Normalize(nb)
+	if err := Validate(nb); err != nil {
 		return err
 	}
 	p := m.state(name)
@@ -573,21 +575,9 @@ func (m *Manager) markFile(p *providerState, exists bool, problem string) {
 	p.fileManaged, p.fileErr = exists, problem
 }
 
-// Summary describes one provider for GET /v1/providers.
-type Summary struct {
-	Provider string `json:"provider"`
-	// Source is "http" or "file": where the recorded state came from.
-	Source string `json:"source"`
-	// Instances in the recorded state.
-	Instances int `json:"instances"`
-	// Deleting is set while a deletion waits for the Consul agent.
-	Deleting bool `json:"deleting,omitempty"`
-	// FileError is what is wrong with the provider's file, whose previous
-	// state is kept meanwhile.
-	FileError string `json:"file_error,omitempty"`
-	// Error is set when the record itself cannot be read.
-	Error string `json:"error,omitempty"`
-}
+// Summary describes one provider for GET /v1/providers
+// (api.ProviderSummary).
+type Summary = api.ProviderSummary
 
 // List describes every recorded provider, and every provider whose file in
 // the providers directory is malformed, sorted by name.

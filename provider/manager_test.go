@@ -13,7 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"glimpse/internal/testconsul"
+	"github.com/rugby110/glimpse/internal/testconsul"
 )
 
 func TestProviderManagerRetriesUntilItHolds(t *testing.T) {

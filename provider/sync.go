@@ -42,7 +42,7 @@ const idPrefix = "glimpse-"
 // labels are compared case-insensitively.
 func ServiceID(provider string, in Instance) string {
 	provider = lower(provider)
-	k := in.key()
+	k := keyOf(&in)
 	h := sha256.New()
 	for _, s := range []string{provider, k.product, k.env, k.job, k.service, k.address, strconv.Itoa(k.port)} {
 		h.Write([]byte(s))
@@ -148,8 +148,8 @@ func (s *Syncer) reconcile(ctx context.Context, name string, b *Body) (changed i
 			nb.Instances[i].Check = &c
 		}
 	}
-	nb.Normalize()
-	if err := nb.Validate(); err != nil {
+	Normalize(nb)
+	if err := Validate(nb); err != nil {
 		return 0, nil, err
 	}
 

@@ -4,7 +4,7 @@ import (
 	"context"
 	"time"
 
-	"glimpse/cache"
+	"github.com/rugby110/glimpse/cache"
 )
 
 // Backend is the source of the topology: Consul in glimpse-agent (see

@@ -9,7 +9,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
-	"glimpse/cache"
+	"github.com/rugby110/glimpse/cache"
 )
 
 // Consul is the Backend of glimpse-agent: blocking queries against the local

@@ -6,7 +6,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
-	"glimpse/cache"
+	"github.com/rugby110/glimpse/cache"
 )
 
 // Tag prefixes of the glimpse topology on Consul service instances.

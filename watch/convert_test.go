@@ -9,7 +9,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
-	"glimpse/cache"
+	"github.com/rugby110/glimpse/cache"
 )
 
 var glimpseTags = []string{"glimpse:env=prod", "glimpse:job=stream", "glimpse:service=http"}

@@ -13,7 +13,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"glimpse/cache"
+	"github.com/rugby110/glimpse/cache"
 )
 
 // fakeBackend is an in-memory Backend with Consul's blocking semantics: a

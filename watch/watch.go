@@ -47,7 +47,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/time/rate"
 
-	"glimpse/cache"
+	"github.com/rugby110/glimpse/cache"
 )
 
 // Config tunes the watchers.

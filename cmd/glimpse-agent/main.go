@@ -17,8 +17,8 @@ import (
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/time/rate"
 
-	httpapi "glimpse/http"
-	"glimpse/internal/agent"
+	httpapi "github.com/rugby110/glimpse/http"
+	"github.com/rugby110/glimpse/internal/agent"
 )
 
 func main() {

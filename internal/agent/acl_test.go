@@ -14,7 +14,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
-	"glimpse/internal/testconsul"
+	"github.com/rugby110/glimpse/internal/testconsul"
 )
 
 // debugAgent runs an agent with cfg that logs at debug level into the

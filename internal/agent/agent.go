@@ -25,12 +25,12 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
-	"glimpse/cache"
-	"glimpse/dns"
-	httpapi "glimpse/http"
-	"glimpse/internal/consulhttp"
-	"glimpse/provider"
-	"glimpse/watch"
+	"github.com/rugby110/glimpse/cache"
+	"github.com/rugby110/glimpse/dns"
+	httpapi "github.com/rugby110/glimpse/http"
+	"github.com/rugby110/glimpse/internal/consulhttp"
+	"github.com/rugby110/glimpse/provider"
+	"github.com/rugby110/glimpse/watch"
 )
 
 // Config is everything the agent is configured with.

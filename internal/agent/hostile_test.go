@@ -18,7 +18,7 @@ import (
 	"github.com/gorilla/websocket"
 	mdns "github.com/miekg/dns"
 
-	"glimpse/internal/testconsul"
+	"github.com/rugby110/glimpse/internal/testconsul"
 )
 
 // TestHostileClients: at once, 2,000 long-polls (beyond the limit of

@@ -14,26 +14,12 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
-	"glimpse/internal/testconsul"
+	gapi "github.com/rugby110/glimpse/api"
+	"github.com/rugby110/glimpse/internal/testconsul"
 )
 
 // lookupBody is the body of GET /v1/lookup/<address>.
-type lookupBody struct {
-	Index     uint64 `json:"index"`
-	Address   string `json:"address"`
-	Instances []struct {
-		Node     string `json:"node"`
-		Address  string `json:"address"`
-		Port     int    `json:"port"`
-		Health   string `json:"health"`
-		Provider string `json:"provider"`
-		Zone     string `json:"zone"`
-		Product  string `json:"product"`
-		Env      string `json:"env"`
-		Job      string `json:"job"`
-		Service  string `json:"service"`
-	} `json:"instances"`
-}
+type lookupBody struct{ gapi.Lookup }
 
 // ports lists the instances as "service.job.env:port/health", in the
 // answer's order.
@@ -46,58 +32,33 @@ func (b *lookupBody) ports() string {
 }
 
 // zonesBody is the body of GET /v1/zones.
-type zonesBody struct {
-	Index uint64      `json:"index"`
-	Zones []zoneEntry `json:"zones"`
-}
+type zonesBody struct{ gapi.Zones }
 
 // zoneEntry is one zone in GET /v1/zones.
-type zoneEntry struct {
-	Zone         string     `json:"zone"`
-	Local        bool       `json:"local"`
-	Watched      bool       `json:"watched"`
-	Synced       bool       `json:"synced"`
-	Index        uint64     `json:"index"`
-	LastContact  *time.Time `json:"last_contact"`
-	SecondsStale float64    `json:"seconds_stale"`
-	Error        string     `json:"error"`
-	Products     int        `json:"products"`
-	Instances    int        `json:"instances"`
-	Failing      []struct {
-		Product string `json:"product"`
-		Error   string `json:"error"`
-	} `json:"failing"`
-}
+type zoneEntry = gapi.ZoneStatus
 
 // zone returns the entry of one zone, or nil.
 func (b *zonesBody) zone(name string) *zoneEntry {
-	for i := range b.Zones {
-		if b.Zones[i].Zone == name {
-			return &b.Zones[i]
+	for i := range b.Zones.Zones {
+		if b.Zones.Zones[i].Zone == name {
+			return &b.Zones.Zones[i]
 		}
 	}
 	return nil
 }
 
-type healthCounts struct {
-	Passing  int `json:"passing"`
-	Warning  int `json:"warning"`
-	Critical int `json:"critical"`
-}
+type healthCounts = gapi.HealthCounts
 
 // topologyBody is the body of GET /v1/topology.
-type topologyBody struct {
-	Zone     string `json:"zone"`
-	Index    uint64 `json:"index"`
-	Synced   bool   `json:"synced"`
-	Products map[string]struct {
-		Watched bool `json:"watched"`
-		Envs    map[string]struct {
-			Jobs map[string]struct {
-				Services map[string]healthCounts `json:"services"`
-			} `json:"jobs"`
-		} `json:"envs"`
-	} `json:"products"`
+type topologyBody = gapi.Topology
+
+// svcCounts returns the health counts of an address in a topology (zero
+// when it is not there).
+func svcCounts(top *topologyBody, product, env, job, service string) healthCounts {
+	if c := top.Products[product].Envs[env].Jobs[job].Services[service]; c != nil {
+		return *c
+	}
+	return healthCounts{}
 }
 
 // getJSON sends GET url with client (nil: the default client), checks the
@@ -507,7 +468,7 @@ func TestHTTPZonesTopology(t *testing.T) {
 	testconsul.WaitFor(t, 15*time.Second, func() bool {
 		top = topologyBody{}
 		getJSON(t, nil, base+"/v1/topology", &top)
-		return top.Products[p].Envs["prod"].Jobs["stream"].Services["http"] == healthCounts{Passing: 2, Warning: 1}
+		return svcCounts(&top, p, "prod", "stream", "http") == healthCounts{Passing: 2, Warning: 1}
 	}, "topology never showed the check turned passing")
 
 	// Zones: the local one in contact.
@@ -573,7 +534,7 @@ func TestHTTPZonesTopology(t *testing.T) {
 	}
 	top = topologyBody{}
 	if resp, raw := getJSON(t, nil, base+"/v1/topology?zone="+dc, &top); resp.StatusCode != http.StatusOK ||
-		top.Products[rp].Envs["prod"].Jobs["stream"].Services["http"] != (healthCounts{Passing: 1}) {
+		svcCounts(&top, rp, "prod", "stream", "http") != (healthCounts{Passing: 1}) {
 		t.Errorf("topology of %s: %d %s", dc, resp.StatusCode, raw)
 	}
 	var e map[string]string
@@ -634,7 +595,7 @@ func TestHTTPZonesStale(t *testing.T) {
 		t.Errorf("lookup with Consul down: %+v, want the last known state", b.Instances)
 	}
 	var top topologyBody
-	if resp, raw := getJSON(t, nil, base+"/v1/topology", &top); resp.StatusCode != http.StatusOK || top.Products[p].Envs["prod"].Jobs["stream"].Services["http"] != (healthCounts{Passing: 1}) {
+	if resp, raw := getJSON(t, nil, base+"/v1/topology", &top); resp.StatusCode != http.StatusOK || svcCounts(&top, p, "prod", "stream", "http") != (healthCounts{Passing: 1}) {
 		t.Errorf("topology with Consul down: %d %s", resp.StatusCode, raw)
 	}
 

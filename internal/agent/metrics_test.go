@@ -13,7 +13,7 @@ import (
 	"github.com/hashicorp/consul/api"
 	mdns "github.com/miekg/dns"
 
-	"glimpse/internal/testconsul"
+	"github.com/rugby110/glimpse/internal/testconsul"
 )
 
 // TestMetrics: /metrics exports the DNS, cache and watch metrics, counts an

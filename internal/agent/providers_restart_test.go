@@ -15,8 +15,8 @@ import (
 	"github.com/hashicorp/consul/api"
 	mdns "github.com/miekg/dns"
 
-	"glimpse/internal/testconsul"
-	"glimpse/provider"
+	"github.com/rugby110/glimpse/internal/testconsul"
+	"github.com/rugby110/glimpse/provider"
 )
 
 // Tests of the providers across restarts of either agent, a Consul agent

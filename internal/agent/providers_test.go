@@ -16,8 +16,8 @@ import (
 	"github.com/hashicorp/consul/api"
 	mdns "github.com/miekg/dns"
 
-	"glimpse/internal/testconsul"
-	"glimpse/provider"
+	"github.com/rugby110/glimpse/internal/testconsul"
+	"github.com/rugby110/glimpse/provider"
 )
 
 // providerConfig is testConfig with a data directory of the test's own.

@@ -8,8 +8,8 @@ import (
 
 	mdns "github.com/miekg/dns"
 
-	"glimpse/internal/testconsul"
-	"glimpse/internal/testresolver"
+	"github.com/rugby110/glimpse/internal/testconsul"
+	"github.com/rugby110/glimpse/internal/testresolver"
 )
 
 // TestResolvers: behind each resolver of docs/resolvers.md (Unbound as a

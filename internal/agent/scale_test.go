@@ -14,8 +14,8 @@ import (
 	"github.com/hashicorp/consul/api"
 	mdns "github.com/miekg/dns"
 
-	"glimpse/internal/testconsul"
-	"glimpse/watch"
+	"github.com/rugby110/glimpse/internal/testconsul"
+	"github.com/rugby110/glimpse/watch"
 )
 
 // scaleProducts is how many products the scale test registers: ten times

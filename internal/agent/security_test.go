@@ -21,8 +21,8 @@ import (
 	"github.com/hashicorp/consul/api"
 	mdns "github.com/miekg/dns"
 
-	"glimpse/internal/testconsul"
-	"glimpse/provider"
+	"github.com/rugby110/glimpse/internal/testconsul"
+	"github.com/rugby110/glimpse/provider"
 )
 
 // socketClientEnv makes the test binary a providers-socket client: see
@@ -545,7 +545,7 @@ func agentBinary(t *testing.T) string {
 			return
 		}
 		agentBin = filepath.Join(dir, "glimpse-agent")
-		out, err := exec.Command("go", "build", "-o", agentBin, "glimpse/cmd/glimpse-agent").CombinedOutput()
+		out, err := exec.Command("go", "build", "-o", agentBin, "github.com/rugby110/glimpse/cmd/glimpse-agent").CombinedOutput()
 		if err != nil {
 			agentBinErr = fmt.Errorf("build: %v\n%s", err, out)
 		}

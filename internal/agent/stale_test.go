@@ -7,7 +7,7 @@ import (
 
 	mdns "github.com/miekg/dns"
 
-	"glimpse/internal/testconsul"
+	"github.com/rugby110/glimpse/internal/testconsul"
 )
 
 // TestConsulDownServesLastState: while the Consul agent is down the agent

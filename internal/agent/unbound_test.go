@@ -7,7 +7,7 @@ import (
 
 	mdns "github.com/miekg/dns"
 
-	"glimpse/internal/testunbound"
+	"github.com/rugby110/glimpse/internal/testunbound"
 )
 
 // TestThroughUnbound: with the documented Unbound configuration

@@ -22,9 +22,9 @@ import (
 	"golang.org/x/sys/unix"
 	"golang.org/x/time/rate"
 
-	"glimpse/cache"
-	httpapi "glimpse/http"
-	"glimpse/internal/testconsul"
+	"github.com/rugby110/glimpse/cache"
+	httpapi "github.com/rugby110/glimpse/http"
+	"github.com/rugby110/glimpse/internal/testconsul"
 )
 
 // reRegister registers in again with another port: one change of its
@@ -44,7 +44,7 @@ func reRegister(t testing.TB, c *api.Client, in instance, port int) {
 func portOf(m wsMessage, ip string) int {
 	for _, in := range m.Instances {
 		if in.Address == ip {
-			return in.Port
+			return int(in.Port)
 		}
 	}
 	return 0

@@ -10,18 +10,12 @@ import (
 
 	"github.com/gorilla/websocket"
 
-	"glimpse/internal/testconsul"
+	gapi "github.com/rugby110/glimpse/api"
+	"github.com/rugby110/glimpse/internal/testconsul"
 )
 
-type wsMessage struct {
-	Type      string `json:"type"`
-	Index     uint64 `json:"index"`
-	Address   string `json:"address"`
-	Instances []struct {
-		Address string `json:"address"`
-		Port    int    `json:"port"`
-	} `json:"instances"`
-}
+// wsMessage is one websocket message.
+type wsMessage = gapi.Message
 
 func dialSubscribe(t testing.TB, httpAddr string, params url.Values) *websocket.Conn {
 	t.Helper()

@@ -12,7 +12,7 @@ import (
 
 // moduleLine is the first line of the repository's go.mod; it identifies the
 // repository root (nested modules such as tools/consul have other names).
-const moduleLine = "module glimpse"
+const moduleLine = "module github.com/rugby110/glimpse"
 
 // Bin returns the path of the consul binary the tests run: $CONSUL_BIN when
 // it is set (a path, or a name looked up in $PATH), otherwise bin/consul in
@@ -40,7 +40,7 @@ func Bin() (string, error) {
 
 // RepoRoot returns the repository root: the nearest directory, starting from
 // the working directory and walking up, that holds a go.mod whose first line
-// is "module glimpse".
+// is "module github.com/rugby110/glimpse".
 func RepoRoot() (string, error) {
 	wd, err := os.Getwd()
 	if err != nil {

@@ -26,8 +26,8 @@ import (
 
 	"github.com/miekg/dns"
 
-	"glimpse/internal/testconsul"
-	"glimpse/internal/testunbound"
+	"github.com/rugby110/glimpse/internal/testconsul"
+	"github.com/rugby110/glimpse/internal/testunbound"
 )
 
 // Domain is the domain every documented configuration sends to the agent.

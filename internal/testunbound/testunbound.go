@@ -22,7 +22,7 @@ import (
 
 	"github.com/miekg/dns"
 
-	"glimpse/internal/testconsul"
+	"github.com/rugby110/glimpse/internal/testconsul"
 )
 
 // DefaultDomain is the zone that docs/unbound-glimpse.conf forwards to the

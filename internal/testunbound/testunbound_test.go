@@ -11,7 +11,7 @@ import (
 
 	"github.com/miekg/dns"
 
-	"glimpse/internal/testconsul"
+	"github.com/rugby110/glimpse/internal/testconsul"
 )
 
 // authServer is a tiny authoritative server for one zone, on 127.0.0.1:0

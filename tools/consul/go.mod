@@ -1,4 +1,4 @@
-module glimpse/tools/consul
+module github.com/rugby110/glimpse/tools/consul
 
 go 1.26
 
