@@ -16,6 +16,7 @@ TESTFLAGS ?=
 TEST_TIMEOUT ?= 18m
 
 AGENT_BIN := bin/glimpse-agent
+CLI_BIN := bin/glimpse
 CONSUL_LOCAL := bin/consul
 # The Consul binary tests and the demo use: $(CONSUL_BIN) when set, else ours.
 CONSUL := $(if $(strip $(CONSUL_BIN)),$(CONSUL_BIN),$(CURDIR)/$(CONSUL_LOCAL))
@@ -27,6 +28,7 @@ BENCHFLAGS ?=
 build:
 	@mkdir -p bin
 	$(GO) build -o $(AGENT_BIN) ./cmd/glimpse-agent
+	$(GO) build -o $(CLI_BIN) ./cmd/glimpse
 
 ifeq ($(strip $(CONSUL_BIN)),)
 consul: $(CONSUL_LOCAL)

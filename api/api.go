@@ -47,15 +47,28 @@ const (
 	MessageSnapshot = "snapshot"
 	// MessageUpdate is an address's whole new state after a change.
 	MessageUpdate = "update"
+	// MessageSynced, sent to subscriptions made with synced=true, says that
+	// the subscriber now holds the agent's state of everything it
+	// subscribed to: sent once per connection, after the
+	// messages of every product it names has a state (which, right after
+	// an agent restart, may take that product's first read). Resumed tells
+	// how to read what came before it: true, only changes since the index
+	// the subscriber resumed from (what was not mentioned is unchanged);
+	// false, snapshots of every address there is (an address the
+	// subscriber held that was not mentioned is gone).
+	MessageSynced = "synced"
 )
 
 // Message is one websocket message of GET /v1/subscribe: an address's full
 // set of instances (empty when it has none).
 type Message struct {
-	Type      string     `json:"type"`
-	Index     uint64     `json:"index"`
+	Type  string `json:"type"`
+	Index uint64 `json:"index"`
+	// Address and Instances are those of a snapshot or an update.
 	Address   string     `json:"address"`
 	Instances []Instance `json:"instances"`
+	// Resumed is set in a synced message: see MessageSynced.
+	Resumed bool `json:"resumed,omitempty"`
 }
 
 // Error is the body of every 4xx and 5xx answer.

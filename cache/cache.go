@@ -72,6 +72,14 @@ func (c *Cache) Index() uint64 { return c.index.Load() }
 // Changed returns a channel that is closed at the next change.
 func (c *Cache) Changed() <-chan struct{} { return *c.changed.Load() }
 
+// Barrier returns once every change whose snapshot a reader has already
+// seen has also been published to the hub: a snapshot is stored, then its
+// changes published, both under the cache's write lock.
+func (c *Cache) Barrier() {
+	c.mu.Lock()
+	c.mu.Unlock() //nolint:staticcheck // an empty critical section is the point
+}
+
 // Zone returns the current snapshot of a zone, or nil when the zone is not
 // in the cache.
 func (c *Cache) Zone(name string) *Zone {

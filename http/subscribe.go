@@ -165,6 +165,15 @@ func (s *Server) subscribe(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
+	wantSynced := false
+	switch v := q.Get("synced"); v {
+	case "", "false", "0":
+	case "true", "1":
+		wantSynced = true
+	default:
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("synced %q is not true or false", v))
+		return
+	}
 	var since uint64
 	if v := q.Get("index"); v != "" {
 		if since, err = strconv.ParseUint(v, 10, 64); err != nil {
@@ -207,20 +216,27 @@ func (s *Server) subscribe(w http.ResponseWriter, r *http.Request) {
 	go func() {
 		defer s.websockets.release()
 		defer conn.Close()
-		s.serveSubscriber(conn, queries, since, keep)
+		s.serveSubscriber(conn, queries, since, keep, wantSynced)
 	}()
 }
 
 // serveSubscriber sends a subscriber its snapshots and updates until it goes
-// away, a write fails or the server shuts down.
-func (s *Server) serveSubscriber(conn *websocket.Conn, queries []cache.Query, since uint64, keep HealthFilter) {
+// away, a write fails or the server shuts down; with wantSynced, a synced
+// message once the products it names have a state (api.MessageSynced).
+func (s *Server) serveSubscriber(conn *websocket.Conn, queries []cache.Query, since uint64, keep HealthFilter, wantSynced bool) {
 	hub := s.cache.Hub()
 	// The subscription holds what it names: watched while it is open.
 	for _, cq := range queries {
 		defer s.demand.Hold(cq.Zone, cq.Product)()
 	}
-	sub, _ := hub.Subscribe(queries, since)
+	sub, resumed := hub.Subscribe(queries, since)
 	defer sub.Close()
+	stop := make(chan struct{})
+	defer close(stop)
+	var settled <-chan struct{} // nil: never
+	if wantSynced {
+		settled = s.settled(queries, stop)
+	}
 	s.metrics.websockets.Inc()
 	defer s.metrics.websockets.Dec()
 
@@ -239,22 +255,45 @@ func (s *Server) serveSubscriber(conn *websocket.Conn, queries []cache.Query, si
 
 	ping := time.NewTicker(s.limits.PingEvery)
 	defer ping.Stop()
+	send := func() bool {
+		for _, u := range sub.Take() {
+			b, err := s.encoded.message(u, keep)
+			if err != nil {
+				return false
+			}
+			_ = conn.SetWriteDeadline(time.Now().Add(s.limits.WriteTimeout))
+			if err := conn.WriteMessage(websocket.TextMessage, b); err != nil {
+				return false
+			}
+			s.subMetrics.sent.Inc()
+			if !u.Snapshot && !u.Address.Changed.IsZero() {
+				s.subMetrics.latency.Observe(time.Since(u.Address.Changed).Seconds())
+			}
+		}
+		return true
+	}
 	for {
 		select {
 		case <-sub.C():
-			for _, u := range sub.Take() {
-				b, err := s.encoded.message(u, keep)
-				if err != nil {
-					return
-				}
-				_ = conn.SetWriteDeadline(time.Now().Add(s.limits.WriteTimeout))
-				if err := conn.WriteMessage(websocket.TextMessage, b); err != nil {
-					return
-				}
-				s.subMetrics.sent.Inc()
-				if !u.Snapshot && !u.Address.Changed.IsZero() {
-					s.subMetrics.latency.Observe(time.Since(u.Address.Changed).Seconds())
-				}
+			if !send() {
+				return
+			}
+		case <-settled:
+			// Every product named has a state: the messages of that state
+			// (published by now, see Barrier) go first, then synced.
+			settled = nil
+			s.cache.Barrier()
+			if !send() {
+				return
+			}
+			b, _ := json.Marshal(struct {
+				Type    string `json:"type"`
+				Index   uint64 `json:"index"`
+				Resumed bool   `json:"resumed"`
+			}{api.MessageSynced, s.cache.Index(), resumed})
+			_ = conn.SetWriteDeadline(time.Now().Add(s.limits.WriteTimeout))
+			if err := conn.WriteMessage(websocket.TextMessage, b); err != nil {
+				return
 			}
 		case <-ping.C:
 			if err := conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(s.limits.WriteTimeout)); err != nil {
@@ -269,6 +308,38 @@ func (s *Server) serveSubscriber(conn *websocket.Conn, queries []cache.Query, si
 			return
 		}
 	}
+}
+
+// settled returns a channel closed once every product the queries name has
+// a state in the cache (or is known not to exist, or its zone is), until
+// stop is closed.
+func (s *Server) settled(queries []cache.Query, stop <-chan struct{}) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		for {
+			changed := s.cache.Changed()
+			all := true
+			for _, q := range queries {
+				if exists, known := s.cache.Datacenter(q.Zone); known && !exists {
+					continue
+				}
+				if st := s.cache.Zone(q.Zone).State(q.Product); st != cache.Present && st != cache.Unlisted {
+					all = false
+					break
+				}
+			}
+			if all {
+				close(done)
+				return
+			}
+			select {
+			case <-changed:
+			case <-stop:
+				return
+			}
+		}
+	}()
+	return done
 }
 
 // wsWriteBuffers lends websocket connections their write buffers for the
