@@ -108,7 +108,9 @@ func TestProviderConsulAgentRestartEmpty(t *testing.T) {
 func TestProviderConsulStopsMidApply(t *testing.T) {
 	srv := testconsul.Start(t, testconsul.Options{Dev: true, Datacenter: "dc1"})
 	proxy := testconsul.NewCountingProxy(t, srv.HTTPAddr())
-	a := startAgent(t, probingConfig(t, proxy.Addr()))
+	cfg := probingConfig(t, proxy.Addr())
+	cfg.MaxRecords = 1000 // all 300 in one answer, to compare with the recorded state
+	a := startAgent(t, cfg)
 	p := newProduct("provmid")
 	ins := instancesOf(p, 300)
 
