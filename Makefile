@@ -17,6 +17,10 @@ TEST_TIMEOUT ?= 18m
 
 AGENT_BIN := bin/glimpse-agent
 CLI_BIN := bin/glimpse
+# What -version prints: the nearest tag (or "dev") and the commit.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+LDFLAGS := -X github.com/rugby110/glimpse/internal/version.Version=$(VERSION) -X github.com/rugby110/glimpse/internal/version.Commit=$(COMMIT)
 CONSUL_LOCAL := bin/consul
 # The Consul binary tests and the demo use: $(CONSUL_BIN) when set, else ours.
 CONSUL := $(if $(strip $(CONSUL_BIN)),$(CONSUL_BIN),$(CURDIR)/$(CONSUL_LOCAL))
@@ -27,8 +31,8 @@ BENCHFLAGS ?=
 
 build:
 	@mkdir -p bin
-	$(GO) build -o $(AGENT_BIN) ./cmd/glimpse-agent
-	$(GO) build -o $(CLI_BIN) ./cmd/glimpse
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(AGENT_BIN) ./cmd/glimpse-agent
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(CLI_BIN) ./cmd/glimpse
 
 ifeq ($(strip $(CONSUL_BIN)),)
 consul: $(CONSUL_LOCAL)

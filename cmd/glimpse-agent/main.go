@@ -19,12 +19,16 @@ import (
 
 	httpapi "github.com/rugby110/glimpse/http"
 	"github.com/rugby110/glimpse/internal/agent"
+	"github.com/rugby110/glimpse/internal/version"
 )
+
+// errVersion ends run after -version printed the version.
+var errVersion = errors.New("version printed")
 
 func main() {
 	err := run(os.Args[1:], os.Stderr)
 	switch {
-	case errors.Is(err, flag.ErrHelp):
+	case errors.Is(err, flag.ErrHelp), errors.Is(err, errVersion):
 	case err != nil:
 		fmt.Fprintln(os.Stderr, "glimpse-agent:", err) // one line, then a non-zero exit
 		os.Exit(1)
@@ -76,6 +80,7 @@ func run(args []string, stderr io.Writer) error {
 	fs.DurationVar(&cfg.ProbeEvery, "providers.probe", cfg.ProbeEvery, "how often the Consul agent's registrations are listed to notice its restart and reconcile at once")
 	fs.StringVar(&cfg.ProvidersDir, "providers.dir", cfg.ProvidersDir, "directory of <provider>.json files applied like PUT /v1/providers/<provider> (empty: none); while it is missing nothing changes")
 	fs.DurationVar(&cfg.ProvidersDirPoll, "providers.dir-poll", cfg.ProvidersDirPoll, "how often -providers.dir is checked for changed files")
+	showVersion := fs.Bool("version", false, "print the version, commit and Go version, and exit")
 	level := fs.String("log.level", "info", "log level: debug, info, warn or error")
 	format := fs.String("log.format", "json", "log format: json or console")
 
@@ -92,6 +97,10 @@ func run(args []string, stderr io.Writer) error {
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if *showVersion {
+		fmt.Fprintln(os.Stdout, version.String("glimpse-agent"))
+		return errVersion
 	}
 	if *rateLimit <= 0 || cfg.Watch.Burst < 1 {
 		return errors.New("-consul.rate and -consul.burst must be positive")

@@ -17,9 +17,11 @@ import (
 
 	"github.com/rugby110/glimpse/api"
 	"github.com/rugby110/glimpse/client"
+	"github.com/rugby110/glimpse/internal/version"
 )
 
 const usage = `usage: glimpse [-http-addr ADDR] [-token TOKEN | -socket PATH] COMMAND [ARGS]
+       glimpse -version
 
 commands:
   lookup [-health H] ADDRESS          the instances of ADDRESS, as JSON
@@ -51,7 +53,13 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	addr := fs.String("http-addr", "", "")
 	token := fs.String("token", os.Getenv("GLIMPSE_TOKEN"), "")
 	socket := fs.String("socket", "", "")
-	if err := fs.Parse(args); err != nil || fs.NArg() == 0 {
+	showVersion := fs.Bool("version", false, "")
+	err := fs.Parse(args)
+	if err == nil && *showVersion {
+		fmt.Fprintln(stdout, version.String("glimpse"))
+		return 0
+	}
+	if err != nil || fs.NArg() == 0 {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprint(stdout, usage)
 			return 0
