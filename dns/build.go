@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"net/netip"
 	"strconv"
+	"sync"
 	"sync/atomic"
 
 	mdns "github.com/miekg/dns"
@@ -70,16 +71,30 @@ type addrAnswers struct {
 	srv     wire
 	a       wire
 	aaaa    wire
-	// rot holds every subset of an RRset over the cap (srv, a and aaaa
-	// are then its first); nil when every RRset is whole.
+	// rot holds the subsets of the RRsets when one is over the cap (srv,
+	// a and aaaa are then unused); nil when every RRset is whole.
 	rot *rotations
 }
 
-// rotations are the prepared subsets of an address's large RRsets, served
-// in turn.
+// rotations are the subsets of an address's large RRsets, served in turn.
+// Each is packed at its first query, not when the address changes: a large
+// address changes often while it is being registered, and nobody may ask
+// for it meanwhile.
 type rotations struct {
 	next         atomic.Uint32
-	srv, a, aaaa []wire
+	srv, a, aaaa []*lazyWire
+}
+
+// lazyWire is a prepared response packed on first use.
+type lazyWire struct {
+	once sync.Once
+	pack func() wire
+	w    wire
+}
+
+func (l *lazyWire) get() wire {
+	l.once.Do(func() { l.w, l.pack = l.pack(), nil })
+	return l.w
 }
 
 // answer returns the prepared answer for qtype, the next subset in turn
@@ -102,9 +117,9 @@ func (aa *addrAnswers) answer(qtype uint16) wire {
 	case 0:
 		return nil
 	case 1:
-		return set[0]
+		return set[0].get()
 	}
-	return set[int(aa.rot.next.Add(1))%len(set)]
+	return set[int(aa.rot.next.Add(1))%len(set)].get()
 }
 
 // nodeAnswers are a node's prepared answers.
@@ -200,29 +215,24 @@ func (b *Builder) BuildAddress(a *cache.Address) any {
 	}
 	out.rot = &rotations{}
 	for _, sub := range rotate(srv, limit) {
-		var extra []mdns.RR
-		seen := make(map[string]bool, len(sub))
-		for _, rr := range sub {
-			if t := rr.(*mdns.SRV).Target; !seen[t] {
-				seen[t] = true
-				extra = append(extra, glueOf[t])
+		out.rot.srv = append(out.rot.srv, &lazyWire{pack: func() wire {
+			var extra []mdns.RR
+			seen := make(map[string]bool, len(sub))
+			for _, rr := range sub {
+				if t := rr.(*mdns.SRV).Target; !seen[t] {
+					seen[t] = true
+					extra = append(extra, glueOf[t])
+				}
 			}
-		}
-		out.rot.srv = append(out.rot.srv, b.pack(qname, mdns.TypeSRV, sub, extra))
+			return b.pack(qname, mdns.TypeSRV, sub, extra)
+		}})
 	}
 	for _, sub := range rotate(v4, limit) {
-		out.rot.a = append(out.rot.a, b.pack(qname, mdns.TypeA, sub, nil))
+		out.rot.a = append(out.rot.a, &lazyWire{pack: func() wire { return b.pack(qname, mdns.TypeA, sub, nil) }})
 	}
 	for _, sub := range rotate(v6, limit) {
-		out.rot.aaaa = append(out.rot.aaaa, b.pack(qname, mdns.TypeAAAA, sub, nil))
+		out.rot.aaaa = append(out.rot.aaaa, &lazyWire{pack: func() wire { return b.pack(qname, mdns.TypeAAAA, sub, nil) }})
 	}
-	first := func(w []wire) wire {
-		if len(w) == 0 {
-			return nil
-		}
-		return w[0]
-	}
-	out.srv, out.a, out.aaaa = first(out.rot.srv), first(out.rot.a), first(out.rot.aaaa)
 	return out
 }
 
