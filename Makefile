@@ -26,13 +26,18 @@ CONSUL_LOCAL := bin/consul
 CONSUL := $(if $(strip $(CONSUL_BIN)),$(CONSUL_BIN),$(CURDIR)/$(CONSUL_LOCAL))
 
 .DEFAULT_GOAL := build
-.PHONY: build consul deps test vet fmt run bench soak fuzz clean distclean
+.PHONY: build consul deps test vet fmt run bench soak fuzz clean distclean package
 BENCHFLAGS ?=
 
 build:
 	@mkdir -p bin
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(AGENT_BIN) ./cmd/glimpse-agent
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(CLI_BIN) ./cmd/glimpse
+
+# A .deb in dist/: the binaries, the systemd unit, a default environment
+# file, the resolver snippets and a postinst that creates the glimpse user.
+package: build
+	bash scripts/package.sh
 
 ifeq ($(strip $(CONSUL_BIN)),)
 consul: $(CONSUL_LOCAL)

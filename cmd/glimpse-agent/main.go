@@ -159,6 +159,9 @@ func run(args []string, stderr io.Writer) error {
 func envDefaults(fs *flag.FlagSet) error {
 	var err error
 	fs.VisitAll(func(f *flag.Flag) {
+		if f.Name == "version" {
+			return // an action, not a setting
+		}
 		name := "GLIMPSE_" + strings.NewReplacer(".", "_", "-", "_").Replace(strings.ToUpper(f.Name))
 		if v, ok := os.LookupEnv(name); ok && err == nil {
 			if e := f.Value.Set(v); e != nil {

@@ -29,6 +29,7 @@ import (
 	"github.com/rugby110/glimpse/dns"
 	httpapi "github.com/rugby110/glimpse/http"
 	"github.com/rugby110/glimpse/internal/consulhttp"
+	"github.com/rugby110/glimpse/internal/sdnotify"
 	"github.com/rugby110/glimpse/provider"
 	"github.com/rugby110/glimpse/watch"
 )
@@ -455,6 +456,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() { errs <- a.dns.Serve() }()
 	go func() { errs <- a.http.Serve() }()
 	a.log.Info("serving", zap.String("dns", a.DNSAddr()), zap.String("http", a.HTTPAddr()), zap.String("zone", a.cfg.Zone), zap.String("domain", a.cfg.Domain))
+	wg.Add(1)
+	go func() { defer wg.Done(); a.notifySystemd(ctx) }()
 
 	var err error
 	select {
@@ -465,6 +468,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 	a.log.Info("shutting down")
+	_, _ = sdnotify.Notify("STOPPING=1\nSTATUS=shutting down")
 	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer scancel()
 	// Provider writes under way stop first, so that the HTTP server does
@@ -476,6 +480,42 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Wait()
 	a.transport.CloseIdleConnections()
 	return err
+}
+
+// notifySystemd tells systemd (Type=notify) how the start goes: STATUS
+// lines while the local zone syncs, with what holds it back, and READY=1
+// once the listeners serve and the zone is ready (what /readyz says).
+func (a *Agent) notifySystemd(ctx context.Context) {
+	if ok, _ := sdnotify.Notify("STATUS=listening; waiting for the local zone's first sync with Consul"); !ok {
+		return // not under systemd
+	}
+	last := ""
+	for {
+		changed := a.Cache.Changed()
+		z := a.Cache.Zone(a.cfg.Zone)
+		if z != nil && z.Ready {
+			status := fmt.Sprintf("serving zone %s: %d products known, %d watched, DNS %s, HTTP %s",
+				a.cfg.Zone, len(z.Known), z.Products.Len(), a.DNSAddr(), a.HTTPAddr())
+			if _, err := sdnotify.Notify("READY=1\nSTATUS=" + status); err != nil {
+				a.log.Warn("telling systemd the agent is ready", zap.Error(err))
+			}
+			return
+		}
+		status := "waiting for the local zone's first sync with Consul"
+		if st := a.Cache.Status(a.cfg.Zone); st != nil && st.Problem() != "" {
+			status += ": " + st.Problem()
+		}
+		if status != last {
+			_, _ = sdnotify.Notify("STATUS=" + status)
+			last = status
+		}
+		select {
+		case <-changed:
+		case <-time.After(time.Second): // problems change without the cache
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 // registerTransport exports the Consul connections' metrics.
