@@ -119,6 +119,15 @@ func Listen(addr string, opts Options) (*Server, error) {
 	}
 	s.limits = opts.Subscribe.withDefaults()
 	s.websockets.max, s.longPolls.max = int64(s.limits.MaxSubscribers), int64(s.limits.MaxLongPolls)
+	if opts.Registerer != nil {
+		limit := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "glimpse_http_subscribers_limit",
+			Help: "The most clients of each kind that may wait for changes at once (-http.max-long-polls, -http.max-subscribers).",
+		}, []string{"kind"})
+		limit.WithLabelValues("longpoll").Set(float64(s.limits.MaxLongPolls))
+		limit.WithLabelValues("websocket").Set(float64(s.limits.MaxSubscribers))
+		opts.Registerer.MustRegister(limit)
+	}
 	s.subMetrics = newSubscribeMetrics(opts.Registerer, opts.Cache.Hub())
 	mux := s.mux
 	mux.Handle("GET /metrics", promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{}))

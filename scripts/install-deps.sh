@@ -10,6 +10,7 @@
 #             the other resolvers of docs/resolvers.md, which TestResolvers
 #             starts in the foreground; their packaged services are kept
 #             stopped and disabled
+#   prometheus  prometheus and promtool: the alert rules' tests
 # With the argument "bench" (`make bench`), also:
 #   dnsperf     the DNS load generator of bench/
 #   util-linux  taskset, which pins servers and load generators to CPUs
@@ -27,6 +28,8 @@ if ! have named && [ ! -x /usr/sbin/named ]; then missing+=(bind9); fi
 if ! have kresd && [ ! -x /usr/sbin/kresd ]; then missing+=(knot-resolver); fi
 if ! have pdns_recursor && [ ! -x /usr/sbin/pdns_recursor ]; then missing+=(pdns-recursor); fi
 if ! have dnsmasq && [ ! -x /usr/sbin/dnsmasq ]; then missing+=(dnsmasq-base); fi
+if ! have promtool; then missing+=(prometheus); fi
+if ! have systemd-analyze; then missing+=(systemd); fi
 if [ "${1:-}" = bench ]; then
 	if ! have dnsperf; then missing+=(dnsperf); fi
 	if ! have taskset; then missing+=(util-linux); fi
@@ -70,7 +73,7 @@ apt-get install -y -q --no-install-recommends "${missing[@]}" </dev/null
 
 # glimpse's tests run their own resolver instances: make sure the packaged
 # ones are neither running nor enabled at boot.
-for svc in unbound named kresd@1 pdns-recursor; do
+for svc in unbound named kresd@1 pdns-recursor prometheus; do
 	pkg=${svc%%@*}
 	case $svc in named) pkg=bind9 ;; kresd@1) pkg=knot-resolver ;; esac
 	[[ " ${missing[*]} " == *" $pkg "* ]] || continue
