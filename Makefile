@@ -50,7 +50,9 @@ endif
 # only rebuilt when tools/consul/go.mod or go.sum is newer than the binary.
 $(CONSUL_LOCAL): tools/consul/go.mod tools/consul/go.sum
 	@mkdir -p bin
-	cd tools/consul && $(GO) build -o ../../$(CONSUL_LOCAL) github.com/hashicorp/consul
+	@echo "consul: building Consul v1.14.0 from tools/consul into $(CONSUL_LOCAL): about 5 minutes the first time on 2 CPUs (CONSUL_BIN=/path/to/consul uses a binary you have instead)"
+	@cd tools/consul && bash -o pipefail -c '$(GO) build -v -o ../../$(CONSUL_LOCAL) github.com/hashicorp/consul 2>&1 | \
+		awk '"'"'/^(#|go: |[^ ]+\.go:)/ { print; next } { if (++n % 100 == 0) printf "consul: %d packages compiled\n", n }'"'"''
 	@touch $@
 
 deps:
