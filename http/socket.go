@@ -10,6 +10,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -97,7 +98,7 @@ func listenSocket(path, group string) (net.Listener, error) {
 		return nil, fmt.Errorf("providers socket: %w", err)
 	}
 	ln.(*net.UnixListener).SetUnlinkOnClose(true)
-	if gid >= 0 {
+	if gid >= 0 && fileGroup(path) != gid { // chown only when needed: a unit's filter may forbid it
 		if err := os.Chown(path, -1, gid); err != nil {
 			ln.Close()
 			return nil, fmt.Errorf("providers socket: group %s: %w", group, err)
@@ -119,4 +120,16 @@ func lookupGroup(group string) (int, error) {
 		return 0, fmt.Errorf("providers socket: group %q: %w", group, err)
 	}
 	return strconv.Atoi(g.Gid)
+}
+
+// fileGroup returns the group of a file, -1 when it cannot say.
+func fileGroup(path string) int {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return -1
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return int(st.Gid)
+	}
+	return -1
 }
