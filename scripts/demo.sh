@@ -17,6 +17,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CONSUL=${CONSUL_BIN:-$ROOT/bin/consul}
 AGENT=${GLIMPSE_AGENT_BIN:-$ROOT/bin/glimpse-agent}
+CLI=$(dirname "$AGENT")/glimpse
 DC=dc1
 NODE=demo-node-1
 DOMAIN=srv.glimpse.io
@@ -272,10 +273,15 @@ glimpse-agent: DNS on $DNS_ADDR, HTTP on $HTTP_ADDR. Try, from another terminal:
   $DIG SRV redis.cache.prod.vegeta.$DC.$DOMAIN
   $DIG SRV nope.stream.prod.goku.$DC.$DOMAIN      # NXDOMAIN
   $DIG A $NODE.node.$DC.$DOMAIN
-  $DIG NS $DC.$DOMAIN
-  $DIG SOA $DC.$DOMAIN
+  $DIG NS $DOMAIN                                 # the zone's Consul servers, at the apex
+  $DIG SOA $DOMAIN
   curl -s $HTTP_HOST:$HTTP_PORT_AGENT/metrics | grep glimpse_
   curl -s $HTTP_HOST:$HTTP_PORT_AGENT/readyz
+
+The glimpse command (same agent, from GLIMPSE_HTTP_ADDR or 127.0.0.1:5960):
+  $CLI -http-addr $HTTP_ADDR lookup http.stream.prod.goku.$DC
+  $CLI -http-addr $HTTP_ADDR topology
+  $CLI -http-addr $HTTP_ADDR watch http.stream.prod.goku.$DC '*.api.prod.vegeta.$DC'
 
 A provider writes its instances through the agent's socket, as its own user:
   curl -s --unix-socket $WORKDIR/providers.sock -X PUT localhost/v1/providers/demo \
