@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -267,7 +268,7 @@ func (w *Watch) connection(ctx context.Context, failures *int) error {
 					}
 				}
 				w.mu.Unlock()
-				slices.SortFunc(gone, func(a, b Event) int { return cmpString(a.Address, b.Address) })
+				slices.SortFunc(gone, func(a, b Event) int { return strings.Compare(a.Address, b.Address) })
 			}
 		default:
 			continue // a message type this client does not know
@@ -292,14 +293,4 @@ func (w *Watch) connection(ctx context.Context, failures *int) error {
 			}
 		}
 	}
-}
-
-func cmpString(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }

@@ -7,7 +7,7 @@ import (
 	"sync"
 )
 
-// handedOut holds every port number freePort returned in this process, so
+// handedOut holds every port number FreePort returned in this process, so
 // that two agents of one test binary never get the same number even when the
 // first has not bound it yet. Port numbers are never given back: a restarted
 // agent keeps its own.
@@ -16,12 +16,12 @@ var (
 	handedOut   = map[int]bool{}
 )
 
-// freePort returns a port number that is free on ip for TCP and, when udp is
+// FreePort returns a port number that is free on ip for TCP and, when udp is
 // set, for UDP too. It asks the kernel for a free TCP port (listen on port 0),
 // checks UDP on the same number, then closes both listeners: the agent binds
 // the number moments later. Another process can take the port in between; the
 // agent then fails to start and [StartE] retries with new ports.
-func freePort(ip string, udp bool) (int, error) {
+func FreePort(ip string, udp bool) (int, error) {
 	var lastErr error
 	for range 100 {
 		port, err := tryPort(ip, udp)
@@ -40,7 +40,7 @@ func freePort(ip string, udp bool) (int, error) {
 	return 0, fmt.Errorf("no free port on %s: %v", ip, lastErr)
 }
 
-// tryPort makes one attempt for freePort.
+// tryPort makes one attempt for FreePort.
 func tryPort(ip string, udp bool) (int, error) {
 	l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
 	if err != nil {
@@ -93,7 +93,7 @@ func pickPorts(bindAddr string, dns, grpc, https bool) (agentPorts, error) {
 		if w.skip {
 			continue
 		}
-		port, err := freePort(w.ip, w.udp)
+		port, err := FreePort(w.ip, w.udp)
 		if err != nil {
 			return agentPorts{}, err
 		}

@@ -273,7 +273,7 @@ func run(tb testing.TB, k Kind, bin string, args func(dir string, port int) []st
 	var lastErr error
 	for attempt := 1; attempt <= 3; attempt++ {
 		dir := tb.TempDir()
-		port, err := freePort()
+		port, err := testconsul.FreePort("127.0.0.1", true)
 		if err != nil {
 			tb.Fatal(err)
 		}
@@ -342,23 +342,4 @@ func (p *process) stop() {
 		_ = p.cmd.Process.Kill()
 		<-p.done
 	}
-}
-
-// freePort returns a port free on 127.0.0.1 for both UDP and TCP.
-func freePort() (int, error) {
-	for range 20 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return 0, err
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		pc, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-		l.Close()
-		if err != nil {
-			continue
-		}
-		pc.Close()
-		return port, nil
-	}
-	return 0, errors.New("no free port on 127.0.0.1 for both UDP and TCP")
 }

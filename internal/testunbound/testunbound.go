@@ -218,7 +218,7 @@ func rewriteConf(doc, upstream, domain string) (string, error) {
 }
 
 func start(bin, dir, confFile, docConf string, attempt int) (*Unbound, error) {
-	port, err := freePort()
+	port, err := testconsul.FreePort("127.0.0.1", true)
 	if err != nil {
 		return nil, err
 	}
@@ -356,23 +356,4 @@ func (u *Unbound) stop() {
 			<-u.done
 		}
 	})
-}
-
-// freePort returns a port that is free on 127.0.0.1 for both UDP and TCP.
-func freePort() (int, error) {
-	for i := 0; i < 20; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return 0, err
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		pc, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-		l.Close()
-		if err != nil {
-			continue
-		}
-		pc.Close()
-		return port, nil
-	}
-	return 0, errors.New("no free port on 127.0.0.1 for both UDP and TCP")
 }
