@@ -32,6 +32,19 @@ type Backend interface {
 	Product(ctx context.Context, zone, product string, q Query) (in []cache.Instance, ignored int, _ Meta, _ error)
 	// Servers reads the zone's Consul servers.
 	Servers(ctx context.Context, zone string, q Query) ([]cache.Server, Meta, error)
+	// Checks reads, in one read, a version of the checks in state health
+	// (cache.Warning or cache.Critical) of each of products: it changes
+	// whenever such a check of the product is added, changed or removed,
+	// or turns to or from that state. A product without such checks is
+	// left out. A nil products means all of them.
+	Checks(ctx context.Context, zone string, health cache.Health, products []string, q Query) (map[string]CheckVersion, Meta, error)
+}
+
+// CheckVersion is the version of a product's checks in one state: the
+// highest index at which one of them changed, and how many there are.
+type CheckVersion struct {
+	Index uint64
+	Count int
 }
 
 // Query is what a read asks for: the index already seen (0: answer at once)

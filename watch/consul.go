@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strings"
 
 	"github.com/hashicorp/consul/api"
@@ -20,6 +21,8 @@ import (
 //   - Product: /v1/health/service/<product>, every instance with its checks,
 //     decoded into the few fields glimpse reads;
 //   - Servers: /v1/catalog/service/consul;
+//   - Checks: /v1/health/state/critical and /warning, filtered to the
+//     products asked for;
 //   - Datacenters: /v1/catalog/datacenters (it does not block).
 type Consul struct {
 	client *api.Client
@@ -98,6 +101,63 @@ func (c *Consul) Servers(ctx context.Context, zone string, q Query) ([]cache.Ser
 		return nil, Meta{}, err
 	}
 	return servers(entries), metaOf(meta), nil
+}
+
+// checkEntry is the part of a health check Checks reads.
+type checkEntry struct {
+	ServiceName string
+	ModifyIndex uint64
+}
+
+// Checks implements Backend. Consul's state endpoints read the checks of one
+// state through its index, and their blocking reads wake only when a check
+// enters or leaves that state, or changes in it: a health change anywhere
+// in the zone costs Consul a read of the zone's unhealthy checks, not of
+// all of them.
+func (c *Consul) Checks(ctx context.Context, zone string, health cache.Health, products []string, q Query) (map[string]CheckVersion, Meta, error) {
+	state := api.HealthCritical
+	if health == cache.Warning {
+		state = api.HealthWarning
+	}
+	var entries []checkEntry
+	opts := queryOptions(ctx, zone, q)
+	if products != nil {
+		opts.Filter = checksFilter(products)
+	}
+	meta, err := c.client.Raw().Query("/v1/health/state/"+state, &entries, opts)
+	if err != nil {
+		return nil, Meta{}, err
+	}
+	out := make(map[string]CheckVersion)
+	for _, e := range entries {
+		if e.ServiceName == "" {
+			continue // a node's check
+		}
+		name := cache.Lower(e.ServiceName)
+		v := out[name]
+		v.Index = max(v.Index, e.ModifyIndex)
+		v.Count++
+		out[name] = v
+	}
+	return out, metaOf(meta), nil
+}
+
+// checksFilter is the filter expression that keeps the checks of products:
+// one regular expression, which Consul compiles once per read, rather than
+// a comparison per product and check.
+func checksFilter(products []string) string {
+	var b strings.Builder
+	b.WriteString("ServiceName matches `(?i)^(")
+	for i, p := range products {
+		if i > 0 {
+			b.WriteByte('|')
+		}
+		// Product names are DNS labels, so QuoteMeta leaves them as they
+		// are and none holds the backquote that ends the raw string.
+		b.WriteString(regexp.QuoteMeta(strings.ReplaceAll(p, "`", "")))
+	}
+	b.WriteString(")$`")
+	return b.String()
 }
 
 // tokenAdvice says what a token glimpse-agent can work with needs.

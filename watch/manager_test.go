@@ -18,7 +18,9 @@ import (
 
 // fakeBackend is an in-memory Backend with Consul's blocking semantics: a
 // read with an index waits until its result's index moves past it, the
-// wait ends or its context does. It counts the blocking reads in flight.
+// wait ends or its context does. It counts the blocking reads in flight
+// (a read brought forward by a kick, which waits kickWait on a
+// first-read slot, is counted apart).
 type fakeBackend struct {
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced on every change
@@ -34,7 +36,9 @@ type fakeBackend struct {
 	frozen bool
 
 	blocking, maxBlocking int
+	short, maxShort       int            // reads waiting kickWait
 	reads                 map[string]int // by product
+	checkReads            int
 }
 
 func newFake() *fakeBackend {
@@ -76,13 +80,17 @@ func (f *fakeBackend) wait(ctx context.Context, q Query, current func() uint64, 
 	if q.Index == 0 {
 		return nil
 	}
+	n, most := &f.blocking, &f.maxBlocking
+	if q.Wait == kickWait {
+		n, most = &f.short, &f.maxShort
+	}
 	f.mu.Lock()
-	f.blocking++
-	f.maxBlocking = max(f.maxBlocking, f.blocking)
+	*n++
+	*most = max(*most, *n)
 	f.mu.Unlock()
 	defer func() {
 		f.mu.Lock()
-		f.blocking--
+		*n--
 		f.mu.Unlock()
 	}()
 	timer := time.NewTimer(q.Wait)
@@ -141,6 +149,39 @@ func (f *fakeBackend) Servers(ctx context.Context, zone string, q Query) ([]cach
 		return nil, Meta{}, err
 	}
 	return []cache.Server{{Node: "s1", Address: netip.MustParseAddr("10.0.0.9")}}, Meta{Index: 1, Fresh: true}, nil
+}
+
+func (f *fakeBackend) Checks(ctx context.Context, zone string, health cache.Health, products []string, q Query) (map[string]CheckVersion, Meta, error) {
+	if err := f.wait(ctx, q, func() uint64 { return f.index }, func() bool { return false }); err != nil {
+		return nil, Meta{}, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.checkReads++
+	out := map[string]CheckVersion{}
+	for p, in := range f.products {
+		if products != nil && !slices.Contains(products, p) {
+			continue
+		}
+		for _, i := range in {
+			if i.Health == health {
+				v := out[p]
+				out[p] = CheckVersion{Index: f.prodIndex[p], Count: v.Count + 1}
+			}
+		}
+	}
+	return out, Meta{Index: max(f.index, 1), Fresh: true}, nil
+}
+
+// setHealth sets the health of product's instance.
+func (f *fakeBackend) setHealth(product string, h cache.Health) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.index++
+	f.products[product][0].Health = h
+	f.prodIndex[product] = f.index
+	close(f.changed)
+	f.changed = make(chan struct{})
 }
 
 func (f *fakeBackend) readsOf(product string) int {
@@ -323,10 +364,13 @@ func TestPinnedBeyondBudget(t *testing.T) {
 		return true
 	}, "the pinned products' changes never all arrived")
 	f.mu.Lock()
-	most := f.maxBlocking
+	most, short := f.maxBlocking, f.maxShort
 	f.mu.Unlock()
 	if most > blocking {
 		t.Errorf("%d blocking reads at once, budget %d", most, blocking)
+	}
+	if _, first := Budget(8, 1); short > first {
+		t.Errorf("%d reads brought forward at once, first-read budget %d", short, first)
 	}
 	held, _, preempted := m.slots.stats()
 	if held > blocking {
@@ -492,4 +536,121 @@ func TestSlotsRaise(t *testing.T) {
 	if held, waiting, _ := s.stats(); held != 0 || waiting != 0 {
 		t.Errorf("left: %d held, %d waiting", held, waiting)
 	}
+}
+
+// More products read than blocking reads fit, with turns that never come
+// (the rotation wait is an hour): a health change of a product waiting for
+// its turn still arrives, through the zone's reads of unhealthy checks,
+// which bring that product's turn forward; in either direction and for
+// both unhealthy states.
+func TestKickBringsTurnForward(t *testing.T) {
+	f := newFake()
+	const n = 30
+	for i := range n {
+		f.set(fmt.Sprintf("p%02d", i), uint16(1000+i))
+	}
+	m, c := run(t, f, Config{MaxConns: 8, RotateWait: time.Hour})
+	for i := range n {
+		resolve(m, c, fmt.Sprintf("p%02d", i))
+	}
+	isWaiting := func(p *productWatch) bool {
+		m.slots.mu.Lock()
+		defer m.slots.mu.Unlock()
+		return p.ticket.w != nil && p.ticket.w.got == nil
+	}
+	waiting := func() string {
+		for name, p := range m.zones.load()["dc1"].products.all() {
+			if isWaiting(p) {
+				return name
+			}
+		}
+		return ""
+	}
+	health := func(product string) cache.Health {
+		p := c.Zone("dc1").Products.Get(product)
+		for _, a := range p.Addresses {
+			return a.Instances[0].Health
+		}
+		return cache.Passing
+	}
+	for _, h := range []cache.Health{cache.Critical, cache.Passing, cache.Warning, cache.Critical, cache.Passing} {
+		var name string
+		waitFor(t, func() bool { name = waiting(); return name != "" }, "no product waits for its turn")
+		// Make name's health h, from another state than h.
+		if health(name) == h {
+			f.setHealth(name, (h+1)%3)
+			waitFor(t, func() bool { return health(name) != h }, "%s's change to %v never showed", name, (h+1)%3)
+			p := m.zones.load()["dc1"].products.get(name)
+			waitFor(t, func() bool { return isWaiting(p) }, "%s never waits for its turn again", name)
+		}
+		kicks := m.slots.kicks()
+		f.setHealth(name, h)
+		waitFor(t, func() bool { return health(name) == h }, "%s's change to %v never showed", name, h)
+		if m.slots.kicks() <= kicks {
+			t.Fatalf("%s's change showed without a kick", name)
+		}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.checkReads == 0 {
+		t.Fatal("no read of the check versions")
+	}
+}
+
+// A zone's read cuts short any product read, even one in its turn (not a
+// full-wait read), and one that was granted but not begun when the zone's
+// read queued: the zone's read never waits for a product's turn to end.
+func TestSlotsZoneCutsTurns(t *testing.T) {
+	s := newSlots(2)
+	ctx := context.Background()
+	inTurn, _ := s.acquire(ctx, prioInUse, nil)
+	starting, _ := s.acquire(ctx, prioInUse, nil)
+	cut := make(chan string, 2)
+	next := func() string {
+		select {
+		case c := <-cut:
+			return c
+		case <-time.After(5 * time.Second):
+			t.Fatal("no read was cut short for the zone's reads")
+			return ""
+		}
+	}
+	// A product waits, so the read in its turn does not wait the full
+	// wait.
+	go func() {
+		if h, err := s.acquire(ctx, prioInUse, nil); err == nil {
+			s.release(h)
+		}
+	}()
+	waitFor(t, func() bool { _, w, _ := s.stats(); return w == 1 }, "no product waits")
+	if s.begin(inTurn, func() { cut <- "in turn" }) {
+		t.Fatal("a read with a product waiting waits the full wait")
+	}
+	zone := make(chan *slot, 2)
+	for range 2 {
+		go func() {
+			h, err := s.acquire(ctx, prioZone, nil)
+			if err != nil {
+				t.Error(err)
+			}
+			zone <- h
+		}()
+	}
+	waitFor(t, func() bool { _, w, _ := s.stats(); return w == 3 }, "the zone reads never queued")
+	if got := next(); got != "in turn" {
+		t.Fatalf("cut %q", got)
+	}
+	// The second zone read found no read to cut: the one starting now is.
+	if s.begin(starting, func() { cut <- "starting" }) {
+		t.Error("a read begun for a zone read waits the full wait")
+	}
+	if got := next(); got != "starting" {
+		t.Fatalf("cut %q", got)
+	}
+	s.release(inTurn)
+	s.release(starting)
+	for range 2 {
+		s.release(<-zone)
+	}
+	waitFor(t, func() bool { held, w, _ := s.stats(); return held == 0 && w == 0 }, "slots left held or waited for")
 }

@@ -62,6 +62,10 @@ func (m *Metrics) observe(w *Manager) {
 				Name: "glimpse_watch_reads_preempted_total",
 				Help: "Blocking reads cut short to give another loop its turn.",
 			}, func() float64 { _, _, p := w.slots.stats(); return float64(p) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "glimpse_watch_turns_brought_forward_total",
+				Help: "Products waiting for their turn read at once because the zone's read of check versions saw one of their checks change.",
+			}, func() float64 { return float64(w.slots.kicks()) }),
 		)
 	})
 }

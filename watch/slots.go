@@ -2,6 +2,7 @@ package watch
 
 import (
 	"context"
+	"errors"
 	"sync"
 )
 
@@ -38,6 +39,14 @@ type slots struct {
 	held  map[*slot]struct{}
 
 	preempted int64 // reads cut short, for the metrics
+	kicked    int64 // turns brought forward by kick, for the metrics
+
+	// busy, when not nil, is closed once a loop waits (see rotating).
+	busy chan struct{}
+	// zoneOwed counts the zone reads queued that found no product read to
+	// cut short (every one was starting): the next product read to begin
+	// is cut short for them.
+	zoneOwed int
 }
 
 // slot is a granted blocking read.
@@ -56,21 +65,39 @@ type slotWaiter struct {
 	prio  int
 	ready chan struct{}
 	got   *slot // set, under slots.mu, when the waiter is granted a slot
+	// kick, closed by slots.kick, ends the wait with errKicked.
+	kick chan struct{}
 }
 
 // ticket is a loop's place in the queue while it waits, through which its
 // rank can be raised meanwhile (a product that a subscriber starts to hold
-// must not wait behind the products merely read). Guarded by slots.mu.
-type ticket struct{ w *slotWaiter }
+// must not wait behind the products merely read) and its turn brought
+// forward (kick). Guarded by slots.mu.
+type ticket struct {
+	w *slotWaiter
+	// kicked is a kick that came while the loop was not waiting: its next
+	// acquire returns errKicked at once.
+	kicked bool
+}
+
+// errKicked ends a wait for a slot whose product is known to have changed:
+// the loop reads it at once, without blocking, and queues again.
+var errKicked = errors.New("the product changed while waiting for its turn")
 
 func newSlots(n int) *slots {
 	return &slots{free: n, held: map[*slot]struct{}{}}
 }
 
 // acquire waits for a slot for a read of priority prio, until ctx ends;
-// t, if not nil, holds its place in the queue meanwhile (see raise).
+// t, if not nil, holds its place in the queue meanwhile (see raise), and a
+// kick on it ends the wait with errKicked.
 func (s *slots) acquire(ctx context.Context, prio int, t *ticket) (*slot, error) {
 	s.mu.Lock()
+	if t != nil && t.kicked {
+		t.kicked = false
+		s.mu.Unlock()
+		return nil, errKicked
+	}
 	if s.free > 0 && !s.waitingAtOrAbove(prio) {
 		s.free--
 		h := &slot{prio: prio}
@@ -78,8 +105,12 @@ func (s *slots) acquire(ctx context.Context, prio int, t *ticket) (*slot, error)
 		s.mu.Unlock()
 		return h, nil
 	}
-	w := &slotWaiter{prio: prio, ready: make(chan struct{})}
+	w := &slotWaiter{prio: prio, ready: make(chan struct{}), kick: make(chan struct{})}
 	s.queue[prio] = append(s.queue[prio], w)
+	if s.busy != nil {
+		close(s.busy)
+		s.busy = nil
+	}
 	s.preemptFor(prio)
 	if t != nil {
 		t.w = w
@@ -88,6 +119,8 @@ func (s *slots) acquire(ctx context.Context, prio int, t *ticket) (*slot, error)
 	var err error
 	select {
 	case <-w.ready:
+	case <-w.kick:
+		err = errKicked
 	case <-ctx.Done():
 		err = ctx.Err()
 	}
@@ -96,15 +129,54 @@ func (s *slots) acquire(ctx context.Context, prio int, t *ticket) (*slot, error)
 	if t != nil {
 		t.w = nil
 	}
-	if err == nil {
-		return w.got, nil
+	if w.got != nil { // granted, perhaps while kicked: use it
+		if ctx.Err() == nil {
+			return w.got, nil
+		}
+		s.releaseLocked(w.got) // hand it on
+		return nil, ctx.Err()
 	}
-	if w.got != nil { // granted meanwhile: hand it on
-		s.releaseLocked(w.got)
-	} else {
-		s.unqueue(w)
+	s.unqueue(w)
+	if err == nil {
+		err = ctx.Err()
 	}
 	return nil, err
+}
+
+// kick brings forward the turn of the loop with ticket t: its product
+// changed. A loop waiting for a slot stops waiting (errKicked); one that is
+// not waiting gets errKicked from its next acquire.
+func (s *slots) kick(t *ticket) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.kicked++
+	if w := t.w; w != nil {
+		if w.got == nil {
+			select {
+			case <-w.kick:
+			default:
+				close(w.kick)
+			}
+		}
+		return
+	}
+	t.kicked = true
+}
+
+// rotating returns a channel that is closed once some loop waits for a
+// slot: loops take turns.
+func (s *slots) rotating() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.waitingAtOrAbove(numPrio - 1) {
+		c := make(chan struct{})
+		close(c)
+		return c
+	}
+	if s.busy == nil {
+		s.busy = make(chan struct{})
+	}
+	return s.busy
 }
 
 // unqueue takes a waiter out of its queue. Called with s.mu held.
@@ -140,6 +212,14 @@ func (s *slots) begin(h *slot, preempt func()) (long bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	h.preempt = preempt
+	s.zoneOwed = min(s.zoneOwed, len(s.queue[prioZone]))
+	if s.zoneOwed > 0 && h.prio > prioZone && preempt != nil {
+		s.zoneOwed--
+		h.preempted = true
+		preempt()
+		s.preempted++
+		return false
+	}
 	h.long = !s.waitingAtOrAbove(h.prio)
 	return h.long
 }
@@ -181,12 +261,14 @@ func (s *slots) waitingAtOrAbove(prio int) bool {
 }
 
 // preemptFor cuts short one full-wait read of priority prio or below, the
-// least important, so that a waiter of priority prio gets its turn soon.
-// Called with s.mu held.
+// least important, so that a waiter of priority prio gets its turn soon. A
+// zone's own read, which every answer of the zone rests on, cuts short any
+// product's read, even one in its turn. Called with s.mu held.
 func (s *slots) preemptFor(prio int) {
 	var victim *slot
 	for h := range s.held {
-		if h.long && !h.preempted && h.preempt != nil && h.prio >= prio && (victim == nil || h.prio > victim.prio) {
+		cuttable := h.long && h.prio >= prio || prio == prioZone && h.prio > prioZone
+		if cuttable && !h.preempted && h.preempt != nil && (victim == nil || h.prio > victim.prio) {
 			victim = h
 		}
 	}
@@ -194,7 +276,16 @@ func (s *slots) preemptFor(prio int) {
 		victim.preempted, victim.long = true, false
 		victim.preempt()
 		s.preempted++
+	} else if prio == prioZone {
+		s.zoneOwed++
 	}
+}
+
+// kicks returns how many turns kick brought forward so far.
+func (s *slots) kicks() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.kicked
 }
 
 // stats returns the slots held, the loops waiting and the reads preempted

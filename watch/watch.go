@@ -15,7 +15,10 @@
 // Every loop's reads go through a connection budget (Config.MaxConns): a
 // share of it for blocking reads (see slots), a share for first reads, which
 // do not block, and the rest for everything else (the datacenter list, the
-// providers' registrations). The local Consul agent's other clients share
+// providers' registrations). When more products are in use than blocking
+// reads fit, they take turns, and per zone two reads of the unhealthy
+// checks bring forward the turn of a product whose health changed (see
+// detect). The local Consul agent's other clients share
 // its per-client connection limit; glimpse never takes more than its
 // budget. Over HTTP/2 (an https Consul agent) a connection carries
 // Config.Streams requests at once, and the shares grow with it.
@@ -423,6 +426,9 @@ func (m *Manager) startZone(name string, local bool) *zoneWatch {
 	m.log.Info("zone watch started", zap.String("zone", name), zap.Bool("local", local))
 	z.loop("services", z.fetchList)
 	z.loop("servers", z.fetchServers)
+	m.wg.Add(2)
+	go z.detect(cache.Critical)
+	go z.detect(cache.Warning)
 	return z
 }
 
@@ -610,6 +616,10 @@ type productWatch struct {
 	// cause is the kind of its last failure ("" while it has none), for
 	// the metrics; written with z.mu held.
 	cause string
+	// running mirrors cancel != nil, for readers without z.mu.
+	running atomic.Bool
+	// index is the index of its last result.
+	index atomic.Uint64
 }
 
 type refreshCall struct {
@@ -641,6 +651,8 @@ func (z *zoneWatch) listed() (map[string]struct{}, bool) {
 func (z *zoneWatch) startProduct(p *productWatch) {
 	pctx, cancel := context.WithCancel(z.ctx)
 	p.cancel = cancel
+	p.running.Store(true)
+	p.index.Store(0)
 	if p.pinned {
 		z.unsettledPins++ // until its first result or failure
 	}
@@ -672,6 +684,7 @@ func (z *zoneWatch) stopProduct(p *productWatch, why string) {
 	z.queued = slices.DeleteFunc(z.queued, func(u cache.ProductUpdate) bool { return u.Product == p.name })
 	z.qmu.Unlock()
 	p.cancel = nil
+	p.running.Store(false)
 	if p.pinned && !p.settled {
 		z.unsettledPins--
 	}
@@ -813,6 +826,9 @@ func (z *zoneWatch) read(ctx context.Context, index uint64, prio int, t *ticket,
 		return fn(rctx, Query{Index: 0, Wait: wait})
 	}
 	h, err := m.slots.acquire(ctx, prio, t)
+	if errors.Is(err, errKicked) {
+		return z.kickedRead(ctx, index, fn)
+	}
 	if err != nil {
 		return Meta{}, err
 	}
@@ -830,6 +846,179 @@ func (z *zoneWatch) read(ctx context.Context, index uint64, prio int, t *ticket,
 		return Meta{}, errPreempted
 	}
 	return meta, err
+}
+
+// kickWait is how long a read brought forward by a kick waits for its
+// product's index to move past the one it has: the server that answers may
+// not have applied the change the kick came from yet.
+const kickWait = 30 * time.Millisecond
+
+// kickedRead is the read of a loop whose turn was brought forward: a short
+// blocking read on a first-read slot, which returns as soon as the server
+// has the change.
+func (z *zoneWatch) kickedRead(ctx context.Context, index uint64, fn fetch) (Meta, error) {
+	m := z.m
+	select {
+	case m.first <- struct{}{}:
+	case <-ctx.Done():
+		return Meta{}, ctx.Err()
+	}
+	defer func() { <-m.first }()
+	rctx, cancel := context.WithTimeout(ctx, kickWait+kickWait/16+requestSlack)
+	defer cancel()
+	return fn(rctx, Query{Index: index, Wait: kickWait})
+}
+
+// detect runs while loops take turns for blocking reads (see slots): it
+// keeps one blocking read of the versions of the zone's checks in state
+// health (Warning or Critical; startZone runs one detect for each), and
+// brings forward the turn of each product in use whose checks entered,
+// left or changed in that state. So a health change reaches a product read
+// beyond the budget within a read's round trip rather than at its turn.
+// What changes no check state (an instance's port, tags or meta, a passing
+// instance deregistered, a node's own checks) still waits for the
+// product's turn. Consul reads a state's checks through an index and wakes
+// the read only when a check enters, leaves or changes in that state, so
+// the read costs it little; it runs only while loops take turns all the
+// same.
+func (z *zoneWatch) detect(health cache.Health) {
+	m := z.m
+	defer m.wg.Done()
+	// One token bucket for every stretch of turns: queues that come and go
+	// do not make it read more often. It is detectRate times a loop's: this
+	// read stands in for the reads of the many products waiting, and a
+	// loop's bucket alone (20 a second by default) would hold a change for
+	// up to 50 ms once a busy zone has drained it. A read costs Consul its
+	// unhealthy checks, and changes that come faster than the bucket are
+	// read together.
+	limiter := rate.NewLimiter(m.cfg.Rate*detectRate, m.cfg.Burst*detectRate)
+	for {
+		select {
+		case <-m.slots.rotating():
+		case <-z.ctx.Done():
+			return
+		}
+		z.detectWhileRotating(health, limiter)
+	}
+}
+
+// detectRate is how many times a product loop's rate detect may read.
+const detectRate = 5
+
+// maxFilterNames is the most products a read of check versions names in
+// its filter; past that it reads every product's, and the ones not in use
+// are ignored.
+const maxFilterNames = 1000
+
+// detectWhileRotating is detect's loop while loops wait for a slot.
+func (z *zoneWatch) detectWhileRotating(health cache.Health, limiter *rate.Limiter) {
+	m := z.m
+	endpoint := "state/" + health.String()
+	log := m.log.WithLazy(zap.String("zone", z.name), zap.String("watch", endpoint))
+	// The read keeps its slot while loops take turns: between two reads
+	// the slot would go to a waiting product, and the next read wait for
+	// that product's turn to end.
+	h, err := m.slots.acquire(z.ctx, prioZone, nil)
+	if err != nil {
+		return
+	}
+	defer m.slots.release(h)
+	m.slots.begin(h, nil)
+	var (
+		index uint64
+		// base holds the versions of the products asked for last time
+		// (the zero version for those without such checks).
+		base     map[string]CheckVersion
+		asked    []string // the products of the last read
+		failures int
+	)
+	for {
+		if _, waiting, _ := m.slots.stats(); waiting == 0 {
+			return
+		}
+		names := z.watchedNames()
+		if len(names) == 0 {
+			return
+		}
+		if !slices.Equal(names, asked) {
+			// A product that started since the last read may have
+			// changed since its own read, unseen by a filter without it:
+			// this read does not block, and compares with the products'
+			// own indexes.
+			index, asked = 0, names
+		}
+		filter := names
+		if len(filter) > maxFilterNames {
+			filter = nil
+		}
+		if err := limiter.Wait(z.ctx); err != nil {
+			return
+		}
+		meta, got, err := z.readChecks(health, filter, index)
+		if z.ctx.Err() != nil {
+			return
+		}
+		m.metrics.request(z.name, endpoint, err)
+		if err != nil {
+			if failures == 0 {
+				log.Warn("consul request failed; products read beyond the budget see changes at their turn", zap.String("error", Explain(err)))
+			}
+			failures++
+			index, base = 0, nil
+			if !sleep(z.ctx, backoff(m.cfg, failures)) {
+				return
+			}
+			continue
+		}
+		failures = 0
+		next := make(map[string]CheckVersion, len(names))
+		for _, name := range names {
+			v := got[name]
+			next[name] = v
+			old, known := base[name]
+			if known && v == old {
+				continue
+			}
+			// A check changed after the product's last result, or one
+			// was removed (a product new to this read has no count to
+			// compare; a removal there waits for its turn).
+			p := z.products.get(name)
+			if p == nil {
+				continue
+			}
+			if seen := p.index.Load(); seen != 0 && (v.Index > seen || known && v.Count != old.Count) {
+				m.slots.kick(&p.ticket)
+			}
+		}
+		base = next
+		if meta.Index < index || meta.Index == 0 {
+			index, base = 0, nil // a reset Consul: start over
+		} else {
+			index = meta.Index
+		}
+	}
+}
+
+// readChecks is detect's read.
+func (z *zoneWatch) readChecks(health cache.Health, names []string, index uint64) (Meta, map[string]CheckVersion, error) {
+	wait := z.m.cfg.Wait
+	ctx, cancel := context.WithTimeout(z.ctx, wait+wait/16+requestSlack)
+	defer cancel()
+	got, meta, err := z.m.backend.Checks(ctx, z.name, health, names, Query{Index: index, Wait: wait})
+	return meta, got, err
+}
+
+// watchedNames returns the names of the zone's products with a loop,
+// sorted.
+func (z *zoneWatch) watchedNames() []string {
+	var names []string
+	for name, p := range z.products.all() {
+		if p.running.Load() {
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names)
+	return names
 }
 
 // fetchList reads the zone's product list and applies it.
@@ -928,6 +1117,7 @@ func (z *zoneWatch) fetchProduct(ctx, loop context.Context, p *productWatch, q Q
 	if meta.Filtered {
 		z.warnFiltered("health of " + p.name)
 	}
+	p.index.Store(meta.Index)
 	z.qmu.Lock()
 	if loop.Err() != nil { // stopped under z.qmu, so this check is exact
 		z.qmu.Unlock()

@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/consul/api"
 	mdns "github.com/miekg/dns"
 
+	"github.com/rugby110/glimpse/cache"
 	"github.com/rugby110/glimpse/internal/testconsul"
 	"github.com/rugby110/glimpse/watch"
 )
@@ -454,4 +455,68 @@ func TestThrottledByConsul(t *testing.T) {
 	testconsul.WaitFor(t, 30*time.Second, func() bool {
 		return httpStatus(t, "http://"+a.HTTPAddr()+"/readyz") == http.StatusOK
 	}, "never ready after the other clients let go")
+}
+
+// TestScaleChecksBeyondBudget: more products read than blocking reads fit,
+// and turns that never come (the rotation wait is an hour). A check that
+// changes on a product waiting for its turn still shows at once: the
+// zone's read of check versions sees it and brings that product's read
+// forward.
+func TestScaleChecksBeyondBudget(t *testing.T) {
+	ca := testconsul.Start(t, testconsul.Options{Dev: true, Datacenter: "dc1"})
+	const n = 120
+	names := make([]string, n)
+	register := func(i int, status string) {
+		t.Helper()
+		node := fmt.Sprintf("beyond-node-%d", i%10)
+		_, err := ca.Client().Catalog().Register(&api.CatalogRegistration{
+			Node: node, Address: fmt.Sprintf("127.1.1.%d", 1+i%10), SkipNodeUpdate: true,
+			Service: &api.AgentService{ID: names[i], Service: names[i], Port: 10000 + i,
+				Tags: []string{"glimpse:env=prod", "glimpse:job=web", "glimpse:service=http"}},
+			Check: &api.AgentCheck{Node: node, CheckID: "alive-" + names[i], Name: "alive", Status: status,
+				ServiceID: names[i], ServiceName: names[i]},
+		}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range names {
+		names[i] = fmt.Sprintf("beyond%03d", i)
+		register(i, api.HealthPassing)
+	}
+	cfg := testConfig(t, ca.HTTPAddr())
+	cfg.Watch.MaxConns = 12 // 10 blocking reads, 2 of them the zone's
+	cfg.Watch.RotateWait = time.Hour
+	a, _ := launchReady(t, cfg)
+	for _, name := range names {
+		if port, r := srvPort(t, a, name); port == 0 {
+			t.Fatalf("%s: %v", name, r)
+		}
+	}
+	health := func(name string) cache.Health {
+		p := a.Cache.Zone("dc1").Products.Get(name)
+		for _, ad := range p.Addresses {
+			return ad.Instances[0].Health
+		}
+		return cache.Passing
+	}
+	// Products 0-9 may hold the reads; most of the rest wait.
+	flipped := []int{17, 44, 71, 98, 119}
+	for _, i := range flipped {
+		register(i, api.HealthCritical)
+	}
+	for _, i := range flipped {
+		testconsul.WaitFor(t, 30*time.Second, func() bool { return health(names[i]) == cache.Critical },
+			"%s's critical check never showed", names[i])
+	}
+	m := scrape(t, a.HTTPAddr())
+	kicks := metricValue(m, "glimpse_watch_turns_brought_forward_total")
+	t.Logf("turns brought forward %v; loops waiting %v; reads of critical checks %v", kicks,
+		metricValue(m, "glimpse_watch_loops_waiting"), metricValue(m, `glimpse_watch_consul_requests_total{endpoint="state/critical",result="ok",zone="dc1"}`))
+	if kicks == 0 {
+		t.Error("no turn was brought forward")
+	}
+	if peak := metricValue(m, "glimpse_consul_connections_peak"); peak > float64(cfg.Watch.MaxConns) {
+		t.Errorf("glimpse's connections peaked at %v, budget %d", peak, cfg.Watch.MaxConns)
+	}
 }
