@@ -157,6 +157,7 @@ func Listen(addr string, opts Options) (*Server, error) {
 	mux.Handle("GET /v1/topology", s.instrument("topology", s.topology))
 	// Not instrumented: the websocket handshake hijacks the connection.
 	mux.HandleFunc("GET /v1/subscribe", s.subscribe)
+	s.registerUI()
 	s.registerProviders(opts)
 	// A client has 10 s to send a request's head and may keep a connection
 	// idle between requests for 2 minutes: idle connections cannot pile up.
