@@ -11,6 +11,9 @@
 #   GLIMPSE_AGENT_BIN   agent binary (default: bin/glimpse-agent, `make build`)
 #   GLIMPSE_DNS_ADDR    agent DNS address (default 127.0.0.1:5959), read by the agent
 #   GLIMPSE_HTTP_ADDR   agent HTTP address (default 127.0.0.1:5960), read by the agent
+#   GLIMPSE_PROVIDERS_SOCKET  the providers socket (default: in the demo's
+#                       temporary directory; the docs' examples use
+#                       /run/glimpse/providers.sock, the package's)
 #   DEMO_REGISTER_ONLY  when 1: stop after registering the topology (no agent)
 set -euo pipefail
 
@@ -38,6 +41,7 @@ CONSUL_LOG=$WORKDIR/consul.log
 CONSUL_PID=""
 AGENT_PID=""
 CONSUL_TROUBLE=0 # 1: something went wrong with Consul; show and keep its log
+SOCKET=${GLIMPSE_PROVIDERS_SOCKET:-$WORKDIR/providers.sock}
 
 # stop_pid PID NAME: SIGTERM, then SIGKILL after 10 s; reaps the child.
 stop_pid() {
@@ -284,9 +288,9 @@ The glimpse command (same agent, from GLIMPSE_HTTP_ADDR or 127.0.0.1:5960):
   $CLI -http-addr $HTTP_ADDR watch http.stream.prod.goku.$DC '*.api.prod.vegeta.$DC'
 
 A provider writes its instances through the agent's socket, as its own user:
-  curl -s --unix-socket $WORKDIR/providers.sock -X PUT localhost/v1/providers/demo \
+  curl -s --unix-socket $SOCKET -X PUT localhost/v1/providers/demo \
     -d '{"instances":[{"product":"goku","env":"prod","job":"stream","service":"admin","port":9090}]}'
-  curl -s --unix-socket $WORKDIR/providers.sock localhost/v1/providers/demo
+  curl -s --unix-socket $SOCKET localhost/v1/providers/demo
 
 Change the topology while it runs, e.g. make the critical instance healthy:
   curl -s -X PUT $CONSUL_URL/v1/agent/check/pass/goku-stream-http-prod-3-ttl
@@ -297,10 +301,10 @@ Ctrl-C stops glimpse-agent and Consul.
 
 EOF
 
-log "starting $AGENT -consul.addr $CONSUL_ADDR -data.dir $WORKDIR/data -providers.socket $WORKDIR/providers.sock -log.format console"
+log "starting $AGENT -consul.addr $CONSUL_ADDR -data.dir $WORKDIR/data -providers.socket $SOCKET -log.format console"
 # In the background so that the traps run as soon as a signal arrives; its
 # output still goes to this terminal.
-"$AGENT" -consul.addr "$CONSUL_ADDR" -data.dir "$WORKDIR/data" -providers.socket "$WORKDIR/providers.sock" -log.format console </dev/null &
+"$AGENT" -consul.addr "$CONSUL_ADDR" -data.dir "$WORKDIR/data" -providers.socket "$SOCKET" -log.format console </dev/null &
 AGENT_PID=$!
 set +e
 wait "$AGENT_PID"

@@ -11,6 +11,8 @@
 #             starts in the foreground; their packaged services are kept
 #             stopped and disabled
 #   prometheus  prometheus and promtool: the alert rules' tests
+#   jq        the docs' examples, which a test runs against the demo
+#   chromium  the headless browser that tests the /ui/ page
 # With the argument "bench" (`make bench`), also:
 #   dnsperf     the DNS load generator of bench/
 #   util-linux  taskset, which pins servers and load generators to CPUs
@@ -30,13 +32,15 @@ if ! have pdns_recursor && [ ! -x /usr/sbin/pdns_recursor ]; then missing+=(pdns
 if ! have dnsmasq && [ ! -x /usr/sbin/dnsmasq ]; then missing+=(dnsmasq-base); fi
 if ! have promtool; then missing+=(prometheus); fi
 if ! have systemd-analyze; then missing+=(systemd); fi
+if ! have jq; then missing+=(jq); fi
+if ! have chromium && ! have chromium-browser; then missing+=(chromium); fi
 if [ "${1:-}" = bench ]; then
 	if ! have dnsperf; then missing+=(dnsperf); fi
 	if ! have taskset; then missing+=(util-linux); fi
 fi
 
 if [ "${#missing[@]}" -eq 0 ]; then
-	echo "deps: unbound, dig, curl, gcc and the resolvers${1:+ and the $1 tools} are installed"
+	echo "deps: unbound, dig, curl, gcc, jq, chromium and the resolvers${1:+ and the $1 tools} are installed"
 	exit 0
 fi
 
