@@ -39,6 +39,9 @@ mount -t proc proc $OVL/merged/proc
 mount --rbind /sys $OVL/merged/sys
 mount --rbind /dev $OVL/merged/dev
 mount -t tmpfs tmpfs $OVL/merged/run
+# Booting empties /tmp (tmpfiles.d's tmp.conf): in the overlay that would
+# hide what the test keeps there, the repository of a CI clone included.
+ln -sf /dev/null $OVL/merged/etc/tmpfiles.d/tmp.conf
 ip link set lo up
 exec chroot $OVL/merged /usr/bin/env container=glimpse-test /lib/systemd/systemd --system --unit=basic.target
 `
