@@ -42,6 +42,7 @@ type config struct {
 	perQuery                     bool
 	changes                      int
 	subscribers                  int
+	longPolls                    int
 	scale                        []int
 	sections                     map[string]bool
 	serverCPUs, clientCPUs       string
@@ -86,8 +87,9 @@ func parseFlags(args []string) (*config, error) {
 	fs.BoolVar(&cfg.perQuery, "dnsperf.per-query", true, "record each query's latency (dnsperf -v) in the half-load runs, for p50/p99")
 	fs.IntVar(&cfg.changes, "changes", 200, "Consul changes in the propagation test")
 	fs.IntVar(&cfg.subscribers, "subscribers", 10000, "websocket subscribers in the fan-out test")
+	fs.IntVar(&cfg.longPolls, "long-polls", 10000, "long-polls waiting in the long-poll test")
 	fs.StringVar(&scale, "scale", "20000,100000", "instance counts of the scale test (multiples of jobs×instances)")
-	fs.StringVar(&sections, "sections", "dns,propagation,fanout,scale,ondemand", `sections to run; "soak" (not a default) runs mixed load for -soak`)
+	fs.StringVar(&sections, "sections", "dns,propagation,fanout,longpoll,scale,ondemand", `sections to run; "soak" (not a default) runs mixed load for -soak`)
 	fs.DurationVar(&cfg.soak, "soak", 10*time.Minute, "length of the soak section")
 	var agentArgs string
 	fs.StringVar(&agentArgs, "agent.args", "", "extra glimpse-agent flags, space-separated (for example \"-http.history 2048\")")
@@ -108,7 +110,7 @@ func parseFlags(args []string) (*config, error) {
 	cfg.sections = map[string]bool{}
 	for _, s := range strings.Split(sections, ",") {
 		switch s = strings.TrimSpace(s); s {
-		case "dns", "propagation", "fanout", "scale", "ondemand", "soak":
+		case "dns", "propagation", "fanout", "longpoll", "scale", "ondemand", "soak":
 			cfg.sections[s] = true
 		case "":
 		default:

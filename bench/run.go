@@ -84,7 +84,7 @@ func run(ctx context.Context, cfg *config) error {
 	}
 	defer b.proxy.Close()
 
-	if cfg.sections["dns"] || cfg.sections["propagation"] || cfg.sections["fanout"] || cfg.sections["soak"] {
+	if cfg.sections["dns"] || cfg.sections["propagation"] || cfg.sections["fanout"] || cfg.sections["longpoll"] || cfg.sections["soak"] {
 		b.g, err = b.startGlimpse(ctx, b.proxy.Addr(), "main", wholeZone(b.topo.products)...)
 		if err != nil {
 			return err
@@ -96,7 +96,7 @@ func run(ctx context.Context, cfg *config) error {
 		for _, s := range []struct {
 			name string
 			run  func(context.Context) error
-		}{{"dns", b.dnsSection}, {"propagation", b.propagationSection}, {"fanout", b.fanoutSection}, {"soak", b.soakSection}} {
+		}{{"dns", b.dnsSection}, {"propagation", b.propagationSection}, {"fanout", b.fanoutSection}, {"longpoll", b.longPollSection}, {"soak", b.soakSection}} {
 			if !cfg.sections[s.name] {
 				continue
 			}
@@ -128,7 +128,7 @@ func run(ctx context.Context, cfg *config) error {
 			return fmt.Errorf("ondemand: %w", err)
 		}
 	}
-	if cfg.sections["dns"] || cfg.sections["propagation"] || cfg.sections["fanout"] || cfg.sections["scale"] || cfg.sections["ondemand"] {
+	if cfg.sections["dns"] || cfg.sections["propagation"] || cfg.sections["fanout"] || cfg.sections["longpoll"] || cfg.sections["scale"] || cfg.sections["ondemand"] {
 		return b.rep.write(b)
 	}
 	return nil

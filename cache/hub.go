@@ -21,6 +21,8 @@ type Hub struct {
 
 	mu   sync.Mutex
 	subs map[string]map[*Subscriber]struct{} // by zone + "/" + product
+	// wakers are the long-polls waiting, by zone + "/" + product.
+	wakers map[string]map[*waker]struct{}
 	// history is a ring of the most recent changes, oldest at head.
 	history []*Address
 	head    int
@@ -58,7 +60,8 @@ type Subscriber struct {
 }
 
 func newHub(c *Cache, history int) *Hub {
-	return &Hub{cache: c, subs: map[string]map[*Subscriber]struct{}{}, history: make([]*Address, 0, max(history, 1))}
+	return &Hub{cache: c, subs: map[string]map[*Subscriber]struct{}{}, wakers: map[string]map[*waker]struct{}{},
+		history: make([]*Address, 0, max(history, 1))}
 }
 
 func productKey(zone, product string) string { return zone + "/" + product }
@@ -104,6 +107,38 @@ func (h *Hub) Subscribe(queries []Query, since uint64) (s *Subscriber, resumed b
 	return s, false
 }
 
+// waker is a long-poll waiting for a change of the addresses matching q.
+type waker struct {
+	q Query
+	c chan struct{}
+}
+
+// Wake returns a channel that receives a value once an address matching q
+// changes (appears, changes or goes away) after the call, and a func that
+// ends the wait. A long-poll registers, then reads the cache, then waits:
+// it misses no change, and, unlike a wait on every change of the cache, it
+// is woken by the changes it can see only.
+func (h *Hub) Wake(q Query) (<-chan struct{}, func()) {
+	w := &waker{q: q, c: make(chan struct{}, 1)}
+	key := productKey(q.Zone, q.Product)
+	h.mu.Lock()
+	if h.wakers[key] == nil {
+		h.wakers[key] = map[*waker]struct{}{}
+	}
+	h.wakers[key][w] = struct{}{}
+	h.mu.Unlock()
+	return w.c, func() {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if m := h.wakers[key]; m != nil {
+			delete(m, w)
+			if len(m) == 0 {
+				delete(h.wakers, key)
+			}
+		}
+	}
+}
+
 // Subscribers returns the number of subscriptions.
 func (h *Hub) Subscribers() int {
 	h.mu.Lock()
@@ -144,7 +179,16 @@ func (h *Hub) publish(changes []*Address) {
 			h.history[h.head] = ha
 			h.head = (h.head + 1) % len(h.history)
 		}
-		subs := h.subs[productKey(a.Zone, a.Product)]
+		key := productKey(a.Zone, a.Product)
+		for w := range h.wakers[key] {
+			if w.q.Matches(a) {
+				select {
+				case w.c <- struct{}{}:
+				default:
+				}
+			}
+		}
+		subs := h.subs[key]
 		if len(subs) == 0 {
 			continue
 		}

@@ -547,3 +547,54 @@ func TestHubHistoryKeepsNoDerived(t *testing.T) {
 		t.Errorf("the cache's address lost its derived form")
 	}
 }
+
+// Wake: a long-poll's channel gets a value for a change of an address its
+// query matches (a change, an appearance, a removal), never for another
+// address of the same product, another product or one before the call;
+// after stop, nothing.
+func TestHubWake(t *testing.T) {
+	c := hubCache(t, 16)
+	a := hubInst("stream", "http", "10.0.0.1", 80)
+	b := hubInst("batch", "worker", "10.0.0.2", 81)
+	hubSet(t, c, "goku", a, b)
+	woken := func(ch <-chan struct{}) bool {
+		select {
+		case <-ch:
+			return true
+		default:
+			return false
+		}
+	}
+	exact, stopExact := c.Hub().Wake(hubExact("goku", "stream", "http"))
+	wild, stopWild := c.Hub().Wake(Query{Zone: "dc1", Product: "goku", Env: "prod", Job: Wildcard, Service: "http"})
+	defer stopWild()
+	if woken(exact) || woken(wild) {
+		t.Fatal("woken by a change made before Wake")
+	}
+	b.Port = 82
+	hubSet(t, c, "goku", a, b)
+	hubSet(t, c, "vegeta", hubInst("stream", "http", "10.0.1.1", 80))
+	if woken(exact) || woken(wild) {
+		t.Error("woken by another address of the product, or another product")
+	}
+	a.Port = 90
+	hubSet(t, c, "goku", a, b)
+	if !woken(exact) || !woken(wild) {
+		t.Error("not woken by a change of the address")
+	}
+	hubSet(t, c, "goku", b) // http.stream goes away
+	if !woken(exact) || !woken(wild) {
+		t.Error("not woken when the address went away")
+	}
+	stopExact()
+	hubSet(t, c, "goku", a, b) // and comes back
+	if woken(exact) {
+		t.Error("woken after stop")
+	}
+	if !woken(wild) {
+		t.Error("not woken when the address came back")
+	}
+	if n := len(c.Hub().wakers); n != 1 {
+		t.Errorf("%d products with wakers left, want 1 (the wildcard's)", n)
+	}
+}

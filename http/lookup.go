@@ -211,7 +211,8 @@ func (s *Server) lookupNow(ctx context.Context, q cache.Query) (cache.Result, er
 
 // await waits until the result of q has an index other than index, the wait
 // ends, the request ends or the server shuts down, and returns the result
-// then. It is woken by the cache's change notification; it does not poll.
+// then. It is woken by the hub when an address q matches changes (see
+// Hub.Wake), not by every change of the cache, and it does not poll.
 //
 // A result index greater than index answers at once; so does one lower
 // than index, which can only mean the agent restarted since the client read
@@ -226,8 +227,9 @@ func (s *Server) await(ctx context.Context, q cache.Query, index uint64, wait ti
 	defer release()
 	s.metrics.longPolls.Inc()
 	defer s.metrics.longPolls.Dec()
+	changed, stop := s.cache.Hub().Wake(q)
+	defer stop()
 	for {
-		changed := s.cache.Changed()
 		res := s.cache.Lookup(q)
 		if res.Index != index {
 			return res
