@@ -109,6 +109,8 @@ func (r *report) dns(systems []system, sizes map[string][2]int, maxRuns, halfRun
 			names = "`<job>.<product>.service.dc1.consul`"
 		case "ceiling", "miekg-stock":
 			names = "same as glimpse, fixed answer"
+		case "nsd", "knot":
+			names = "same as glimpse, from a zone file of glimpse's answers"
 		}
 		lost := 0.0
 		for _, p := range mr {
@@ -161,6 +163,31 @@ func (r *report) dns(systems []system, sizes map[string][2]int, maxRuns, halfRun
 	r.charts["dns.svg"] = barChartSVG("DNS queries per second (median of "+fmt.Sprint(r.cfg.runs)+" runs)", "queries/s", bars)
 	r.add("%s", b.String())
 	halfP99 := median(field(halfRuns["glimpse"], func(p perfResult) float64 { return p.p99Ms }))
+	// NSD and Knot DNS: glimpse's rate and CPU per answer against theirs,
+	// per round, then the median.
+	cpuRatio := func(a, c string) float64 {
+		var rs []float64
+		for i := range min(len(maxRuns[a]), len(maxRuns[c])) {
+			if x, y := maxRuns[a][i].cpuUs, maxRuns[c][i].cpuUs; x > 0 && y > 0 {
+				rs = append(rs, x/y)
+			}
+		}
+		if len(rs) == 0 {
+			return -1
+		}
+		return median(rs)
+	}
+	for _, other := range []string{"nsd", "knot"} {
+		if len(maxRuns[other]) == 0 {
+			continue
+		}
+		label := map[string]string{"nsd": "NSD", "knot": "Knot DNS"}[other]
+		q, c := ratio("glimpse", other), cpuRatio("glimpse", other)
+		r.add("glimpse/%s: **%.2f×** the queries per second and **%.2f×** the server CPU per answer (medians of the per-round ratios; CPU per answer, per run: glimpse %s µs, %s %s µs).\n",
+			label, q, c, joinf(cpuPerAnswer(maxRuns["glimpse"]), "%.2f"), label, joinf(cpuPerAnswer(maxRuns[other]), "%.2f"))
+		r.check("DNS qps vs "+label, "≥ 1.0×", fmt.Sprintf("%.2f×", q), q >= 1)
+		r.check("DNS server CPU per answer vs "+label, "≤ 1.0×", fmt.Sprintf("%.2f×", c), c > 0 && c <= 1)
+	}
 	r.check("DNS qps vs ceiling", "≥ 0.9×", fmt.Sprintf("%.2f×", vsCeil), vsCeil >= 0.9)
 	r.check("DNS qps vs Consul DNS", "≥ 15×", fmt.Sprintf("%.1f×", vsConsul), vsConsul >= 15)
 	r.check("DNS p99 at 50 % load", "≤ 1 ms", ms(halfP99), halfP99 >= 0 && halfP99 <= 1)

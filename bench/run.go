@@ -291,6 +291,35 @@ func (b *bench) dnsSection(ctx context.Context) error {
 	}
 	systems := []system{{"glimpse", b.g.dnsAddr, gq, b.g.pid()}, {"consul", b.consul.DNSAddr(), cq, b.consul.PID()},
 		{"ceiling", ceilAddrs[0], gq, ceilPIDs[0]}, {"miekg-stock", ceilAddrs[1], gq, ceilPIDs[1]}}
+	// NSD and Knot DNS, answering glimpse's names with glimpse's records.
+	zone := filepath.Join(b.work, "srv.glimpse.io.zone")
+	if err := b.zoneFile(zone); err != nil {
+		return fmt.Errorf("zone file: %w", err)
+	}
+	for _, name := range []string{"nsd", "knot"} {
+		p, addr, err := b.startAuthoritative(ctx, name, zone)
+		if err != nil {
+			return err
+		}
+		defer p.stop()
+		var sz [2]int
+		for i, qt := range []uint16{mdns.TypeSRV, mdns.TypeA} {
+			r, err := exchange(addr, glimpseName(0, 0), qt)
+			if err != nil {
+				return fmt.Errorf("%s: %w", name, err)
+			}
+			if r.Rcode != mdns.RcodeSuccess || len(r.Answer) != b.topo.perJob {
+				return fmt.Errorf("%s %s: %s with %d answers, want %d", name, mdns.TypeToString[qt], mdns.RcodeToString[r.Rcode], len(r.Answer), b.topo.perJob)
+			}
+			wire, err := r.Pack()
+			if err != nil {
+				return err
+			}
+			sz[i] = len(wire)
+		}
+		sizes[name] = sz
+		systems = append(systems, system{name, addr, gq, p.pid()})
+	}
 
 	// Maximum rate: runs alternate between the systems, the order
 	// rotating each round.
@@ -365,13 +394,13 @@ func (b *bench) rounds(ctx context.Context, systems []system, rate int, perQuery
 		for i := range systems {
 			s := systems[(i+r)%len(systems)]
 			t0 := time.Now()
-			cpu0, cpuErr := cpuTime(s.pid)
+			cpu0, cpuErr := cpuTree(s.pid)
 			res, err := b.dnsperf(ctx, s.addr, s.queries, b.cfg.duration, rate, perQuery)
 			if err != nil {
 				return nil, fmt.Errorf("%s at %s: %w", s.name, load, err)
 			}
 			res.cpuUs = -1
-			if cpu1, err := cpuTime(s.pid); err == nil && cpuErr == nil && res.completed > 0 {
+			if cpu1, err := cpuTree(s.pid); err == nil && cpuErr == nil && res.completed > 0 {
 				res.cpuUs = float64((cpu1 - cpu0).Microseconds()) / float64(res.completed)
 			}
 			if each != nil {

@@ -83,14 +83,16 @@ func (u *udpServer) serve() error {
 	}
 	u.started = true
 	u.mu.Unlock()
-	go u.read()
+	u.startReader()
 	err := <-u.stopped
 	close(u.done)
 	return err
 }
 
-// read is the socket's reader: it answers each query it reads, until the
-// reading ends or its handler detaches, which starts the next reader.
+// read is the reader of a wildcard socket (or of any socket where batched
+// reading is not available; see startReader): it answers each query it
+// reads, until the reading ends or its handler detaches, which starts the
+// next reader.
 func (u *udpServer) read() {
 	buf := make([]byte, maxUDPSize)
 	w := &udpWriter{conn: u.conn, u: u} // reused: a handler is done with it when it returns
@@ -106,17 +108,9 @@ func (u *udpServer) read() {
 			n, w.to, err = u.conn.ReadFromUDPAddrPort(buf)
 		}
 		if err != nil {
-			if u.closing.Load() {
-				u.stopped <- nil
+			if u.readFailed(err) {
 				return
 			}
-			if errors.Is(err, net.ErrClosed) {
-				u.stopped <- err
-				return
-			}
-			// Anything else (a timeout, a transient error such as
-			// ENOBUFS) must not stop the reading.
-			time.Sleep(time.Millisecond)
 			continue
 		}
 		serveRaw(u.h, buf[:n], w)
@@ -125,6 +119,23 @@ func (u *udpServer) read() {
 			return
 		}
 	}
+}
+
+// readFailed handles a reader's failed read: at shutdown, or once the
+// socket is closed, it reports the end of the reading and returns true;
+// anything else (a timeout, a transient error such as ENOBUFS) must not
+// stop the reading, which goes on after a millisecond.
+func (u *udpServer) readFailed(err error) (stop bool) {
+	if u.closing.Load() {
+		u.stopped <- nil
+		return true
+	}
+	if errors.Is(err, net.ErrClosed) {
+		u.stopped <- err
+		return true
+	}
+	time.Sleep(time.Millisecond)
+	return false
 }
 
 // qrBit is the QR (response) bit of a header's flags.
@@ -189,7 +200,8 @@ func (u *udpServer) shutdown(ctx context.Context) error {
 }
 
 // udpWriter is the mdns.ResponseWriter of a UDP query: sess on a wildcard
-// socket, else to.
+// socket, else to. A writer of a batch keeps its answer for the batch's
+// send (see udpBatch) until its handler detaches.
 type udpWriter struct {
 	conn *net.UDPConn
 	sess *mdns.SessionUDP
@@ -198,15 +210,25 @@ type udpWriter struct {
 	// and whether its handler has handed the reading on.
 	u        *udpServer
 	detached bool
+	// batch and slot: the batch and the datagram this writer answers; nil
+	// once detached (its answer then goes out on its own).
+	batch *udpBatch
+	slot  int
 }
 
-// Detach implements Detacher: it starts the socket's next reader.
+// Detach implements Detacher: it starts the socket's next reader, which
+// carries on with the rest of the batch, if any.
 func (w *udpWriter) Detach() {
 	if w.u == nil || w.detached {
 		return
 	}
 	w.detached = true
 	w.u.inflight.Add(1) // before the next reader can end the reading
+	if b := w.batch; b != nil {
+		w.batch = nil // this writer stays with the handler, which answers alone
+		b.handOver(w.slot)
+		return
+	}
 	go w.u.read()
 }
 
@@ -229,6 +251,10 @@ func (w *udpWriter) WriteMsg(m *mdns.Msg) error {
 }
 
 func (w *udpWriter) Write(b []byte) (int, error) {
+	if w.batch != nil {
+		w.batch.put(w.slot, b)
+		return len(b), nil
+	}
 	if w.sess != nil {
 		return mdns.WriteToSessionUDP(w.conn, b, w.sess)
 	}

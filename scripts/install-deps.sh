@@ -16,6 +16,8 @@
 # With the argument "bench" (`make bench`), also:
 #   dnsperf     the DNS load generator of bench/
 #   util-linux  taskset, which pins servers and load generators to CPUs
+#   nsd, knot   NSD and Knot DNS, the authoritative servers the DNS section
+#               compares glimpse with (their services are kept stopped)
 # Run by `make deps`. As non-root it only reports what is missing.
 set -euo pipefail
 
@@ -37,6 +39,8 @@ if ! have chromium && ! have chromium-browser; then missing+=(chromium); fi
 if [ "${1:-}" = bench ]; then
 	if ! have dnsperf; then missing+=(dnsperf); fi
 	if ! have taskset; then missing+=(util-linux); fi
+	if ! have nsd && [ ! -x /usr/sbin/nsd ]; then missing+=(nsd); fi
+	if ! have knotd && [ ! -x /usr/sbin/knotd ]; then missing+=(knot); fi
 fi
 
 if [ "${#missing[@]}" -eq 0 ]; then
@@ -77,7 +81,7 @@ apt-get install -y -q --no-install-recommends "${missing[@]}" </dev/null
 
 # glimpse's tests run their own resolver instances: make sure the packaged
 # ones are neither running nor enabled at boot.
-for svc in unbound named kresd@1 pdns-recursor prometheus; do
+for svc in unbound named kresd@1 pdns-recursor prometheus nsd knot; do
 	pkg=${svc%%@*}
 	case $svc in named) pkg=bind9 ;; kresd@1) pkg=knot-resolver ;; esac
 	[[ " ${missing[*]} " == *" $pkg "* ]] || continue

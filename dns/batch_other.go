@@ -1,0 +1,13 @@
+//go:build !linux
+
+package dns
+
+// udpBatch is Linux's batched reading (recvmmsg and sendmmsg); elsewhere a
+// socket is read one datagram at a time.
+type udpBatch struct{}
+
+func (u *udpServer) startReader() { go u.read() }
+
+func (b *udpBatch) put(int, []byte) {}
+
+func (b *udpBatch) handOver(int) {}
