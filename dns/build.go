@@ -67,6 +67,9 @@ type wire []byte
 
 // addrAnswers are an address's prepared answers. nil fields mean NODATA.
 type addrAnswers struct {
+	// used is when the fast path last told the demand of a read of the
+	// address (unix nanoseconds); see Handler.ServeRaw.
+	used    atomic.Int64
 	healthy bool // at least one instance is healthy; false means NXDOMAIN
 	srv     wire
 	a       wire

@@ -2,9 +2,13 @@ package dns
 
 import (
 	"bytes"
+	"net/netip"
 	"testing"
+	"time"
 
 	mdns "github.com/miekg/dns"
+
+	"github.com/rugby110/glimpse/cache"
 )
 
 // TestServeRaw: the raw path answers the common queries, with the same bytes
@@ -85,5 +89,53 @@ func TestServeRaw(t *testing.T) {
 	pkt, _ := m.Pack()
 	if h.ServeRaw(pkt, &recorder{tcp: true}) {
 		t.Error("the raw path answered over TCP")
+	}
+}
+
+// TestServeRawTellsDemand: the raw path tells the demand of the reads of an
+// address, but not at every query: an address read in a burst is told once
+// per useEvery, and a new state of the address is told at its first read.
+// A name without an address is told at once (its first read starts its
+// watch).
+func TestServeRawTellsDemand(t *testing.T) {
+	c, cfg := benchCache(t)
+	used := map[string]int{}
+	h := NewHandler(c, HandlerOptions{Config: cfg, LocalZone: "dc1",
+		Demand: cache.Static{Cache: c, Used: func(zone, product string) { used[zone+"/"+product]++ }}})
+	m := new(mdns.Msg)
+	m.SetQuestion("http.stream.prod.goku.dc1.srv.glimpse.io.", mdns.TypeSRV)
+	pkt, err := m.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 1000
+	began := time.Now()
+	for range n {
+		if !h.ServeRaw(pkt, &discardWriter{}) {
+			t.Fatal("the raw path did not answer")
+		}
+	}
+	most := 1 + int(time.Since(began)/useEvery)
+	if got := used["dc1/goku"]; got < 1 || got > most {
+		t.Errorf("%d reads told the demand %d times, want 1 to %d", n, got, most)
+	}
+	// A new state of the address: told at its first read.
+	before := used["dc1/goku"]
+	c.SetProduct("dc1", "goku", []cache.Instance{{Node: "nodea", Address: netip.MustParseAddr("10.0.0.9"), Port: 8000, Env: "prod", Job: "stream", Service: "http"}}, 0)
+	h.ServeRaw(pkt, &discardWriter{})
+	if used["dc1/goku"] != before+1 {
+		t.Error("the first read of a new state was not told")
+	}
+	// No such address: told at every query, and left to the full path.
+	m.SetQuestion("nope.stream.prod.goku.dc1.srv.glimpse.io.", mdns.TypeSRV)
+	pkt, _ = m.Pack()
+	before = used["dc1/goku"]
+	for range 3 {
+		if h.ServeRaw(pkt, &discardWriter{}) {
+			t.Fatal("the raw path answered a name without an address")
+		}
+	}
+	if used["dc1/goku"] != before+3 {
+		t.Errorf("a name without an address told the demand %d times in 3 queries", used["dc1/goku"]-before)
 	}
 }

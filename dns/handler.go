@@ -266,19 +266,25 @@ func prepared(z *cache.Zone, n *name, qtype uint16) (wa wire, ok bool) {
 		}
 		return pick(qtype, nil, na.a, na.aaaa), true
 	}
-	p := z.Products.Get(n.labels[1])
-	if p == nil {
-		return nil, false
-	}
-	a := p.Addresses[n.rest]
-	if a == nil {
-		return nil, false
-	}
-	aa := a.Derived.(*addrAnswers)
-	if !aa.healthy {
+	aa := addressAnswers(z, n)
+	if aa == nil || !aa.healthy {
 		return nil, false
 	}
 	return aa.answer(qtype), true
+}
+
+// addressAnswers returns the prepared answers of address n, nil when the
+// zone has no such address.
+func addressAnswers(z *cache.Zone, n *name) *addrAnswers {
+	p := z.Products.Get(n.labels[1])
+	if p == nil {
+		return nil
+	}
+	a := p.Addresses[n.rest]
+	if a == nil {
+		return nil
+	}
+	return a.Derived.(*addrAnswers)
 }
 
 // udpLimit is the largest UDP response to a client advertising size
