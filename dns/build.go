@@ -71,6 +71,9 @@ type addrAnswers struct {
 	// address (unix nanoseconds); see Handler.ServeRaw.
 	used    atomic.Int64
 	healthy bool // at least one instance is healthy; false means NXDOMAIN
+	// qlen is the length of the question name in every answer, in wire
+	// form: the fast path compares it with the query's.
+	qlen int
 	srv     wire
 	a       wire
 	aaaa    wire
@@ -165,8 +168,10 @@ type srvKey struct {
 
 // BuildAddress implements cache.Builder.
 func (b *Builder) BuildAddress(a *cache.Address) any {
-	out := &addrAnswers{}
 	qname := a.Name() + "." + b.cfg.Domain
+	// Labels of letters, digits and '-' and a final dot: in wire form,
+	// each dot is a length byte, plus the first one.
+	out := &addrAnswers{qlen: len(qname) + 1}
 	var srv, v4, v6, glue []mdns.RR
 	seenIP := map[netip.Addr]bool{}
 	seenTarget := map[string]bool{}

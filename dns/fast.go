@@ -60,7 +60,7 @@ func (h *Handler) ServeRaw(pkt []byte, w mdns.ResponseWriter) bool {
 			aa.used.Store(now)
 			h.demand.Use(nm.zone(), product)
 		}
-		if !aa.healthy {
+		if !aa.healthy || aa.qlen != len(q.name) {
 			return false
 		}
 		wa = aa.answer(q.qtype)
@@ -69,11 +69,11 @@ func (h *Handler) ServeRaw(pkt []byte, w mdns.ResponseWriter) bool {
 		if z.State(product) != cache.Present {
 			return false
 		}
-		if wa, ok = prepared(z, &nm, q.qtype); !ok {
+		if wa, ok = prepared(z, &nm, q.qtype); !ok || wa == nil || nameLen(wa) != len(q.name) {
 			return false
 		}
 	}
-	if wa == nil || nameLen(wa) != len(q.name) {
+	if wa == nil {
 		return false
 	}
 	size, limit := len(wa), mdns.MinMsgSize

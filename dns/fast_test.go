@@ -139,3 +139,23 @@ func TestServeRawTellsDemand(t *testing.T) {
 		t.Errorf("a name without an address told the demand %d times in 3 queries", used["dc1/goku"]-before)
 	}
 }
+
+// TestAddressQnameLen: the question name length the fast path compares is
+// that of every prepared answer, rotated subsets included.
+func TestAddressQnameLen(t *testing.T) {
+	cfg := Config{Domain: "srv.glimpse.io.", TTL: 5, NegativeTTL: 5, MaxRecords: 100}
+	b := NewBuilder(cfg)
+	for _, n := range []int{1, 4, 150} {
+		a := &cache.Address{Zone: "dc1", Product: "goku-x", Env: "prod", Job: "stream9", Service: "h"}
+		for i := range n {
+			a.Instances = append(a.Instances, cache.Instance{Node: "n", Address: netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}), Port: 80,
+				Env: a.Env, Job: a.Job, Service: a.Service})
+		}
+		aa := b.BuildAddress(a).(*addrAnswers)
+		for _, qt := range []uint16{mdns.TypeSRV, mdns.TypeA, mdns.TypeANY} {
+			if w := aa.answer(qt); w != nil && nameLen(w) != aa.qlen {
+				t.Errorf("%d instances, %s: qlen %d, the answer's name %d bytes", n, mdns.TypeToString[qt], aa.qlen, nameLen(w))
+			}
+		}
+	}
+}
