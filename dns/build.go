@@ -74,9 +74,9 @@ type addrAnswers struct {
 	// qlen is the length of the question name in every answer, in wire
 	// form: the fast path compares it with the query's.
 	qlen int
-	srv     wire
-	a       wire
-	aaaa    wire
+	srv  wire
+	a    wire
+	aaaa wire
 	// rot holds the subsets of the RRsets when one is over the cap (srv,
 	// a and aaaa are then unused); nil when every RRset is whole.
 	rot *rotations
