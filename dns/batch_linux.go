@@ -160,13 +160,25 @@ func (b *udpBatch) put(i int, p []byte) {
 	b.has[i] = len(p) > 0
 }
 
+// answerBuf returns the buffer the answer to w's datagram is sent from,
+// for the caller to fill in place; nil when w is not part of a batch (or
+// no longer: its handler detached).
+func (w *udpWriter) answerBuf() *[]byte {
+	if w.batch == nil {
+		return nil
+	}
+	w.batch.has[w.slot] = true
+	return &w.batch.out[w.slot]
+}
+
 // flush sends the answers kept, with as few sendmmsg calls as the socket
 // takes. An answer the kernel refuses (too large for the path) is dropped,
 // as a single send of it would have failed.
 func (b *udpBatch) flush() {
 	k := 0
 	for i := 0; i < b.n; i++ {
-		if !b.has[i] {
+		if !b.has[i] || len(b.out[i]) == 0 {
+			b.has[i] = false
 			continue
 		}
 		b.has[i] = false

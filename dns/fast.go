@@ -3,7 +3,9 @@ package dns
 import (
 	"encoding/binary"
 	"net"
+	"strings"
 	"time"
+	"unsafe"
 
 	mdns "github.com/miekg/dns"
 
@@ -38,19 +40,23 @@ func (h *Handler) ServeRaw(pkt []byte, w mdns.ResponseWriter) bool {
 	if !ok {
 		return false
 	}
+	// The name is read in place, in a buffer on the stack: its labels
+	// serve the lookups below and nothing keeps them, but what is handed
+	// to the demand, which may keep it, is copied first (use).
 	var lower [maxNameLen]byte
 	n := presentLower(lower[:], q.name)
-	nm := parseName(string(lower[:n]), h.cfg.Domain)
+	nm := parseName(unsafe.String(&lower[0], n), h.cfg.Domain)
 	if nm.kind != kindAddress && nm.kind != kindNode {
 		return false
 	}
 	product := nm.product()
+	use := func() { h.demand.Use(strings.Clone(nm.zone()), strings.Clone(product)) }
 	z := h.cache.Zone(nm.zone())
 	var wa wire
 	if nm.kind == kindAddress && z != nil && z.Synced {
 		aa := addressAnswers(z, &nm)
 		if aa == nil {
-			h.demand.Use(nm.zone(), product)
+			use()
 			return false // the full path answers, and waits if it must
 		}
 		// The demand records reads to the 100 ms (watch's usage): an
@@ -58,14 +64,14 @@ func (h *Handler) ServeRaw(pkt []byte, w mdns.ResponseWriter) bool {
 		// second, not at every query.
 		if now := start.UnixNano(); now-aa.used.Load() >= int64(useEvery) {
 			aa.used.Store(now)
-			h.demand.Use(nm.zone(), product)
+			use()
 		}
 		if !aa.healthy || aa.qlen != len(q.name) {
 			return false
 		}
 		wa = aa.answer(q.qtype)
 	} else {
-		h.demand.Use(nm.zone(), product)
+		use()
 		if z.State(product) != cache.Present {
 			return false
 		}

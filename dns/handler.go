@@ -520,8 +520,26 @@ type patch struct {
 // The caller has checked that it fits and that the names have the same
 // length.
 func (h *Handler) sendPrepared(w mdns.ResponseWriter, wa wire, p patch, qname []byte) {
+	// A batched UDP writer lends the buffer its answer is sent from: the
+	// answer is patched there, not in a buffer of ours and copied again.
+	if uw, ok := w.(*udpWriter); ok {
+		if dst := uw.answerBuf(); dst != nil {
+			*dst = patched((*dst)[:0], wa, p, qname)
+			return
+		}
+	}
 	bp := h.bufs.Get().(*[]byte)
-	buf := append((*bp)[:0], wa...)
+	buf := patched((*bp)[:0], wa, p, qname)
+	_, _ = w.Write(buf)
+	*bp = buf
+	h.bufs.Put(bp)
+}
+
+// patched appends to buf the prepared answer wa patched for the query: its
+// ID, RD and CD bits, question name as sent and type, and an OPT record
+// when the query had one.
+func patched(buf []byte, wa wire, p patch, qname []byte) []byte {
+	buf = append(buf, wa...)
 	binary.BigEndian.PutUint16(buf[0:], p.id)
 	if p.rd {
 		buf[2] |= 0x01
@@ -539,9 +557,7 @@ func (h *Handler) sendPrepared(w mdns.ResponseWriter, wa wire, p patch, qname []
 		buf = append(buf, 0, 0, 41, maxUDPSize>>8, maxUDPSize&0xff, 0, 0, do, 0, 0, 0)
 		binary.BigEndian.PutUint16(buf[10:], binary.BigEndian.Uint16(buf[10:])+1)
 	}
-	_, _ = w.Write(buf)
-	*bp = buf
-	h.bufs.Put(bp)
+	return buf
 }
 
 // serveTrimmed answers with a prepared response too large for the client.
