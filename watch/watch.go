@@ -574,6 +574,9 @@ type zoneWatch struct {
 	// products holds the products in use, pinned or held; written with mu
 	// held, read by Use without it.
 	products liveMap[*productWatch]
+	// loops counts the starts and stops of product loops, so that detect
+	// lists the products with a loop only when that set changed.
+	loops atomic.Uint64
 
 	mu sync.Mutex
 	// listIndex is the index of the product list last applied (the list
@@ -652,6 +655,7 @@ func (z *zoneWatch) startProduct(p *productWatch) {
 	pctx, cancel := context.WithCancel(z.ctx)
 	p.cancel = cancel
 	p.running.Store(true)
+	z.loops.Add(1)
 	p.index.Store(0)
 	if p.pinned {
 		z.unsettledPins++ // until its first result or failure
@@ -685,6 +689,7 @@ func (z *zoneWatch) stopProduct(p *productWatch, why string) {
 	z.qmu.Unlock()
 	p.cancel = nil
 	p.running.Store(false)
+	z.loops.Add(1)
 	if p.pinned && !p.settled {
 		z.unsettledPins--
 	}
@@ -926,26 +931,27 @@ func (z *zoneWatch) detectWhileRotating(health cache.Health, limiter *rate.Limit
 	m.slots.begin(h, nil)
 	var (
 		index uint64
-		// base holds the versions of the products asked for last time
-		// (the zero version for those without such checks).
+		// base is the last read's versions: the products with checks in
+		// that state (nil: compare with the products' own indexes only).
 		base     map[string]CheckVersion
-		asked    []string // the products of the last read
+		names    []string // the products with a loop, as of version loops
+		loops    uint64
 		failures int
 	)
 	for {
 		if _, waiting, _ := m.slots.stats(); waiting == 0 {
 			return
 		}
-		names := z.watchedNames()
-		if len(names) == 0 {
-			return
-		}
-		if !slices.Equal(names, asked) {
+		if v := z.loops.Load(); names == nil || v != loops {
 			// A product that started since the last read may have
 			// changed since its own read, unseen by a filter without it:
 			// this read does not block, and compares with the products'
 			// own indexes.
-			index, asked = 0, names
+			names, loops = z.watchedNames(), v
+			index, base = 0, nil
+		}
+		if len(names) == 0 {
+			return
 		}
 		filter := names
 		if len(filter) > maxFilterNames {
@@ -971,31 +977,41 @@ func (z *zoneWatch) detectWhileRotating(health cache.Health, limiter *rate.Limit
 			continue
 		}
 		failures = 0
-		next := make(map[string]CheckVersion, len(names))
-		for _, name := range names {
-			v := got[name]
-			next[name] = v
+		// Only what the read returns, or the last one did, can have
+		// changed: the cost follows the unhealthy checks, not the
+		// products in use.
+		for name, v := range got {
 			old, known := base[name]
-			if known && v == old {
-				continue
-			}
-			// A check changed after the product's last result, or one
-			// was removed (a product new to this read has no count to
-			// compare; a removal there waits for its turn).
-			p := z.products.get(name)
-			if p == nil {
-				continue
-			}
-			if seen := p.index.Load(); seen != 0 && (v.Index > seen || known && v.Count != old.Count) {
-				m.slots.kick(&p.ticket)
+			if !known || v != old {
+				z.kickIfChanged(name, v, old.Count, base != nil)
 			}
 		}
-		base = next
+		for name, old := range base {
+			if _, still := got[name]; !still {
+				z.kickIfChanged(name, CheckVersion{}, old.Count, true) // its last such check left the state
+			}
+		}
+		base = got
 		if meta.Index < index || meta.Index == 0 {
 			index, base = 0, nil // a reset Consul: start over
 		} else {
 			index = meta.Index
 		}
+	}
+}
+
+// kickIfChanged brings forward the read of product name, if it has a
+// loop, when its checks in a state (now at v) changed after the product's
+// last result, or their number changed (from count, when compared is
+// true; a product first seen by a read has no count to compare, and a
+// removal there waits for its turn).
+func (z *zoneWatch) kickIfChanged(name string, v CheckVersion, count int, compared bool) {
+	p := z.products.get(name)
+	if p == nil || !p.running.Load() {
+		return
+	}
+	if seen := p.index.Load(); seen != 0 && (v.Index > seen || compared && v.Count != count) {
+		z.m.slots.kick(&p.ticket)
 	}
 }
 

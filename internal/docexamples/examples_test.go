@@ -36,6 +36,26 @@ const (
 	runFor       = "60" // seconds an example may take (a long-poll takes 30)
 )
 
+// setup fails the test unless every tool is installed (a name in $PATH, or
+// an absolute path), and returns the repository's root and the Consul
+// binary the tests run.
+func setup(t *testing.T, tools ...string) (root, consul string) {
+	t.Helper()
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s is not installed (make deps): %v", tool, err)
+		}
+	}
+	root, err := testconsul.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if consul, err = testconsul.Bin(); err != nil {
+		t.Fatal(err)
+	}
+	return root, consul
+}
+
 // examples reads the marked sh blocks of the README and docs/*.md.
 func examples(t *testing.T, root string) []example {
 	t.Helper()
@@ -98,19 +118,7 @@ func TestExamples(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("the demo's namespace needs root")
 	}
-	for _, tool := range []string{"unshare", "ip", "curl", "dig", "jq", "timeout"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Fatalf("%s is not installed (make deps): %v", tool, err)
-		}
-	}
-	root, err := testconsul.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	consul, err := testconsul.Bin()
-	if err != nil {
-		t.Fatal(err)
-	}
+	root, consul := setup(t, "unshare", "ip", "curl", "dig", "jq", "timeout")
 	all := examples(t, root)
 	var run []example
 	for _, ex := range all {

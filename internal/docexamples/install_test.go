@@ -9,8 +9,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/rugby110/glimpse/internal/testconsul"
 )
 
 // container is a throwaway Debian machine: an overlay whose lower layer is
@@ -143,22 +141,7 @@ func TestInstall(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("booting a throwaway machine needs root")
 	}
-	for _, tool := range []string{"unshare", "nsenter", "chroot", "dpkg-deb", "make", "unbound", "dig", "curl"} {
-		if _, err := exec.LookPath(tool); err != nil && tool != "unbound" {
-			t.Fatalf("%s is not installed (make deps): %v", tool, err)
-		}
-	}
-	if _, err := os.Stat("/lib/systemd/systemd"); err != nil {
-		t.Fatalf("systemd is not installed (make deps): %v", err)
-	}
-	root, err := testconsul.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	consul, err := testconsul.Bin()
-	if err != nil {
-		t.Fatal(err)
-	}
+	root, consul := setup(t, "unshare", "nsenter", "chroot", "dpkg-deb", "make", "dig", "curl", "/lib/systemd/systemd", "/usr/sbin/unbound")
 	steps := installSteps(t, root)
 	c := bootContainer(t)
 	if out, _ := c.run("getent passwd glimpse; test -e /usr/bin/glimpse-agent && echo installed"); strings.TrimSpace(out) != "" {
