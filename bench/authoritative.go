@@ -156,10 +156,10 @@ zone:
 
 // cpuTree returns the CPU time of process pid and of its descendants: NSD
 // answers in a child process.
-func cpuTree(pid int) (time.Duration, error) {
-	total, err := cpuTime(pid)
+func cpuTree(pid int) (cpuUse, error) {
+	total, err := cpuTimes(pid)
 	if err != nil {
-		return 0, err
+		return cpuUse{}, err
 	}
 	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
 	for _, t := range tasks {
@@ -170,7 +170,8 @@ func cpuTree(pid int) (time.Duration, error) {
 				continue
 			}
 			if d, err := cpuTree(child); err == nil {
-				total += d
+				total.user += d.user
+				total.sys += d.sys
 			}
 		}
 	}

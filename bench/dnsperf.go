@@ -28,6 +28,8 @@ type perfResult struct {
 	// cpuUs is the server process's CPU time (user and system) per
 	// answer during the run, in µs; -1 when not read.
 	cpuUs float64
+	// sysUs is the part of cpuUs spent in the kernel.
+	sysUs float64
 }
 
 var (

@@ -324,34 +324,48 @@ func (b *bench) udpSockets() int { return cpuCount(b.cfg.serverCPUs) }
 // every Linux architecture that exposes it to user space).
 const userHZ = 100
 
+// cpuUse is CPU time spent, in user space and in the kernel.
+type cpuUse struct{ user, sys time.Duration }
+
+func (c cpuUse) total() time.Duration { return c.user + c.sys }
+
+func (c cpuUse) sub(d cpuUse) cpuUse { return cpuUse{c.user - d.user, c.sys - d.sys} }
+
 // cpuTime returns the CPU time, user and system, that process pid and all
 // its threads have used so far.
 func cpuTime(pid int) (time.Duration, error) {
+	c, err := cpuTimes(pid)
+	return c.total(), err
+}
+
+// cpuTimes returns the user and system CPU time that process pid and all
+// its threads have used so far.
+func cpuTimes(pid int) (cpuUse, error) {
 	if pid <= 0 {
-		return 0, errors.New("no process")
+		return cpuUse{}, errors.New("no process")
 	}
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, err
+		return cpuUse{}, err
 	}
 	// The command name, in parentheses, may hold spaces; the fields
 	// after it start with the state (field 3). utime and stime are
 	// fields 14 and 15.
 	i := strings.LastIndexByte(string(data), ')')
 	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: no command name", pid)
+		return cpuUse{}, fmt.Errorf("/proc/%d/stat: no command name", pid)
 	}
 	f := strings.Fields(string(data[i+1:]))
 	if len(f) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: %d fields after the name", pid, len(f))
+		return cpuUse{}, fmt.Errorf("/proc/%d/stat: %d fields after the name", pid, len(f))
 	}
-	var ticks int64
-	for _, s := range f[11:13] {
+	var ticks [2]int64
+	for k, s := range f[11:13] {
 		v, err := strconv.ParseInt(s, 10, 64)
 		if err != nil {
-			return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+			return cpuUse{}, fmt.Errorf("/proc/%d/stat: %w", pid, err)
 		}
-		ticks += v
+		ticks[k] = v
 	}
-	return time.Duration(ticks) * time.Second / userHZ, nil
+	return cpuUse{time.Duration(ticks[0]) * time.Second / userHZ, time.Duration(ticks[1]) * time.Second / userHZ}, nil
 }

@@ -77,6 +77,17 @@ func cpuPerAnswer(rs []perfResult) []float64 {
 	return out
 }
 
+// sysPerAnswer is the kernel's part of cpuPerAnswer.
+func sysPerAnswer(rs []perfResult) []float64 {
+	var out []float64
+	for _, r := range rs {
+		if r.sysUs >= 0 {
+			out = append(out, r.sysUs)
+		}
+	}
+	return out
+}
+
 // medianCPU is the median server CPU per answer of the runs, -1 when no
 // run has it.
 func medianCPU(rs []perfResult) float64 {
@@ -183,8 +194,9 @@ func (r *report) dns(systems []system, sizes map[string][2]int, maxRuns, halfRun
 		}
 		label := map[string]string{"nsd": "NSD", "knot": "Knot DNS"}[other]
 		q, c := ratio("glimpse", other), cpuRatio("glimpse", other)
-		r.add("glimpse/%s: **%.3f×** the queries per second and **%.3f×** the server CPU per answer (medians of the per-round ratios; CPU per answer, per run: glimpse %s µs, %s %s µs).\n",
-			label, q, c, joinf(cpuPerAnswer(maxRuns["glimpse"]), "%.2f"), label, joinf(cpuPerAnswer(maxRuns[other]), "%.2f"))
+		r.add("glimpse/%s: **%.3f×** the queries per second and **%.3f×** the server CPU per answer (medians of the per-round ratios; CPU per answer, per run: glimpse %s µs, %s %s µs; of which in the kernel: glimpse %s µs, %s %s µs).\n",
+			label, q, c, joinf(cpuPerAnswer(maxRuns["glimpse"]), "%.2f"), label, joinf(cpuPerAnswer(maxRuns[other]), "%.2f"),
+			joinf(sysPerAnswer(maxRuns["glimpse"]), "%.2f"), label, joinf(sysPerAnswer(maxRuns[other]), "%.2f"))
 		// Three decimals: a median this close to 1 must not print as
 		// 1.00× beside "missed".
 		r.check("DNS qps vs "+label, "≥ 1.0×", fmt.Sprintf("%.3f×", q), q >= 1)

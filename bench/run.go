@@ -399,14 +399,16 @@ func (b *bench) rounds(ctx context.Context, systems []system, rate int, perQuery
 			if err != nil {
 				return nil, fmt.Errorf("%s at %s: %w", s.name, load, err)
 			}
-			res.cpuUs = -1
+			res.cpuUs, res.sysUs = -1, -1
 			if cpu1, err := cpuTree(s.pid); err == nil && cpuErr == nil && res.completed > 0 {
-				res.cpuUs = float64((cpu1 - cpu0).Microseconds()) / float64(res.completed)
+				d := cpu1.sub(cpu0)
+				res.cpuUs = float64(d.total().Microseconds()) / float64(res.completed)
+				res.sysUs = float64(d.sys.Microseconds()) / float64(res.completed)
 			}
 			if each != nil {
 				each(s, res, time.Since(t0))
 			}
-			logf("%s %-8s run %d: %8.0f qps  avg %s  p99 %s  CPU %s per answer  lost %d  %s", load, s.name, r+1, res.qps, ms(res.avgMs), ms(res.p99Ms), us(res.cpuUs), res.lost, res.rcodes)
+			logf("%s %-8s run %d: %8.0f qps  avg %s  p99 %s  CPU %s per answer (system %s)  lost %d  %s", load, s.name, r+1, res.qps, ms(res.avgMs), ms(res.p99Ms), us(res.cpuUs), us(res.sysUs), res.lost, res.rcodes)
 			runs[s.name] = append(runs[s.name], res)
 		}
 	}
