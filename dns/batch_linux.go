@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strconv"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -46,8 +47,11 @@ type udpBatch struct {
 	has   [batchSize]bool
 	smsgs [batchSize]mmsghdr
 	siovs [batchSize]unix.Iovec
-	// n datagrams were read; the next to serve is next.
+	// n datagrams were read, at at; the next to serve is next.
 	n, next int
+	at      time.Time
+	// hot is the reader's cache of the addresses it answered.
+	hot *hotAnswers
 	// The system calls, made once: a func literal passed to RawConn
 	// would be allocated at each call. Their arguments and results are
 	// the fields after them.
@@ -71,7 +75,7 @@ func (u *udpServer) startReader() {
 		go u.read()
 		return
 	}
-	b := &udpBatch{u: u, rc: rc}
+	b := &udpBatch{u: u, rc: rc, hot: newHotAnswers()}
 	// The socket is non-blocking, so neither call ever waits: they are
 	// made raw, without telling the scheduler of a system call. A
 	// sendmmsg of a full batch takes 100 µs and more; made the usual way,
@@ -138,7 +142,7 @@ func (u *udpServer) readBatch(b *udpBatch) {
 			}
 			continue
 		}
-		b.n = n
+		b.n, b.at = n, time.Now()
 	}
 }
 

@@ -2,9 +2,14 @@
 
 package dns
 
+import "time"
+
 // udpBatch is Linux's batched reading (recvmmsg and sendmmsg); elsewhere a
 // socket is read one datagram at a time.
-type udpBatch struct{}
+type udpBatch struct {
+	at  time.Time
+	hot *hotAnswers
+}
 
 func (u *udpServer) startReader() { go u.read() }
 

@@ -3,6 +3,7 @@
 package dns
 
 import (
+	"bytes"
 	"encoding/binary"
 	"net"
 	"net/netip"
@@ -11,6 +12,8 @@ import (
 	"time"
 
 	mdns "github.com/miekg/dns"
+
+	"github.com/rugby110/glimpse/cache"
 )
 
 // echoRaw answers every query from the packet: the query with the QR bit
@@ -173,5 +176,91 @@ func TestUDPBatchNoGarbage(t *testing.T) {
 	runtime.ReadMemStats(&after)
 	if per := float64(after.Mallocs-before.Mallocs) / n; per > 0.05 {
 		t.Errorf("%.3f allocations per query (%d for %d queries), want none", per, after.Mallocs-before.Mallocs, n)
+	}
+}
+
+// TestHotAnswers: a reader's cache of addresses answers what the zone's
+// tables answer, and never from a state of the zone that is gone: a change
+// to the address, to another product of the zone, or the address's end.
+func TestHotAnswers(t *testing.T) {
+	c, cfg := benchCache(t)
+	h := NewHandler(c, HandlerOptions{Config: cfg, LocalZone: "dc1"})
+	hot := &udpWriter{batch: &udpBatch{hot: newHotAnswers()}}
+	plain := &recorder{}
+	ask := func(qname string, qtype uint16) (fromHot, fromMaps []byte) {
+		t.Helper()
+		m := new(mdns.Msg)
+		m.SetQuestion(qname, qtype)
+		m.Id = 7
+		pkt, err := m.Pack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		hot.batch.out[0] = hot.batch.out[0][:0]
+		if h.ServeRaw(pkt, hot) {
+			fromHot = hot.batch.out[0]
+		}
+		plain.out = nil
+		if h.ServeRaw(pkt, plain) {
+			fromMaps = plain.out[0]
+		}
+		if !bytes.Equal(fromHot, fromMaps) {
+			t.Fatalf("%s: the cache answered %x, the tables %x", qname, fromHot, fromMaps)
+		}
+		return fromHot, fromMaps
+	}
+	port := func(ans []byte) uint16 {
+		t.Helper()
+		m := new(mdns.Msg)
+		if err := m.Unpack(ans); err != nil || len(m.Answer) == 0 {
+			t.Fatalf("answer %x: %v", ans, err)
+		}
+		return m.Answer[0].(*mdns.SRV).Port
+	}
+	const name = "http.stream.prod.goku.dc1.srv.glimpse.io."
+	instance := func(port uint16) []cache.Instance {
+		return []cache.Instance{{Node: "nodea", Address: netip.MustParseAddr("10.0.0.1"), Port: port, Env: "prod", Job: "stream", Service: "http"}}
+	}
+	for range 3 {
+		if a, _ := ask(name, mdns.TypeSRV); port(a) != 8000 {
+			t.Fatalf("port %d, want 8000", port(a))
+		}
+		ask("HTTP.Stream.prod.goku.dc1.srv.glimpse.io.", mdns.TypeA)
+	}
+	// The address changes: the next query has the new answer.
+	c.SetProduct("dc1", "goku", instance(9000), 0)
+	if a, _ := ask(name, mdns.TypeSRV); port(a) != 9000 {
+		t.Fatalf("after the change: port %d, want 9000", port(a))
+	}
+	// Another product of the zone changes: still the same answer.
+	c.SetProduct("dc1", "vegeta", []cache.Instance{{Node: "nodeb", Address: netip.MustParseAddr("10.0.0.2"), Port: 80, Env: "prod", Job: "web", Service: "http"}}, 0)
+	if a, _ := ask(name, mdns.TypeSRV); port(a) != 9000 {
+		t.Fatalf("after another product's change: port %d, want 9000", port(a))
+	}
+	ask("http.web.prod.vegeta.dc1.srv.glimpse.io.", mdns.TypeSRV)
+	// The address ends: no answer from the cache, the full path answers.
+	c.SetProduct("dc1", "goku", instance(9000)[:0], 0)
+	if a, _ := ask(name, mdns.TypeSRV); a != nil {
+		t.Fatalf("an address that ended was answered: %x", a)
+	}
+
+	// A slot answers for its own name and snapshot only.
+	z := c.Zone("dc1")
+	p := z.Products.Get("vegeta")
+	var aa *addrAnswers
+	for _, a := range p.Addresses {
+		aa = a.Derived.(*addrAnswers)
+	}
+	var s hotSlot
+	s.set(z, aa)
+	if s.get(z, aa.name) != aa {
+		t.Fatal("a slot did not answer for its own name")
+	}
+	if s.get(z, "http.web.prod.vegeta.dc2.srv.glimpse.io.") != nil {
+		t.Error("a slot answered for another name")
+	}
+	c.SetProduct("dc1", "vegeta", nil, 0)
+	if s.get(c.Zone("dc1"), aa.name) != nil {
+		t.Error("a slot answered for a later snapshot")
 	}
 }

@@ -71,6 +71,9 @@ type addrAnswers struct {
 	// address (unix nanoseconds); see Handler.ServeRaw.
 	used    atomic.Int64
 	healthy bool // at least one instance is healthy; false means NXDOMAIN
+	// name is the address's name, lower case and fully qualified; zone
+	// and product are the cache's names of its zone and product.
+	name, zone, product string
 	// qlen is the length of the question name in every answer, in wire
 	// form: the fast path compares it with the query's.
 	qlen int
@@ -171,7 +174,7 @@ func (b *Builder) BuildAddress(a *cache.Address) any {
 	qname := a.Name() + "." + b.cfg.Domain
 	// Labels of letters, digits and '-' and a final dot: in wire form,
 	// each dot is a length byte, plus the first one.
-	out := &addrAnswers{qlen: len(qname) + 1}
+	out := &addrAnswers{name: qname, zone: a.Zone, product: a.Product, qlen: len(qname) + 1}
 	var srv, v4, v6, glue []mdns.RR
 	seenIP := map[netip.Addr]bool{}
 	seenTarget := map[string]bool{}

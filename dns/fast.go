@@ -2,6 +2,7 @@ package dns
 
 import (
 	"encoding/binary"
+	"hash/maphash"
 	"net"
 	"strings"
 	"time"
@@ -32,47 +33,60 @@ var _ RawHandler = (*Handler)(nil)
 // trimming) is left to ServeDNS, which answers it in full; the answers the
 // two give are the same bytes (FuzzServeRaw compares them).
 func (h *Handler) ServeRaw(pkt []byte, w mdns.ResponseWriter) bool {
-	start := time.Now()
-	if _, tcp := w.LocalAddr().(*net.TCPAddr); tcp {
-		return false // the limits below are UDP's
+	start, batched := arrival(w)
+	if !batched {
+		if _, tcp := w.LocalAddr().(*net.TCPAddr); tcp {
+			return false // the limits below are UDP's
+		}
 	}
-	q, ok := parseQuery(pkt)
+	// The name is lower-cased in place, in a buffer on the stack: its
+	// labels serve the lookups below and nothing keeps them; what is
+	// handed to the demand, which may keep it, is the cache's own.
+	var lower [maxNameLen]byte
+	var q rawQuery
+	if !parseQuery(pkt, &lower, &q) {
+		return false
+	}
+	nm, ok := h.fastName(unsafe.String(&lower[0], q.lowerLen), &q.starts, q.labels)
 	if !ok {
 		return false
 	}
-	// The name is read in place, in a buffer on the stack: its labels
-	// serve the lookups below and nothing keeps them, but what is handed
-	// to the demand, which may keep it, is copied first (use).
-	var lower [maxNameLen]byte
-	n := presentLower(lower[:], q.name)
-	nm := parseName(unsafe.String(&lower[0], n), h.cfg.Domain)
-	if nm.kind != kindAddress && nm.kind != kindNode {
-		return false
-	}
-	product := nm.product()
-	use := func() { h.demand.Use(strings.Clone(nm.zone()), strings.Clone(product)) }
 	z := h.cache.Zone(nm.zone())
 	var wa wire
 	if nm.kind == kindAddress && z != nil && z.Synced {
-		aa := addressAnswers(z, &nm)
-		if aa == nil {
-			use()
-			return false // the full path answers, and waits if it must
+		name := unsafe.String(&lower[0], q.lowerLen)
+		var hot *hotSlot
+		if uw, ok := w.(*udpWriter); ok && uw.batch != nil && uw.batch.hot != nil {
+			hot = uw.batch.hot.slot(name)
 		}
-		// The demand records reads to the 100 ms (watch's usage): an
-		// address read thousands of times a second tells it ten times a
-		// second, not at every query.
-		if now := start.UnixNano(); now-aa.used.Load() >= int64(useEvery) {
+		aa := hot.get(z, name)
+		if aa == nil {
+			p := z.Products.Get(nm.labels[1])
+			if p == nil {
+				h.demand.Use(z.Name, strings.Clone(nm.labels[1]))
+				return false // the full path answers, and waits if it must
+			}
+			a := p.Addresses[nm.rest]
+			if a == nil {
+				h.demand.Use(p.Zone, p.Name)
+				return false
+			}
+			aa = a.Derived.(*addrAnswers)
+			hot.set(z, aa)
+		}
+		// An address read thousands of times a second tells the demand
+		// once per useEvery, not at every query.
+		if now := start.UnixNano(); now-aa.used.Load() >= int64(h.useEvery) {
 			aa.used.Store(now)
-			use()
+			h.demand.Use(aa.zone, aa.product)
 		}
 		if !aa.healthy || aa.qlen != len(q.name) {
 			return false
 		}
 		wa = aa.answer(q.qtype)
 	} else {
-		use()
-		if z.State(product) != cache.Present {
+		h.demand.Use(strings.Clone(nm.zone()), strings.Clone(nm.product()))
+		if nm.kind != kindNode || z.State("") != cache.Present {
 			return false
 		}
 		if wa, ok = prepared(z, &nm, q.qtype); !ok || wa == nil || nameLen(wa) != len(q.name) {
@@ -97,63 +111,190 @@ func (h *Handler) ServeRaw(pkt []byte, w mdns.ResponseWriter) bool {
 	return true
 }
 
-// useEvery is how often, at most, the fast path tells the demand that an
-// address is read.
-const useEvery = 100 * time.Millisecond
+// fastName classifies the names the fast path answers, an address or a
+// node, from a name parseQuery lower-cased with the start of each of its
+// labels: it gives what parseName gives for these, without reading the
+// name again. Any other name is not ok, and ServeDNS answers it.
+func (h *Handler) fastName(lower string, starts *[maxLabels + 1]uint8, labels int) (n name, ok bool) {
+	below := labels - h.domainLabels
+	if below != 5 && below != 3 {
+		return n, false
+	}
+	if lower[starts[below]:] != h.domainSuffix {
+		return n, false
+	}
+	for i := range below {
+		n.labels[i] = lower[starts[below-1-i] : starts[below-i]-1]
+	}
+	n.n = below
+	n.rest = lower[:starts[below-2]-1]
+	if below == 3 {
+		if n.labels[1] != "node" {
+			return n, false
+		}
+		n.kind = kindNode
+		return n, true
+	}
+	n.kind = kindAddress
+	return n, true
+}
+
+// arrival is when the query w answers arrived: for a datagram of a batch,
+// when the batch was read (one clock read per batch, not per query), and
+// batched is true; for anything else, now.
+func arrival(w mdns.ResponseWriter) (t time.Time, batched bool) {
+	if uw, ok := w.(*udpWriter); ok && uw.batch != nil {
+		return uw.batch.at, true
+	}
+	return time.Now(), false
+}
+
+// hotAnswers is a UDP reader's own cache of the addresses it answered, so
+// that the next query for one finds its answers with one table read: the
+// zone's product and address tables are a chain of maps, and under load
+// every step of that chain was a cache miss (it was a tenth of the agent's
+// CPU per answer in bench/RESULTS.md's profile). An entry is good for the
+// zone snapshot it was found in and no other, so a change to the zone
+// makes it stale at once; one reader owns the table, so it takes no lock.
+type hotAnswers struct {
+	seed  maphash.Seed
+	slots [hotSlots]hotSlot
+}
+
+// hotSlots is the size of a reader's table: room for the bench's 5,000
+// addresses, in 16 bytes each. An entry keeps one address's answers from
+// being freed until it is replaced.
+const hotSlots = 1 << 13
+
+// hotSlot is an address found in the zone snapshot of index index.
+type hotSlot struct {
+	index uint64
+	aa    *addrAnswers
+}
+
+func newHotAnswers() *hotAnswers { return &hotAnswers{seed: maphash.MakeSeed()} }
+
+// slot returns the slot of the address called name (lower case, fully
+// qualified).
+func (t *hotAnswers) slot(name string) *hotSlot {
+	return &t.slots[maphash.String(t.seed, name)&(hotSlots-1)]
+}
+
+// get returns the answers of the address called name in zone snapshot z if
+// s holds them, nil otherwise. A nil slot holds nothing.
+func (s *hotSlot) get(z *cache.Zone, name string) *addrAnswers {
+	if s == nil || s.index != z.Index || s.aa == nil || s.aa.name != name {
+		return nil
+	}
+	return s.aa
+}
+
+// set keeps in s the answers aa, found in zone snapshot z.
+func (s *hotSlot) set(z *cache.Zone, aa *addrAnswers) {
+	if s != nil {
+		*s = hotSlot{index: z.Index, aa: aa}
+	}
+}
+
+// defaultUseEvery is how often, at most, the fast path tells the demand
+// that an address is read, unless HandlerOptions say otherwise: watch's
+// usage records reads to the 100 ms.
+const defaultUseEvery = 100 * time.Millisecond
 
 // maxNameLen is the longest name in wire form (RFC 1035 §3.1).
 const maxNameLen = 255
+
+// maxLabelLen is the longest label (RFC 1035 §2.3.4).
+const maxLabelLen = 63
+
+// labelLower maps each byte cache.ValidLabel allows in a label to its lower
+// case, and every other byte to 0: the fast path checks and lower-cases a
+// name in one pass.
+var labelLower = func() (t [256]byte) {
+	for c := range 256 {
+		if b := []byte{byte(c)}; cache.ValidLabel(b) {
+			t[c] = cache.Lower(string(b))[0]
+		}
+	}
+	return t
+}()
+
+// maxLabels is the most labels a name can have: one byte each and a dot.
+const maxLabels = (maxNameLen + 1) / 2
 
 // rawQuery is what ServeRaw reads from a packet.
 type rawQuery struct {
 	patch
 	name    []byte // the question name in wire form, as sent
 	udpSize uint16
+	// The name in presentation form, lower case and fully qualified, is
+	// lowerLen bytes of the buffer given to parseQuery; it has labels
+	// labels, label i starting at starts[i], and starts[labels] is its
+	// length.
+	lowerLen int
+	labels   int
+	starts   [maxLabels + 1]uint8
 }
 
 // parseQuery reads a packet that is exactly a standard query with one
 // question of class IN and type SRV, A, AAAA or ANY, whose name is made of
 // letters, digits and hyphens and uncompressed, and at most an OPT record
-// of version 0 with no options. Anything else is not ok.
-func parseQuery(pkt []byte) (q rawQuery, ok bool) {
+// of version 0 with no options; it writes the name into lower (see
+// rawQuery). Anything else is not ok.
+func parseQuery(pkt []byte, lower *[maxNameLen]byte, q *rawQuery) bool {
 	if len(pkt) < 12 {
-		return q, false
+		return false
 	}
 	flags := binary.BigEndian.Uint16(pkt[2:])
 	qd, an, ns, ar := binary.BigEndian.Uint16(pkt[4:]), binary.BigEndian.Uint16(pkt[6:]), binary.BigEndian.Uint16(pkt[8:]), binary.BigEndian.Uint16(pkt[10:])
 	if flags&qrBit != 0 || (flags>>11)&0xF != mdns.OpcodeQuery || qd != 1 || an != 0 || ns != 0 || ar > 1 {
-		return q, false
+		return false
 	}
 	q.id = binary.BigEndian.Uint16(pkt)
 	q.rd = flags&(1<<8) != 0
 	q.cd = flags&(1<<4) != 0
+	// A label's length byte in wire form is where the label starts in
+	// presentation form, its dot where the next length byte is.
 	off := 12
 	for {
 		if off >= len(pkt) {
-			return q, false
+			return false
 		}
 		l := int(pkt[off])
 		if l == 0 {
 			off++
 			break
 		}
-		if off+1+l > len(pkt) || !cache.ValidLabel(pkt[off+1:off+1+l]) {
-			return q, false // past the end, a pointer, or a label with other bytes
+		pos := off - 12
+		if l > maxLabelLen || off+1+l > len(pkt) || pos+l >= maxNameLen {
+			return false // a pointer, past the end, or too long
 		}
+		q.starts[q.labels] = uint8(pos)
+		q.labels++
+		for i, c := range pkt[off+1 : off+1+l] {
+			if lc := labelLower[c]; lc != 0 {
+				lower[pos+i] = lc
+			} else {
+				return false // a byte no label has (cache.ValidLabel)
+			}
+		}
+		lower[pos+l] = '.'
 		off += 1 + l
 	}
+	q.lowerLen = off - 13
+	q.starts[q.labels] = uint8(q.lowerLen)
 	if off-12 > maxNameLen || off == 13 || off+4 > len(pkt) {
-		return q, false
+		return false
 	}
 	q.name = pkt[12:off]
 	q.qtype = binary.BigEndian.Uint16(pkt[off:])
 	switch q.qtype {
 	case mdns.TypeSRV, mdns.TypeA, mdns.TypeAAAA, mdns.TypeANY:
 	default:
-		return q, false
+		return false
 	}
 	if binary.BigEndian.Uint16(pkt[off+2:]) != mdns.ClassINET {
-		return q, false
+		return false
 	}
 	off += 4
 	if ar == 1 {
@@ -161,32 +302,12 @@ func parseQuery(pkt []byte) (q rawQuery, ok bool) {
 		// extended rcode, version and flags as TTL, and no RDATA.
 		if off+11 != len(pkt) || pkt[off] != 0 || binary.BigEndian.Uint16(pkt[off+1:]) != mdns.TypeOPT ||
 			pkt[off+6] != 0 || binary.BigEndian.Uint16(pkt[off+9:]) != 0 {
-			return q, false
+			return false
 		}
 		q.opt = true
 		q.udpSize = binary.BigEndian.Uint16(pkt[off+3:])
 		q.do = pkt[off+7]&0x80 != 0
 		off += 11
 	}
-	return q, off == len(pkt)
-}
-
-// presentLower writes a wire name checked by parseQuery in presentation
-// form, lower case and fully qualified, into buf and returns its length.
-func presentLower(buf []byte, name []byte) int {
-	n := 0
-	for off := 0; name[off] != 0; {
-		l := int(name[off])
-		for _, c := range name[off+1 : off+1+l] {
-			if 'A' <= c && c <= 'Z' {
-				c += 'a' - 'A'
-			}
-			buf[n] = c
-			n++
-		}
-		buf[n] = '.'
-		n++
-		off += 1 + l
-	}
-	return n
+	return off == len(pkt)
 }

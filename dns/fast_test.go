@@ -3,6 +3,7 @@ package dns
 import (
 	"bytes"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -94,7 +95,7 @@ func TestServeRaw(t *testing.T) {
 
 // TestServeRawTellsDemand: the raw path tells the demand of the reads of an
 // address, but not at every query: an address read in a burst is told once
-// per useEvery, and a new state of the address is told at its first read.
+// per HandlerOptions.UseEvery, and a new state of the address is told at its first read.
 // A name without an address is told at once (its first read starts its
 // watch).
 func TestServeRawTellsDemand(t *testing.T) {
@@ -115,7 +116,7 @@ func TestServeRawTellsDemand(t *testing.T) {
 			t.Fatal("the raw path did not answer")
 		}
 	}
-	most := 1 + int(time.Since(began)/useEvery)
+	most := 1 + int(time.Since(began)/defaultUseEvery)
 	if got := used["dc1/goku"]; got < 1 || got > most {
 		t.Errorf("%d reads told the demand %d times, want 1 to %d", n, got, most)
 	}
@@ -156,6 +157,87 @@ func TestAddressQnameLen(t *testing.T) {
 			if w := aa.answer(qt); w != nil && nameLen(w) != aa.qlen {
 				t.Errorf("%d instances, %s: qlen %d, the answer's name %d bytes", n, mdns.TypeToString[qt], aa.qlen, nameLen(w))
 			}
+		}
+	}
+}
+
+// TestFastName: the fast path's reading of a name gives what parseName
+// gives for every address and node name, under any domain, and takes no
+// other name.
+func TestFastName(t *testing.T) {
+	for _, domain := range []string{"srv.glimpse.io.", "glimpse.", "a.b.c.d.e."} {
+		h := NewHandler(cache.New(NewBuilder(Config{Domain: domain})), HandlerOptions{Config: Config{Domain: domain}})
+		for _, qname := range []string{
+			"http.stream.prod.goku.dc1." + domain,
+			"HTTP.Stream.PROD.goku.DC1." + strings.ToUpper(domain),
+			"a.b.c.d.e." + domain,
+			"x-1.y-2.z-3.p-4.z-5." + domain,
+			"web01.node.dc1." + domain,
+			"WEB01.NODE.dc1." + domain,
+			"web01.nodes.dc1." + domain,
+			"0a000001.addr.dc1." + domain,
+			"stream.prod.goku.dc1." + domain,
+			"prod.goku.dc1." + domain,
+			"goku.dc1." + domain,
+			"dc1." + domain,
+			domain,
+			"a.b.c.d.e.f." + domain,
+			"http.stream.prod.goku.dc1.x" + domain,
+			"http.stream.prod.goku.dc1.example.com.",
+			"http.stream.prod.goku.dc1.srv.glimpse.org.",
+			"web01.node.dc1.other.",
+			strings.Repeat("a.", 120),
+		} {
+			r := new(mdns.Msg)
+			r.SetQuestion(qname, mdns.TypeSRV)
+			pkt, err := r.Pack()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var lower [maxNameLen]byte
+			var q rawQuery
+			if !parseQuery(pkt, &lower, &q) {
+				t.Fatalf("%s: parseQuery refused it", qname)
+			}
+			if got := string(lower[:q.lowerLen]); got != strings.ToLower(qname) {
+				t.Fatalf("%s: lower-cased as %q", qname, got)
+			}
+			want := parseName(qname, domain)
+			got, ok := h.fastName(string(lower[:q.lowerLen]), &q.starts, q.labels)
+			fast := want.kind == kindAddress || want.kind == kindNode
+			if ok != fast {
+				t.Errorf("%s under %s: fast %v, parseName's kind %d", qname, domain, ok, want.kind)
+			} else if ok && got != want {
+				t.Errorf("%s under %s: fastName %+v, parseName %+v", qname, domain, got, want)
+			}
+		}
+	}
+}
+
+// TestParseQueryRefuses: parseQuery takes no name the full path would read
+// differently: bytes outside a label's alphabet, compression, labels over
+// 63 bytes.
+func TestParseQueryRefuses(t *testing.T) {
+	base := func(name []byte) []byte {
+		pkt := []byte{0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0}
+		pkt = append(pkt, name...)
+		return append(pkt, 0, 33, 0, 1)
+	}
+	var lower [maxNameLen]byte
+	var q rawQuery
+	if !parseQuery(base([]byte("\x03abc\x00")), &lower, &q) {
+		t.Fatal("a plain name was refused")
+	}
+	for _, name := range [][]byte{
+		[]byte("\x03a.c\x00"),
+		[]byte("\x03a_c\x00"),
+		[]byte("\x03a\xc3c\x00"),
+		[]byte("\x03abc\xc0\x0c"),
+		append(append([]byte{64}, bytes.Repeat([]byte("a"), 64)...), 0),
+		[]byte("\x00"),
+	} {
+		if parseQuery(base(name), &lower, &q) {
+			t.Errorf("%q was taken", name)
 		}
 	}
 }

@@ -232,6 +232,9 @@ func New(ctx context.Context, cfg Config, log *zap.Logger) (*Agent, error) {
 		Metrics:   dns.NewMetrics(reg),
 		Demand:    w,
 		FirstWait: cfg.FirstWait,
+		// What DNS reads stays watched while it is read: the watch hears
+		// of it often enough for that, not at every answer.
+		UseEvery: min(time.Second, cfg.Watch.Idle/10),
 	})
 	a := &Agent{cfg: cfg, log: log, Cache: c, Registry: reg, watch: w, transport: transport, dataLock: dataLock}
 	if a.providers, err = newProviders(cfg, client, reg, log); err != nil {
