@@ -244,23 +244,74 @@ func TestHotAnswers(t *testing.T) {
 		t.Fatalf("an address that ended was answered: %x", a)
 	}
 
-	// A slot answers for its own name and snapshot only.
+	// A set answers for its own names and snapshot only, and keeps the
+	// two latest.
 	z := c.Zone("dc1")
-	p := z.Products.Get("vegeta")
-	var aa *addrAnswers
-	for _, a := range p.Addresses {
-		aa = a.Derived.(*addrAnswers)
+	var aas []*addrAnswers
+	for _, product := range []string{"vegeta", "goku"} {
+		if p := z.Products.Get(product); p != nil {
+			for _, a := range p.Addresses {
+				aas = append(aas, a.Derived.(*addrAnswers))
+			}
+		}
 	}
-	var s hotSlot
-	s.set(z, aa)
-	if s.get(z, aa.name) != aa {
-		t.Fatal("a slot did not answer for its own name")
+	c.SetProduct("dc1", "goku", instance(80), 0)
+	z = c.Zone("dc1")
+	for _, a := range z.Products.Get("goku").Addresses {
+		aas = append(aas, a.Derived.(*addrAnswers))
 	}
-	if s.get(z, "http.web.prod.vegeta.dc2.srv.glimpse.io.") != nil {
-		t.Error("a slot answered for another name")
+	if len(aas) != 2 {
+		t.Fatalf("%d addresses, want 2", len(aas))
+	}
+	var set [2]hotSlot
+	hotPut(&set, z, aas[0])
+	hotPut(&set, z, aas[1])
+	for _, aa := range aas {
+		if hotGet(&set, z, aa.name) != aa {
+			t.Fatalf("a set did not answer for %s", aa.name)
+		}
+	}
+	if hotGet(&set, z, "http.web.prod.vegeta.dc2.srv.glimpse.io.") != nil {
+		t.Error("a set answered for another name")
+	}
+	hotPut(&set, z, aas[1])
+	if hotGet(&set, z, aas[0].name) != nil {
+		t.Error("a set kept more than two entries")
 	}
 	c.SetProduct("dc1", "vegeta", nil, 0)
-	if s.get(c.Zone("dc1"), aa.name) != nil {
-		t.Error("a slot answered for a later snapshot")
+	if hotGet(&set, c.Zone("dc1"), aas[1].name) != nil {
+		t.Error("a set answered for a later snapshot")
 	}
+
+	// The table lets go of what it holds once the cache has changed, at
+	// the first query a second later.
+	tab := hot.batch.hot
+	tab.sweep(time.Now().UnixNano(), c)
+	hotPut(tab.set(aas[1].name), c.Zone("dc1"), aas[1])
+	now := time.Now().UnixNano()
+	tab.sweep(now, c)
+	if hotGet(tab.set(aas[1].name), c.Zone("dc1"), aas[1].name) == nil {
+		t.Fatal("the table was emptied with no change to the cache")
+	}
+	c.SetProduct("dc1", "vegeta", instance(81), 0)
+	tab.sweep(now+int64(time.Second)/2, c)
+	if tab.set(aas[1].name)[0].aa == nil {
+		t.Fatal("the table was emptied within a second")
+	}
+	tab.sweep(now+int64(time.Second), c)
+	if tab.set(aas[1].name)[0].aa != nil {
+		t.Fatal("the table kept its answers a second after a change")
+	}
+}
+
+// batchedVisible says whether batchedServeRaw shows the answers of a
+// batched reader (they are sent from the batch's own buffers on Linux).
+const batchedVisible = true
+
+// batchedServeRaw answers pkt through ServeRaw as a batched reader with
+// batch b does, and returns the answer and whether the fast path gave it.
+func batchedServeRaw(h *Handler, b *udpBatch, pkt []byte) ([]byte, bool) {
+	b.out[0], b.has[0] = b.out[0][:0], false
+	ok := h.ServeRaw(pkt, &udpWriter{batch: b})
+	return b.out[0], ok
 }

@@ -165,29 +165,39 @@ func TestAddressQnameLen(t *testing.T) {
 // gives for every address and node name, under any domain, and takes no
 // other name.
 func TestFastName(t *testing.T) {
-	for _, domain := range []string{"srv.glimpse.io.", "glimpse.", "a.b.c.d.e."} {
+	for _, domain := range []string{"srv.glimpse.io.", "glimpse.", "a.b.c.d.e.", "."} {
 		h := NewHandler(cache.New(NewBuilder(Config{Domain: domain})), HandlerOptions{Config: Config{Domain: domain}})
+		under := func(prefix string) string {
+			if domain == "." {
+				return prefix + "."
+			}
+			return prefix + "." + domain
+		}
 		for _, qname := range []string{
-			"http.stream.prod.goku.dc1." + domain,
-			"HTTP.Stream.PROD.goku.DC1." + strings.ToUpper(domain),
-			"a.b.c.d.e." + domain,
-			"x-1.y-2.z-3.p-4.z-5." + domain,
-			"web01.node.dc1." + domain,
-			"WEB01.NODE.dc1." + domain,
-			"web01.nodes.dc1." + domain,
-			"0a000001.addr.dc1." + domain,
-			"stream.prod.goku.dc1." + domain,
-			"prod.goku.dc1." + domain,
-			"goku.dc1." + domain,
-			"dc1." + domain,
+			under("http.stream.prod.goku.dc1"),
+			under("HTTP.Stream.PROD.goku.DC1"),
+			strings.ToUpper(under("http.stream.prod.goku.dc1")),
+			under("a.b.c.d.e"),
+			under("x-1.y-2.z-3.p-4.z-5"),
+			under("web01.node.dc1"),
+			under("WEB01.NODE.dc1"),
+			under("web01.nodes.dc1"),
+			under("0a000001.addr.dc1"),
+			under("stream.prod.goku.dc1"),
+			under("prod.goku.dc1"),
+			under("goku.dc1"),
+			under("dc1"),
 			domain,
-			"a.b.c.d.e.f." + domain,
-			"http.stream.prod.goku.dc1.x" + domain,
+			under("a.b.c.d.e.f"),
+			under("http.stream.prod.goku.dc1.x"),
 			"http.stream.prod.goku.dc1.example.com.",
 			"http.stream.prod.goku.dc1.srv.glimpse.org.",
 			"web01.node.dc1.other.",
 			strings.Repeat("a.", 120),
 		} {
+			if qname == "." {
+				continue // the root: parseQuery takes no such question
+			}
 			r := new(mdns.Msg)
 			r.SetQuestion(qname, mdns.TypeSRV)
 			pkt, err := r.Pack()

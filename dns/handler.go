@@ -77,10 +77,8 @@ func NewHandler(c *cache.Cache, opts HandlerOptions) *Handler {
 		h.useEvery = defaultUseEvery
 	}
 	h.bufs.New = func() any { b := make([]byte, 0, 1024); return &b }
+	// Under the root, nothing matches: parseName finds no address there.
 	h.domainSuffix = opts.Config.Domain
-	if h.domainSuffix == "." {
-		h.domainSuffix = ""
-	}
 	h.domainLabels = strings.Count(h.domainSuffix, ".")
 	return h
 }

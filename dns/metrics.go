@@ -35,7 +35,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}, []string{"qtype", "rcode", "proto"})
 	duration := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "glimpse_dns_request_duration_seconds",
-		Help:    "Time from a DNS request's arrival (over UDP, the read of the datagrams it came with) to its answer being written.",
+		Help:    "Time from a DNS request's arrival (for UDP read in batches, the read of its batch; otherwise the handler's start) to its answer being written.",
 		Buckets: []float64{0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.1, 1},
 	}, []string{"proto"})
 	reg.MustRegister(requests, duration)
