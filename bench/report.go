@@ -68,21 +68,21 @@ func us(v float64) string {
 // cpuPerAnswer is the runs' server CPU per answer, in µs, leaving out the
 // runs where it was not read.
 func cpuPerAnswer(rs []perfResult) []float64 {
-	var out []float64
-	for _, r := range rs {
-		if r.cpuUs >= 0 {
-			out = append(out, r.cpuUs)
-		}
-	}
-	return out
+	return perAnswer(rs, func(r perfResult) float64 { return r.cpuUs })
 }
 
 // sysPerAnswer is the kernel's part of cpuPerAnswer.
 func sysPerAnswer(rs []perfResult) []float64 {
+	return perAnswer(rs, func(r perfResult) float64 { return r.sysUs })
+}
+
+// perAnswer is the runs' figure of, leaving out the runs where it was not
+// read (negative).
+func perAnswer(rs []perfResult, of func(perfResult) float64) []float64 {
 	var out []float64
 	for _, r := range rs {
-		if r.sysUs >= 0 {
-			out = append(out, r.sysUs)
+		if v := of(r); v >= 0 {
+			out = append(out, v)
 		}
 	}
 	return out

@@ -87,35 +87,40 @@ func (u *udpServer) startReader() {
 	// not preempted, so a stop of the world for the garbage collector
 	// waits for a send to end, 100 µs or so.
 	b.recvFn = func(fd uintptr) bool {
-		for {
-			r, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.msgs[0])), batchSize, 0, 0, 0)
-			switch e {
-			case unix.EINTR:
-				continue
-			case unix.EAGAIN:
-				return false // wait until the socket is readable
-			}
-			b.res, b.errno = int(r), e
-			return true
-		}
+		return b.mmsg(fd, unix.SYS_RECVMMSG, &b.msgs[0], batchSize)
 	}
 	b.sendFn = func(fd uintptr) bool {
-		for {
-			r, _, e := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&b.smsgs[b.sendFrom])), uintptr(b.sendCount), 0, 0, 0)
-			switch e {
-			case unix.EINTR:
-				continue
-			case unix.EAGAIN:
-				return false // wait until the socket is writable
-			}
-			b.res, b.errno = int(r), e
-			return true
-		}
+		return b.mmsg(fd, unix.SYS_SENDMMSG, &b.smsgs[b.sendFrom], b.sendCount)
+	}
+	// What stays the same from one read to the next is set once: each
+	// datagram's buffer and the place for its sender.
+	for i := range b.msgs {
+		b.iovs[i] = unix.Iovec{Base: &b.bufs[i][0]}
+		b.iovs[i].SetLen(maxUDPSize)
+		b.msgs[i].hdr = unix.Msghdr{Name: (*byte)(unsafe.Pointer(&b.names[i])), Iov: &b.iovs[i]}
+		b.msgs[i].hdr.SetIovlen(1)
 	}
 	for i := range b.w {
 		b.w[i] = &udpWriter{conn: u.conn, u: u, batch: b, slot: i}
 	}
 	go u.readBatch(b)
+}
+
+// mmsg makes the system call trap, recvmmsg or sendmmsg, on n messages
+// from msgs, and keeps its result in b.res and b.errno; it reports false
+// when the socket is not ready (RawConn then waits for it).
+func (b *udpBatch) mmsg(fd uintptr, trap uintptr, msgs *mmsghdr, n int) bool {
+	for {
+		r, _, e := unix.RawSyscall6(trap, fd, uintptr(unsafe.Pointer(msgs)), uintptr(n), 0, 0, 0)
+		switch e {
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		}
+		b.res, b.errno = int(r), e
+		return true
+	}
 }
 
 // readBatch is the reader of a socket bound to one address: it serves the
@@ -128,7 +133,6 @@ func (u *udpServer) readBatch(b *udpBatch) {
 			i := b.next
 			b.next++
 			w := b.w[i]
-			w.to = addrPort(&b.names[i])
 			serveRaw(u.h, b.bufs[i][:b.msgs[i].len], w)
 			if w.detached {
 				u.inflight.Done() // another reader has taken over b
@@ -157,15 +161,10 @@ func (b *udpBatch) handOver(slot int) {
 
 // recv reads up to batchSize datagrams, waiting for the first one.
 func (b *udpBatch) recv() (int, error) {
+	// The kernel wrote the last senders' lengths and flags over these.
 	for i := range b.msgs {
-		b.iovs[i] = unix.Iovec{Base: &b.bufs[i][0]}
-		b.iovs[i].SetLen(maxUDPSize)
-		b.msgs[i] = mmsghdr{hdr: unix.Msghdr{
-			Name:    (*byte)(unsafe.Pointer(&b.names[i])),
-			Namelen: unix.SizeofSockaddrInet6,
-			Iov:     &b.iovs[i],
-		}}
-		b.msgs[i].hdr.SetIovlen(1)
+		b.msgs[i].hdr.Namelen = unix.SizeofSockaddrInet6
+		b.msgs[i].hdr.Flags = 0
 	}
 	b.res, b.errno = 0, 0
 	err := b.rc.Read(b.recvFn)
@@ -177,6 +176,9 @@ func (b *udpBatch) recv() (int, error) {
 	}
 	return b.res, nil
 }
+
+// sender returns the sender of datagram i.
+func (b *udpBatch) sender(i int) netip.AddrPort { return addrPort(&b.names[i]) }
 
 // put keeps the answer to datagram i for the batch's sendmmsg.
 func (b *udpBatch) put(i int, p []byte) {

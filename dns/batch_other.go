@@ -2,7 +2,10 @@
 
 package dns
 
-import "time"
+import (
+	"net/netip"
+	"time"
+)
 
 // udpBatch is Linux's batched reading (recvmmsg and sendmmsg); elsewhere a
 // socket is read one datagram at a time.
@@ -14,6 +17,8 @@ type udpBatch struct {
 func (u *udpServer) startReader() { go u.read() }
 
 func (b *udpBatch) put(int, []byte) {}
+
+func (b *udpBatch) sender(int) netip.AddrPort { return netip.AddrPort{} }
 
 func (b *udpBatch) handOver(int) {}
 

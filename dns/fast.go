@@ -33,8 +33,8 @@ var _ RawHandler = (*Handler)(nil)
 // trimming) is left to ServeDNS, which answers it in full; the answers the
 // two give are the same bytes (FuzzServeRaw compares them).
 func (h *Handler) ServeRaw(pkt []byte, w mdns.ResponseWriter) bool {
-	start, batched := arrival(w)
-	if !batched {
+	start, batch := arrival(w)
+	if batch == nil {
 		if _, tcp := w.LocalAddr().(*net.TCPAddr); tcp {
 			return false // the limits below are UDP's
 		}
@@ -42,7 +42,7 @@ func (h *Handler) ServeRaw(pkt []byte, w mdns.ResponseWriter) bool {
 	// The name is lower-cased in place, in a buffer on the stack: its
 	// labels serve the lookups below and nothing keeps them. What is
 	// handed to the demand, which may keep it, is the cache's own names
-	// or, for a name the cache lacks, a copy.
+	// or a copy.
 	var lower [maxNameLen]byte
 	var q rawQuery
 	if !parseQuery(pkt, &lower, &q) {
@@ -57,24 +57,16 @@ func (h *Handler) ServeRaw(pkt []byte, w mdns.ResponseWriter) bool {
 	var wa wire
 	if nm.kind == kindAddress && z != nil && z.Synced {
 		var hot *[2]hotSlot
-		if uw, ok := w.(*udpWriter); ok && uw.batch != nil && uw.batch.hot != nil {
-			t := uw.batch.hot
-			t.sweep(start.UnixNano(), h.cache)
-			hot = t.set(name)
+		if batch != nil && batch.hot != nil {
+			batch.hot.sweep(start.UnixNano(), h.cache)
+			hot = batch.hot.set(name)
 		}
 		aa := hotGet(hot, z, name)
 		if aa == nil {
-			p := z.Products.Get(nm.labels[1])
-			if p == nil {
-				h.demand.Use(z.Name, strings.Clone(nm.labels[1]))
+			if aa = addressAnswers(z, &nm); aa == nil {
+				h.demand.Use(strings.Clone(nm.zone()), strings.Clone(nm.product()))
 				return false // the full path answers, and waits if it must
 			}
-			a := p.Addresses[nm.rest]
-			if a == nil {
-				h.demand.Use(p.Zone, p.Name)
-				return false
-			}
-			aa = a.Derived.(*addrAnswers)
 			hotPut(hot, z, aa)
 		}
 		// An address read thousands of times a second tells the demand
@@ -143,13 +135,13 @@ func (h *Handler) fastName(lower string, starts *[maxLabels + 1]uint8, labels in
 }
 
 // arrival is when the query w answers arrived: for a datagram of a batch,
-// when the batch was read (one clock read per batch, not per query), and
-// batched is true; for anything else, now.
-func arrival(w mdns.ResponseWriter) (t time.Time, batched bool) {
+// when its batch, also returned, was read (one clock read per batch, not
+// per query); for anything else, now.
+func arrival(w mdns.ResponseWriter) (time.Time, *udpBatch) {
 	if uw, ok := w.(*udpWriter); ok && uw.batch != nil {
-		return uw.batch.at, true
+		return uw.batch.at, uw.batch
 	}
-	return time.Now(), false
+	return time.Now(), nil
 }
 
 // hotAnswers is a UDP reader's own cache of the addresses it answered, so

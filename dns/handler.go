@@ -38,7 +38,7 @@ type Handler struct {
 	// firstWait is how long a query for a zone or product that has no
 	// state yet waits for its first result before the answer is SERVFAIL.
 	firstWait time.Duration
-	useEvery  time.Duration
+	useEvery  time.Duration // HandlerOptions.UseEvery
 	bufs      sync.Pool
 	// The domain as the fast path compares it: its number of labels, and
 	// its name as it ends a query name in presentation form.

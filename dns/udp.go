@@ -199,9 +199,10 @@ func (u *udpServer) shutdown(ctx context.Context) error {
 	}
 }
 
-// udpWriter is the mdns.ResponseWriter of a UDP query: sess on a wildcard
-// socket, else to. A writer of a batch keeps its answer for the batch's
-// send (see udpBatch) until its handler detaches.
+// udpWriter is the mdns.ResponseWriter of a UDP query, answering sess on a
+// wildcard socket, the sender of its datagram in a batch, else to. A writer
+// of a batch keeps its answer for the batch's send (see udpBatch) until its
+// handler detaches.
 type udpWriter struct {
 	conn *net.UDPConn
 	sess *mdns.SessionUDP
@@ -225,7 +226,9 @@ func (w *udpWriter) Detach() {
 	w.detached = true
 	w.u.inflight.Add(1) // before the next reader can end the reading
 	if b := w.batch; b != nil {
-		w.batch = nil // this writer stays with the handler, which answers alone
+		// This writer stays with the handler, which answers alone, to
+		// the sender read now: the next reader reuses the batch.
+		w.to, w.batch = b.sender(w.slot), nil
 		b.handOver(w.slot)
 		return
 	}
@@ -235,6 +238,9 @@ func (w *udpWriter) Detach() {
 func (w *udpWriter) LocalAddr() net.Addr { return w.conn.LocalAddr() }
 
 func (w *udpWriter) RemoteAddr() net.Addr {
+	if w.batch != nil {
+		return net.UDPAddrFromAddrPort(w.batch.sender(w.slot))
+	}
 	if w.sess != nil {
 		return w.sess.RemoteAddr()
 	}
