@@ -66,6 +66,9 @@ func (b *bench) startAuthoritative(ctx context.Context, name, zone string) (*pro
 		return nil, "", err
 	}
 	zoneName := strings.TrimSuffix(domain, ".")
+	// As many UDP workers as glimpse-agent has sockets; NSD's get a
+	// socket each (SO_REUSEPORT), as glimpse's do.
+	workers := b.udpSockets()
 	var bin string
 	var args []string
 	conf := filepath.Join(dir, name+".conf")
@@ -76,7 +79,8 @@ func (b *bench) startAuthoritative(ctx context.Context, name, zone string) (*pro
 		text := fmt.Sprintf(`server:
     ip-address: %s@%s
     port: %s
-    server-count: 1
+    server-count: %d
+    reuseport: yes
     username: ""
     chroot: ""
     zonesdir: "%s"
@@ -93,7 +97,7 @@ remote-control:
 zone:
     name: "%s"
     zonefile: "%s"
-`, host, port, port, dir, dir, dir, dir, dir, dir, zoneName, zone)
+`, host, port, port, workers, dir, dir, dir, dir, dir, dir, zoneName, zone)
 		if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
 			return nil, "", err
 		}
@@ -103,7 +107,7 @@ zone:
 		text := fmt.Sprintf(`server:
     rundir: "%s"
     listen: %s@%s
-    udp-workers: 1
+    udp-workers: %d
     tcp-workers: 1
     background-workers: 1
 database:
@@ -120,7 +124,7 @@ template:
 zone:
   - domain: "%s"
     file: "%s"
-`, dir, host, port, dir, dir, zoneName, zone)
+`, dir, host, port, workers, dir, dir, zoneName, zone)
 		if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
 			return nil, "", err
 		}

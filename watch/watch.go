@@ -575,8 +575,11 @@ type zoneWatch struct {
 	// held, read by Use without it.
 	products liveMap[*productWatch]
 	// loops counts the starts and stops of product loops, so that detect
-	// lists the products with a loop only when that set changed.
-	loops atomic.Uint64
+	// lists the products with a loop only when that set changed;
+	// loopsCh, under loopsMu, is closed at the next change (loopsChanged).
+	loops   atomic.Uint64
+	loopsMu sync.Mutex
+	loopsCh chan struct{}
 
 	mu sync.Mutex
 	// listIndex is the index of the product list last applied (the list
@@ -650,12 +653,35 @@ func (z *zoneWatch) listed() (map[string]struct{}, bool) {
 	return nil, false
 }
 
+// loopStartedOrStopped counts a product loop's start or stop and wakes
+// who waits for one (loopsChanged).
+func (z *zoneWatch) loopStartedOrStopped() {
+	z.loops.Add(1)
+	z.loopsMu.Lock()
+	if z.loopsCh != nil {
+		close(z.loopsCh)
+		z.loopsCh = nil
+	}
+	z.loopsMu.Unlock()
+}
+
+// loopsChanged returns a channel closed at the next start or stop of a
+// product loop.
+func (z *zoneWatch) loopsChanged() <-chan struct{} {
+	z.loopsMu.Lock()
+	defer z.loopsMu.Unlock()
+	if z.loopsCh == nil {
+		z.loopsCh = make(chan struct{})
+	}
+	return z.loopsCh
+}
+
 // startProduct starts a product's loop. Called with z.mu held.
 func (z *zoneWatch) startProduct(p *productWatch) {
 	pctx, cancel := context.WithCancel(z.ctx)
 	p.cancel = cancel
 	p.running.Store(true)
-	z.loops.Add(1)
+	z.loopStartedOrStopped()
 	p.index.Store(0)
 	if p.pinned {
 		z.unsettledPins++ // until its first result or failure
@@ -689,7 +715,7 @@ func (z *zoneWatch) stopProduct(p *productWatch, why string) {
 	z.qmu.Unlock()
 	p.cancel = nil
 	p.running.Store(false)
-	z.loops.Add(1)
+	z.loopStartedOrStopped()
 	if p.pinned && !p.settled {
 		z.unsettledPins--
 	}
@@ -781,11 +807,7 @@ func (z *zoneWatch) loopPrio(ctx context.Context, endpoint, product string, prio
 				// watcher resyncs (and reports contact) at once, not after a
 				// whole wait with nothing changed.
 				index = 0
-				n := failures
-				if Throttled(err) {
-					n += 4 // Consul is out of connections for this host: no hurry
-				}
-				if !sleep(ctx, backoff(m.cfg, n)) {
+				if !sleep(ctx, retryWait(m.cfg, failures, err)) {
 					return
 				}
 				continue
@@ -798,17 +820,11 @@ func (z *zoneWatch) loopPrio(ctx context.Context, endpoint, product string, prio
 				z.status.Contact(time.Now())
 			}
 			setFailing(!meta.Fresh)
-			switch {
-			case meta.Index < index:
-				// The index went backwards (a restored or rebuilt Consul):
-				// start over with a non-blocking read.
+			next, back := nextIndex(index, meta.Index)
+			if back {
 				log.Info("consul index went backwards; resyncing", zap.Uint64("was", index), zap.Uint64("now", meta.Index))
-				index = 0
-			case meta.Index == 0:
-				index = 1 // never loop on index 0: it does not block
-			default:
-				index = meta.Index
 			}
+			index = next
 		}
 	}()
 }
@@ -903,7 +919,16 @@ func (z *zoneWatch) detect(health cache.Health) {
 		case <-z.ctx.Done():
 			return
 		}
-		z.detectWhileRotating(health, limiter)
+		// Loops of other zones may take turns while this one has none:
+		// it then waits for a loop of its own, not for the next turn.
+		started := z.loopsChanged()
+		if !z.detectWhileRotating(health, limiter) {
+			select {
+			case <-started:
+			case <-z.ctx.Done():
+				return
+			}
+		}
 	}
 }
 
@@ -915,17 +940,23 @@ const detectRate = 5
 // are ignored.
 const maxFilterNames = 1000
 
-// detectWhileRotating is detect's loop while loops wait for a slot.
-func (z *zoneWatch) detectWhileRotating(health cache.Health, limiter *rate.Limiter) {
+// detectWhileRotating is detect's loop while loops wait for a slot. It
+// reports false when the zone has no product loop to bring forward.
+func (z *zoneWatch) detectWhileRotating(health cache.Health, limiter *rate.Limiter) bool {
 	m := z.m
 	endpoint := "state/" + health.String()
 	log := m.log.WithLazy(zap.String("zone", z.name), zap.String("watch", endpoint))
+	loops := z.loops.Load()
+	names := z.watchedNames()
+	if len(names) == 0 {
+		return false // before taking a slot, which may cut a read short
+	}
 	// The read keeps its slot while loops take turns: between two reads
 	// the slot would go to a waiting product, and the next read wait for
 	// that product's turn to end.
 	h, err := m.slots.acquire(z.ctx, prioZone, nil)
 	if err != nil {
-		return
+		return true
 	}
 	defer m.slots.release(h)
 	m.slots.begin(h, nil)
@@ -934,15 +965,14 @@ func (z *zoneWatch) detectWhileRotating(health cache.Health, limiter *rate.Limit
 		// base is the last read's versions: the products with checks in
 		// that state (nil: compare with the products' own indexes only).
 		base     map[string]CheckVersion
-		names    []string // the products with a loop, as of version loops
-		loops    uint64
 		failures int
 	)
+	// names are the products with a loop, as of version loops.
 	for {
 		if _, waiting, _ := m.slots.stats(); waiting == 0 {
-			return
+			return true
 		}
-		if v := z.loops.Load(); names == nil || v != loops {
+		if v := z.loops.Load(); v != loops {
 			// A product that started since the last read may have
 			// changed since its own read, unseen by a filter without it:
 			// this read does not block, and compares with the products'
@@ -951,18 +981,18 @@ func (z *zoneWatch) detectWhileRotating(health cache.Health, limiter *rate.Limit
 			index, base = 0, nil
 		}
 		if len(names) == 0 {
-			return
+			return false
 		}
 		filter := names
 		if len(filter) > maxFilterNames {
 			filter = nil
 		}
 		if err := limiter.Wait(z.ctx); err != nil {
-			return
+			return true
 		}
 		meta, got, err := z.readChecks(health, filter, index)
 		if z.ctx.Err() != nil {
-			return
+			return true
 		}
 		m.metrics.request(z.name, endpoint, err)
 		if err != nil {
@@ -971,8 +1001,8 @@ func (z *zoneWatch) detectWhileRotating(health cache.Health, limiter *rate.Limit
 			}
 			failures++
 			index, base = 0, nil
-			if !sleep(z.ctx, backoff(m.cfg, failures)) {
-				return
+			if !sleep(z.ctx, retryWait(m.cfg, failures, err)) {
+				return true
 			}
 			continue
 		}
@@ -992,10 +1022,9 @@ func (z *zoneWatch) detectWhileRotating(health cache.Health, limiter *rate.Limit
 			}
 		}
 		base = got
-		if meta.Index < index || meta.Index == 0 {
-			index, base = 0, nil // a reset Consul: start over
-		} else {
-			index = meta.Index
+		var back bool
+		if index, back = nextIndex(index, meta.Index); back {
+			base = nil
 		}
 	}
 }
@@ -1271,6 +1300,28 @@ func backoff(cfg Config, n int) time.Duration {
 	}
 	d = min(d, cfg.MaxBackoff)
 	return min(time.Duration(float64(d)*(0.5+rand.Float64())), cfg.MaxBackoff)
+}
+
+// retryWait is how long a loop waits after its failures-th failure in a
+// row, err.
+func retryWait(cfg Config, failures int, err error) time.Duration {
+	if Throttled(err) {
+		failures += 4 // Consul is out of connections for this host: no hurry
+	}
+	return backoff(cfg, failures)
+}
+
+// nextIndex is the index of a loop's next blocking read after a read at
+// index returned got, and whether got went backwards (a restored or
+// rebuilt Consul), which starts over with a non-blocking read.
+func nextIndex(index, got uint64) (next uint64, back bool) {
+	switch {
+	case got < index:
+		return 0, true
+	case got == 0:
+		return 1, false // never loop on index 0: it does not block
+	}
+	return got, false
 }
 
 // sleep waits d or until ctx ends; it reports whether the wait completed.

@@ -61,8 +61,16 @@
   }
 
   // The selection lives in the location's hash: #/zone/product/address.
+  // A part that does not decode (a hand-edited link) selects nothing.
   function readHash() {
-    const [zone = "", product = "", address = ""] = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
+    const decode = (part) => {
+      try {
+        return decodeURIComponent(part);
+      } catch {
+        return "";
+      }
+    };
+    const [zone = "", product = "", address = ""] = location.hash.replace(/^#\/?/, "").split("/").map(decode);
     return { zone, product, address };
   }
 

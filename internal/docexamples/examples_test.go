@@ -32,7 +32,7 @@ type example struct {
 }
 
 const (
-	untilStopped = "3"  // seconds an until-stopped example runs (timeout(1))
+	untilStopped = "10" // seconds an until-stopped example runs (timeout(1)): long enough to print on a loaded machine
 	runFor       = "60" // seconds an example may take (a long-poll takes 30)
 )
 
