@@ -30,6 +30,28 @@ type perfResult struct {
 	cpuUs float64
 	// sysUs is the part of cpuUs spent in the kernel.
 	sysUs float64
+	// busy is the server's CPU time over the run's wall time, as a share
+	// of the server CPUs: near 1, the server was the bottleneck; -1 when
+	// not read.
+	busy float64
+	// late counts answers that came after their query was counted lost
+	// (blast only).
+	late int64
+}
+
+// loadGen is a load generator: run sends s's queries to s for d, at rate
+// (0: as fast as the server answers), recording each query's latency when
+// perQuery.
+type loadGen struct {
+	name string
+	run  func(ctx context.Context, s system, d time.Duration, rate int, perQuery bool) (perfResult, error)
+}
+
+// dnsperfGen is dnsperf as a loadGen.
+func (b *bench) dnsperfGen() loadGen {
+	return loadGen{"dnsperf", func(ctx context.Context, s system, d time.Duration, rate int, perQuery bool) (perfResult, error) {
+		return b.dnsperf(ctx, s.addr, s.queries, d, rate, perQuery)
+	}}
 }
 
 var (

@@ -50,8 +50,8 @@ type config struct {
 }
 
 func main() {
-	if len(os.Args) > 1 && (os.Args[1] == "ceiling" || os.Args[1] == "echo") {
-		sub := map[string]func([]string) error{"ceiling": ceilingMain, "echo": echoMain}[os.Args[1]]
+	if len(os.Args) > 1 && (os.Args[1] == "ceiling" || os.Args[1] == "echo" || os.Args[1] == "blast") {
+		sub := map[string]func([]string) error{"ceiling": ceilingMain, "echo": echoMain, "blast": blastMain}[os.Args[1]]
 		if err := sub(os.Args[2:]); err != nil {
 			fmt.Fprintf(os.Stderr, "bench %s: %v\n", os.Args[1], err)
 			os.Exit(1)

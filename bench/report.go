@@ -134,15 +134,7 @@ func (r *report) dns(systems []system, sizes map[string][2]int, maxRuns, halfRun
 	}
 	// Ratios per round (the systems of a round ran back to back), then the
 	// median of those.
-	ratio := func(a, c string) float64 {
-		var rs []float64
-		for i := range min(len(maxRuns[a]), len(maxRuns[c])) {
-			if maxRuns[c][i].qps > 0 {
-				rs = append(rs, maxRuns[a][i].qps/maxRuns[c][i].qps)
-			}
-		}
-		return median(rs)
-	}
+	ratio := func(a, c string) float64 { return roundRatio(maxRuns, a, c, qpsOf) }
 	vsCeil, vsConsul := ratio("glimpse", "ceiling"), ratio("glimpse", "consul")
 	echo := median(field(maxRuns["udp-echo"], func(p perfResult) float64 { return p.qps }))
 	fmt.Fprintf(&b, "\nglimpse/ceiling = **%.2f**, glimpse/Consul = **%.1f** (medians of the per-round ratios). "+
@@ -176,18 +168,7 @@ func (r *report) dns(systems []system, sizes map[string][2]int, maxRuns, halfRun
 	halfP99 := median(field(halfRuns["glimpse"], func(p perfResult) float64 { return p.p99Ms }))
 	// NSD and Knot DNS: glimpse's rate and CPU per answer against theirs,
 	// per round, then the median.
-	cpuRatio := func(a, c string) float64 {
-		var rs []float64
-		for i := range min(len(maxRuns[a]), len(maxRuns[c])) {
-			if x, y := maxRuns[a][i].cpuUs, maxRuns[c][i].cpuUs; x > 0 && y > 0 {
-				rs = append(rs, x/y)
-			}
-		}
-		if len(rs) == 0 {
-			return -1
-		}
-		return median(rs)
-	}
+	cpuRatio := func(a, c string) float64 { return roundRatio(maxRuns, a, c, cpuOf) }
 	for _, other := range []string{"nsd", "knot"} {
 		if len(maxRuns[other]) == 0 {
 			continue
@@ -205,6 +186,77 @@ func (r *report) dns(systems []system, sizes map[string][2]int, maxRuns, halfRun
 	r.check("DNS qps vs ceiling", "≥ 0.9×", fmt.Sprintf("%.2f×", vsCeil), vsCeil >= 0.9)
 	r.check("DNS qps vs Consul DNS", "≥ 15×", fmt.Sprintf("%.1f×", vsConsul), vsConsul >= 15)
 	r.check("DNS p99 at 50 % load", "≤ 1 ms", ms(halfP99), halfP99 >= 0 && halfP99 <= 1)
+}
+
+func qpsOf(p perfResult) float64 { return p.qps }
+func cpuOf(p perfResult) float64 { return p.cpuUs }
+
+// roundRatio is the median over the rounds of a's figure over c's (the
+// systems of a round ran back to back), leaving out the rounds where either
+// was not read; -1 when none is left.
+func roundRatio(runs map[string][]perfResult, a, c string, of func(perfResult) float64) float64 {
+	var rs []float64
+	for i := range min(len(runs[a]), len(runs[c])) {
+		if x, y := of(runs[a][i]), of(runs[c][i]); x > 0 && y > 0 {
+			rs = append(rs, x/y)
+		}
+	}
+	if len(rs) == 0 {
+		return -1
+	}
+	return median(rs)
+}
+
+// saturated reports the DNS loads again from blast, the harness's own
+// batched load generator: each server's maximum rate when the server, not
+// the load generator, is what stops it, and the latency at the half-load
+// rate from a client that adds little of its own.
+func (r *report) saturated(systems []system, maxRuns, halfRuns map[string][]perfResult, half int) {
+	var b strings.Builder
+	b.WriteString("### 1a. The same loads from a load generator that outruns the servers\n\n")
+	fmt.Fprintf(&b, "Against dnsperf, the UDP echo, which does no DNS work, ends about as fast as glimpse, NSD and Knot DNS, and none of them keeps its CPU busy: "+
+		"the maximum rate above is dnsperf's, sending and receiving one datagram per system call on its one CPU. "+
+		"`blast` (`bench blast`, bench/blast.go) sends and receives in batches (`sendmmsg`/`recvmmsg`) over %d connected sockets, with %d queries outstanding on each "+
+		"(dnsperf's %d in all), the same query file and EDNS, on the same CPU as dnsperf. Every answer must be a NOERROR answer with records to a query outstanding. "+
+		"Server busy is the server's CPU time over the run's length, as a share of its CPUs: near 100 %%, the server was the bottleneck. "+
+		"At half load blast sends at %d qps, the half-load rate above, each socket at its own phase of the interval, and records each answer's latency; a lost query counts as the 2 s timeout. "+
+		"%d runs of %v per system and load, the order rotating each round, after a warm-up run of each; medians.\n\n",
+		r.cfg.clients, min(blastBatch, max(1, r.cfg.outstanding/r.cfg.clients)), r.cfg.outstanding, half, r.cfg.runs, r.cfg.duration)
+	fmt.Fprintf(&b, "| system | max qps | server busy at max | server CPU per answer | avg latency at max | p50 / p99 at %d qps | lost / late (all runs) |\n|---|---|---|---|---|---|---|\n", half)
+	busy := map[string]float64{}
+	for _, s := range systems {
+		mr, hr := maxRuns[s.name], halfRuns[s.name]
+		var lost, late int64
+		for _, p := range append(mr[:len(mr):len(mr)], hr...) {
+			lost += p.lost
+			late += p.late
+		}
+		busy[s.name] = median(field(mr, func(p perfResult) float64 { return p.busy }))
+		fmt.Fprintf(&b, "| %s | %.0f | %.0f %% | %s | %s | %s / %s | %d / %d |\n", s.name, median(field(mr, qpsOf)), 100*busy[s.name], us(medianCPU(mr)),
+			ms(median(field(mr, func(p perfResult) float64 { return p.avgMs }))),
+			ms(median(field(hr, func(p perfResult) float64 { return p.p50Ms }))), ms(median(field(hr, func(p perfResult) float64 { return p.p99Ms }))), lost, late)
+	}
+	b.WriteString("\nEvery run, max qps per system: ")
+	for _, s := range systems {
+		fmt.Fprintf(&b, "%s %s (busy %s %%); ", s.name, joinf(field(maxRuns[s.name], qpsOf), "%.0f"), joinf(field(maxRuns[s.name], func(p perfResult) float64 { return 100 * p.busy }), "%.0f"))
+	}
+	b.WriteString("p99 at half load per run: ")
+	for _, s := range systems {
+		fmt.Fprintf(&b, "%s %s; ", s.name, joinf(field(halfRuns[s.name], func(p perfResult) float64 { return p.p99Ms }), "%.3f"))
+	}
+	b.WriteString("\n\n")
+	for _, other := range []string{"nsd", "knot"} {
+		if len(maxRuns[other]) == 0 {
+			continue
+		}
+		label := map[string]string{"nsd": "NSD", "knot": "Knot DNS"}[other]
+		q, c := roundRatio(maxRuns, "glimpse", other, qpsOf), roundRatio(maxRuns, "glimpse", other, cpuOf)
+		fmt.Fprintf(&b, "glimpse/%s under blast: **%.3f×** the queries per second and **%.3f×** the server CPU per answer (medians of the per-round ratios).\n", label, q, c)
+		r.check("DNS qps vs "+label+", servers saturated (blast)", "≥ 1.0×", fmt.Sprintf("%.3f×", q), q >= 1)
+	}
+	r.add("%s", b.String())
+	p99 := median(field(halfRuns["glimpse"], func(p perfResult) float64 { return p.p99Ms }))
+	r.check("DNS p99 at 50 % load (blast)", "≤ 1 ms", ms(p99), p99 >= 0 && p99 <= 1)
 }
 
 // floor reports the p99 of the UDP echo at the half-load rate, next to

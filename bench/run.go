@@ -343,7 +343,7 @@ func (b *bench) dnsSection(ctx context.Context) error {
 	// echo's median was 81,495 qps with the lines and 96,187 without, in
 	// two runs of this harness), so it capped the fastest servers at its own
 	// pace.
-	maxRuns, err := b.rounds(ctx, measured, 0, false, func(s system, res perfResult, took time.Duration) {
+	maxRuns, err := b.rounds(ctx, b.dnsperfGen(), measured, 0, false, func(s system, res perfResult, took time.Duration) {
 		if s.name == "glimpse" {
 			glimpseCompleted += res.completed
 			glimpseDNS += took
@@ -369,12 +369,37 @@ func (b *bench) dnsSection(ctx context.Context) error {
 
 	// p99 at half of glimpse's maximum rate, every system at that rate.
 	half := int(median(field(maxRuns["glimpse"], func(r perfResult) float64 { return r.qps })) / 2)
-	halfRuns, err := b.rounds(ctx, measured, half, b.cfg.perQuery, nil)
+	halfRuns, err := b.rounds(ctx, b.dnsperfGen(), measured, half, b.cfg.perQuery, nil)
 	if err != nil {
 		return err
 	}
 	b.rep.dns(systems, sizes, maxRuns, halfRuns, half)
 	b.rep.floor(halfRuns, half)
+
+	// The same loads from blast, a load generator that outruns the server:
+	// against dnsperf the echo, which does no DNS work, is about as fast
+	// as NSD, Knot DNS and glimpse, so dnsperf's maximum is its own.
+	var blasted []system
+	for _, s := range measured {
+		switch s.name {
+		case "glimpse", "nsd", "knot", "udp-echo":
+			blasted = append(blasted, s)
+		}
+	}
+	for _, s := range blasted {
+		if _, err := b.blastGen().run(ctx, s, warmUp, 0, false); err != nil {
+			return fmt.Errorf("%s warm-up: %w", s.name, err)
+		}
+	}
+	satRuns, err := b.rounds(ctx, b.blastGen(), blasted, 0, false, nil)
+	if err != nil {
+		return err
+	}
+	satHalfRuns, err := b.rounds(ctx, b.blastGen(), blasted, half, true, nil)
+	if err != nil {
+		return err
+	}
+	b.rep.saturated(blasted, satRuns, satHalfRuns, half)
 	b.rep.consulRequests(duringDNS, totalDuring, glimpseCompleted, dnsWindow, glimpseDNS, b.topo.products)
 	return nil
 }
@@ -384,7 +409,7 @@ func (b *bench) dnsSection(ctx context.Context) error {
 // rotating each round, and returns each system's results; perQuery records
 // each query's latency. each, when set, is told of every run and how long
 // it took.
-func (b *bench) rounds(ctx context.Context, systems []system, rate int, perQuery bool, each func(system, perfResult, time.Duration)) (map[string][]perfResult, error) {
+func (b *bench) rounds(ctx context.Context, gen loadGen, systems []system, rate int, perQuery bool, each func(system, perfResult, time.Duration)) (map[string][]perfResult, error) {
 	runs := map[string][]perfResult{}
 	load := "max rate"
 	if rate > 0 {
@@ -395,20 +420,22 @@ func (b *bench) rounds(ctx context.Context, systems []system, rate int, perQuery
 			s := systems[(i+r)%len(systems)]
 			t0 := time.Now()
 			cpu0, cpuErr := cpuTree(s.pid)
-			res, err := b.dnsperf(ctx, s.addr, s.queries, b.cfg.duration, rate, perQuery)
+			res, err := gen.run(ctx, s, b.cfg.duration, rate, perQuery)
 			if err != nil {
 				return nil, fmt.Errorf("%s at %s: %w", s.name, load, err)
 			}
-			res.cpuUs, res.sysUs = -1, -1
+			took := time.Since(t0)
+			res.cpuUs, res.sysUs, res.busy = -1, -1, -1
 			if cpu1, err := cpuTree(s.pid); err == nil && cpuErr == nil && res.completed > 0 {
 				d := cpu1.sub(cpu0)
 				res.cpuUs = float64(d.total().Microseconds()) / float64(res.completed)
 				res.sysUs = float64(d.sys.Microseconds()) / float64(res.completed)
+				res.busy = d.total().Seconds() / b.cfg.duration.Seconds() / float64(b.udpSockets())
 			}
 			if each != nil {
-				each(s, res, time.Since(t0))
+				each(s, res, took)
 			}
-			logf("%s %-8s run %d: %8.0f qps  avg %s  p99 %s  CPU %s per answer (system %s)  lost %d  %s", load, s.name, r+1, res.qps, ms(res.avgMs), ms(res.p99Ms), us(res.cpuUs), us(res.sysUs), res.lost, res.rcodes)
+			logf("%s %s %-8s run %d: %8.0f qps  avg %s  p99 %s  CPU %s per answer (system %s)  busy %.0f %%  lost %d  %s", gen.name, load, s.name, r+1, res.qps, ms(res.avgMs), ms(res.p99Ms), us(res.cpuUs), us(res.sysUs), 100*res.busy, res.lost, res.rcodes)
 			runs[s.name] = append(runs[s.name], res)
 		}
 	}
