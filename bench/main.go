@@ -16,6 +16,7 @@
 //	bench [flags]             run the benchmark
 //	bench ceiling [flags]     the ceiling DNS server (started by bench)
 //	bench echo [flags]        the UDP echo latency floor (started by bench)
+//	bench blast [flags]       the batched DNS load generator (started by bench)
 package main
 
 import (

@@ -211,12 +211,17 @@ func roundRatio(runs map[string][]perfResult, a, c string, of func(perfResult) f
 // batched load generator: each server's maximum rate when the server, not
 // the load generator, is what stops it, and the latency at the half-load
 // rate from a client that adds little of its own.
-func (r *report) saturated(systems []system, maxRuns, halfRuns map[string][]perfResult, half int) {
+func (r *report) saturated(systems []system, perfMax, maxRuns, halfRuns map[string][]perfResult, half int) {
 	var b strings.Builder
 	b.WriteString("### 1a. The same loads from a load generator that outruns the servers\n\n")
-	fmt.Fprintf(&b, "Against dnsperf, the UDP echo, which does no DNS work, ends about as fast as glimpse, NSD and Knot DNS, and none of them keeps its CPU busy: "+
-		"the maximum rate above is dnsperf's, sending and receiving one datagram per system call on its one CPU. "+
-		"`blast` (`bench blast`, bench/blast.go) sends and receives in batches (`sendmmsg`/`recvmmsg`) over %d connected sockets, with %d queries outstanding on each "+
+	b.WriteString("At dnsperf's maximum rate (above) the servers were busy, median of the runs: ")
+	for _, s := range systems {
+		fmt.Fprintf(&b, "%s %.0f %%, ", s.name, 100*median(field(perfMax[s.name], func(p perfResult) float64 { return p.busy })))
+	}
+	fmt.Fprintf(&b, "and the echo, which does no DNS work, ended at %.2f× glimpse's rate. "+
+		"Where the echo is about as fast as the servers and none of them is near 100 %%, the maximum is dnsperf's own: it sends and receives one datagram per system call on its one CPU. ",
+		roundRatio(perfMax, "udp-echo", "glimpse", qpsOf))
+	fmt.Fprintf(&b, "`blast` (`bench blast`, bench/blast.go) sends and receives in batches (`sendmmsg`/`recvmmsg`) over %d connected sockets, with %d queries outstanding on each "+
 		"(dnsperf's %d in all), the same query file and EDNS, on the same CPU as dnsperf. Every answer must be a NOERROR answer with records to a query outstanding. "+
 		"Server busy is the server's CPU time over the run's length, as a share of its CPUs: near 100 %%, the server was the bottleneck. "+
 		"At half load blast sends at %d qps, the half-load rate above, each socket at its own phase of the interval, and records each answer's latency; a lost query counts as the 2 s timeout. "+

@@ -399,7 +399,7 @@ func (b *bench) dnsSection(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	b.rep.saturated(blasted, satRuns, satHalfRuns, half)
+	b.rep.saturated(blasted, maxRuns, satRuns, satHalfRuns, half)
 	b.rep.consulRequests(duringDNS, totalDuring, glimpseCompleted, dnsWindow, glimpseDNS, b.topo.products)
 	return nil
 }
