@@ -369,7 +369,7 @@ func (w *blaster) answers(msgs []ipv4.Message, now time.Duration) {
 		w.sentAt[id] = 0
 		w.inFlight--
 		if p[2]&0x80 == 0 || p[3]&0x0f != 0 || (!w.anyAnswer && p[6]|p[7] == 0) {
-			w.noteBad(fmt.Sprintf("flags %02x%02x with %d answers", p[2], p[3], int(p[6])<<8|int(p[7])))
+			w.noteBad(fmt.Sprintf("%s: flags %02x%02x with %d answers", question(p), p[2], p[3], int(p[6])<<8|int(p[7])))
 			continue
 		}
 		d := now - time.Duration(at&^1)
@@ -377,6 +377,16 @@ func (w *blaster) answers(msgs []ipv4.Message, now time.Duration) {
 		w.latSum += d
 		w.lat.add(d)
 	}
+}
+
+// question is the question of DNS message p, for an error message.
+func question(p []byte) string {
+	var m mdns.Msg
+	if err := m.Unpack(p); err != nil || len(m.Question) == 0 {
+		return "a response with no readable question"
+	}
+	q := m.Question[0]
+	return fmt.Sprintf("%s %s %s", q.Name, mdns.TypeToString[q.Qtype], mdns.RcodeToString[m.Rcode])
 }
 
 func (w *blaster) noteBad(s string) {

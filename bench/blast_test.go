@@ -113,7 +113,7 @@ func TestBlastChecksAnswers(t *testing.T) {
 	}()
 	q := queryFile(t, "a.example A\n")
 	r := runBlast(t, "-addr", pc.LocalAddr().String(), "-queries", q, "-sockets", "2", "-duration", "300ms")
-	if r.Bad == 0 || r.Completed != 0 || !strings.Contains(r.FirstBad, "0 answers") {
+	if r.Bad == 0 || r.Completed != 0 || !strings.Contains(r.FirstBad, "a.example. A NOERROR: flags") || !strings.Contains(r.FirstBad, "0 answers") {
 		t.Errorf("no-answer responses: bad %d, completed %d (%q)", r.Bad, r.Completed, r.FirstBad)
 	}
 	r = runBlast(t, "-addr", pc.LocalAddr().String(), "-queries", q, "-sockets", "2", "-duration", "300ms", "-any-answer")
