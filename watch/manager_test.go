@@ -35,6 +35,12 @@ type fakeBackend struct {
 	// has not caught up yet).
 	frozen bool
 
+	// reset makes the next blocking read of a product (or of the list,
+	// "") answer nothing at index 1, as a view that went back would;
+	// afterReset, if set, is called at the read from index 0 that follows.
+	reset      map[string]bool
+	afterReset func(product string)
+
 	blocking, maxBlocking int
 	short, maxShort       int            // reads waiting kickWait
 	reads                 map[string]int // by product
@@ -43,7 +49,7 @@ type fakeBackend struct {
 
 func newFake() *fakeBackend {
 	return &fakeBackend{changed: make(chan struct{}), products: map[string][]cache.Instance{},
-		prodIndex: map[string]uint64{}, failing: map[string]error{}, reads: map[string]int{}}
+		prodIndex: map[string]uint64{}, failing: map[string]error{}, reads: map[string]int{}, reset: map[string]bool{}}
 }
 
 func instance(product string, port uint16) cache.Instance {
@@ -119,6 +125,9 @@ func (f *fakeBackend) Products(ctx context.Context, zone string, q Query) ([]str
 	if err := f.wait(ctx, q, func() uint64 { return f.listIndex }, func() bool { return f.frozen }); err != nil {
 		return nil, Meta{}, err
 	}
+	if f.wentBack("", q) {
+		return nil, Meta{Index: 1, Fresh: true}, nil
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var names []string
@@ -138,6 +147,9 @@ func (f *fakeBackend) Product(ctx context.Context, zone, product string, q Query
 	}
 	if err := f.wait(ctx, q, func() uint64 { return f.prodIndex[product] }, func() bool { return false }); err != nil {
 		return nil, 0, Meta{}, err
+	}
+	if f.wentBack(product, q) {
+		return nil, 0, Meta{Index: 1, Fresh: true}, nil
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -171,6 +183,24 @@ func (f *fakeBackend) Checks(ctx context.Context, zone string, health cache.Heal
 		}
 	}
 	return out, Meta{Index: max(f.index, 1), Fresh: true}, nil
+}
+
+// wentBack reports whether the blocking read q of product ("" for the
+// list) is to answer as a view that went back; at the read from index 0
+// after it, it calls afterReset.
+func (f *fakeBackend) wentBack(product string, q Query) bool {
+	f.mu.Lock()
+	back, after := f.reset[product], f.afterReset
+	if back && q.Index > 0 {
+		f.reset[product] = false
+		f.mu.Unlock()
+		return true
+	}
+	f.mu.Unlock()
+	if !back && q.Index == 0 && after != nil {
+		after(product)
+	}
+	return false
 }
 
 // setHealth sets the health of product's instance.
@@ -653,4 +683,45 @@ func TestSlotsZoneCutsTurns(t *testing.T) {
 		s.release(<-zone)
 	}
 	waitFor(t, func() bool { held, w, _ := s.stats(); return held == 0 && w == 0 }, "slots left held or waited for")
+}
+
+// A blocking read whose result has a lower index than it waited past is
+// not applied: the product keeps its instances and the zone its list until
+// the read from index 0 that follows, which sees them again.
+func TestIndexBackwardsNotApplied(t *testing.T) {
+	f := newFake()
+	f.set("p2", 2000)
+	f.set("p1", 1000) // at index 2: the reset's 1 is below it
+	m, c := run(t, f, Config{})
+	if st := resolve(m, c, "p1"); st != cache.Present || port(c, "p1") != 1000 {
+		t.Fatalf("p1: %v, port %d", st, port(c, "p1"))
+	}
+	var mu sync.Mutex
+	seen := map[string]string{}
+	f.mu.Lock()
+	f.afterReset = func(product string) {
+		z := c.Zone("dc1")
+		mu.Lock()
+		defer mu.Unlock()
+		if _, done := seen[product]; !done {
+			seen[product] = fmt.Sprintf("%v, port %d", z.State("p1"), port(c, "p1"))
+		}
+	}
+	f.reset["p1"] = true
+	f.reset[""] = true
+	f.mu.Unlock()
+	// A change wakes the blocking reads of p1 and of the list.
+	waitFor(t, func() bool { f.mu.Lock(); defer f.mu.Unlock(); return f.blocking >= 2 }, "no blocking reads")
+	f.set("p1", 1000)
+	f.set("p3", 3000)
+	waitFor(t, func() bool { mu.Lock(); defer mu.Unlock(); return seen["p1"] != "" && seen[""] != "" }, "no read from index 0 after the reset: %v", seen)
+	mu.Lock()
+	defer mu.Unlock()
+	want := fmt.Sprintf("%v, port 1000", cache.Present)
+	for _, what := range []string{"p1", ""} {
+		if seen[what] != want {
+			t.Errorf("at the read from index 0 after %q went back, p1 was %s; want %s", what, seen[what], want)
+		}
+	}
+	waitFor(t, func() bool { return c.Zone("dc1").State("p3") != cache.Unlisted }, "p3 never listed")
 }
