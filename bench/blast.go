@@ -394,12 +394,16 @@ func (w *blaster) noteBad(s string) {
 	w.firstBad.CompareAndSwap(nil, s)
 }
 
+// blastWindow is the queries blast keeps outstanding per socket: dnsperf's
+// outstanding queries spread over its sockets, within a batch.
+func (c *config) blastWindow() int { return min(blastBatch, max(1, c.outstanding/c.clients)) }
+
 // blastGen is blast as a loadGen, run on the load generators' CPUs with
 // dnsperf's sockets and outstanding queries.
 func (b *bench) blastGen() loadGen {
 	return loadGen{"blast", func(ctx context.Context, s system, d time.Duration, rate int, _ bool) (perfResult, error) {
 		args := []string{"blast", "-addr", s.addr, "-queries", s.queries, "-duration", d.String(), "-rate", strconv.Itoa(rate),
-			"-sockets", strconv.Itoa(b.cfg.clients), "-window", strconv.Itoa(min(blastBatch, max(1, b.cfg.outstanding/b.cfg.clients)))}
+			"-sockets", strconv.Itoa(b.cfg.clients), "-window", strconv.Itoa(b.cfg.blastWindow())}
 		if s.name == "udp-echo" {
 			args = append(args, "-any-answer")
 		}

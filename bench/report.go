@@ -173,7 +173,7 @@ func (r *report) dns(systems []system, sizes map[string][2]int, maxRuns, halfRun
 		if len(maxRuns[other]) == 0 {
 			continue
 		}
-		label := map[string]string{"nsd": "NSD", "knot": "Knot DNS"}[other]
+		label := authoritativeName[other]
 		q, c := ratio("glimpse", other), cpuRatio("glimpse", other)
 		r.add("glimpse/%s: **%.3f×** the queries per second and **%.3f×** the server CPU per answer (medians of the per-round ratios; CPU per answer, per run: glimpse %s µs, %s %s µs; of which in the kernel: glimpse %s µs, %s %s µs).\n",
 			label, q, c, joinf(cpuPerAnswer(maxRuns["glimpse"]), "%.2f"), label, joinf(cpuPerAnswer(maxRuns[other]), "%.2f"),
@@ -187,6 +187,9 @@ func (r *report) dns(systems []system, sizes map[string][2]int, maxRuns, halfRun
 	r.check("DNS qps vs Consul DNS", "≥ 15×", fmt.Sprintf("%.1f×", vsConsul), vsConsul >= 15)
 	r.check("DNS p99 at 50 % load", "≤ 1 ms", ms(halfP99), halfP99 >= 0 && halfP99 <= 1)
 }
+
+// authoritativeName is how the report names NSD and Knot DNS.
+var authoritativeName = map[string]string{"nsd": "NSD", "knot": "Knot DNS"}
 
 func qpsOf(p perfResult) float64 { return p.qps }
 func cpuOf(p perfResult) float64 { return p.cpuUs }
@@ -226,7 +229,7 @@ func (r *report) saturated(systems []system, perfMax, maxRuns, halfRuns map[stri
 		"Server busy is the server's CPU time over the run's length, as a share of its CPUs: near 100 %%, the server was the bottleneck. "+
 		"At half load blast sends at %d qps, the half-load rate above, each socket at its own phase of the interval, and records each answer's latency; a lost query counts as the 2 s timeout. "+
 		"%d runs of %v per system and load, the order rotating each round, after a warm-up run of each; medians.\n\n",
-		r.cfg.clients, min(blastBatch, max(1, r.cfg.outstanding/r.cfg.clients)), r.cfg.outstanding, half, r.cfg.runs, r.cfg.duration)
+		r.cfg.clients, r.cfg.blastWindow(), r.cfg.outstanding, half, r.cfg.runs, r.cfg.duration)
 	fmt.Fprintf(&b, "| system | max qps | server busy at max | server CPU per answer | avg latency at max | p50 / p99 at %d qps | lost / late (all runs) |\n|---|---|---|---|---|---|---|\n", half)
 	busy := map[string]float64{}
 	for _, s := range systems {
@@ -254,7 +257,7 @@ func (r *report) saturated(systems []system, perfMax, maxRuns, halfRuns map[stri
 		if len(maxRuns[other]) == 0 {
 			continue
 		}
-		label := map[string]string{"nsd": "NSD", "knot": "Knot DNS"}[other]
+		label := authoritativeName[other]
 		q, c := roundRatio(maxRuns, "glimpse", other, qpsOf), roundRatio(maxRuns, "glimpse", other, cpuOf)
 		fmt.Fprintf(&b, "glimpse/%s under blast: **%.3f×** the queries per second and **%.3f×** the server CPU per answer (medians of the per-round ratios).\n", label, q, c)
 		r.check("DNS qps vs "+label+", servers saturated (blast)", "≥ 1.0×", fmt.Sprintf("%.3f×", q), q >= 1)
