@@ -1311,9 +1311,6 @@ func retryWait(cfg Config, failures int, err error) time.Duration {
 	return backoff(cfg, failures)
 }
 
-// nextIndex is the index of a loop's next blocking read after a read at
-// index returned got, and whether got went backwards (a restored or
-// rebuilt Consul), which starts over with a non-blocking read.
 // backwards reports whether a blocking read's result has an index below
 // the one it waited past. Such a result is not applied: it does not follow
 // from the state read before. In the bench, a Consul agent starved of CPU
@@ -1323,6 +1320,9 @@ func retryWait(cfg Config, failures int, err error) time.Duration {
 // index 0 (nextIndex), and the last known state stands until then.
 func backwards(q Query, meta Meta) bool { return q.Index > 0 && meta.Index < q.Index }
 
+// nextIndex is the index of a loop's next blocking read after a read at
+// index returned got, and whether got went backwards (a restored or
+// rebuilt Consul), which starts over with a non-blocking read.
 func nextIndex(index, got uint64) (next uint64, back bool) {
 	switch {
 	case got < index:
