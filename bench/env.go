@@ -203,9 +203,13 @@ func (p *proc) poll(ctx context.Context, timeout, every time.Duration, ready fun
 	return fmt.Errorf("%s: %s after %v\n%s", p.name, what, timeout, p.tail(20))
 }
 
-// consulWait is glimpse-agent's blocking-query wait (its default), on which
-// the bound of its own Consul requests rests.
-const consulWait = time.Minute
+// consulWait and productWait are glimpse-agent's blocking-query waits (its
+// defaults) of a zone's own loops and of a product's, on which the bound of
+// its own Consul requests rests.
+const (
+	consulWait  = time.Minute
+	productWait = 5 * time.Minute
+)
 
 // settledRSS returns g's RSS after it collected garbage and returned every
 // free page to the OS (POST /debug/free-os-memory, with -http.pprof): the
@@ -270,6 +274,7 @@ func (b *bench) startGlimpse(ctx context.Context, consulAddr, tag string, flags 
 		"-consul.start-timeout", "60s",
 		"-http.pprof",
 		"-consul.wait", consulWait.String(),
+		"-consul.product-wait", productWait.String(),
 		"-providers.socket", "", // the bench writes no providers; its agents run side by side
 	}, append(flags, b.cfg.agentArgs...)...)
 	p, err := startProc("glimpse-agent", "", data+".log", b.cfg.agentBin, args...)

@@ -293,13 +293,17 @@ func joinf(vs []float64, f string) string {
 // consulRequests reports section 2.
 //
 // glimpse's own requests are bounded whatever the DNS load: with nothing
-// changing, each blocking-query loop (one per product, plus the services
-// and servers loops) returns at most once per consulWait, the datacenters
+// changing, each product's blocking-query loop returns at most once per
+// productWait, the services and servers loops once per consulWait, the datacenters
 // are listed every 30 s and the providers' probe lists the local agent's
 // services every 2 s. A request caused by DNS would come per query.
 func (r *report) consulRequests(byPath map[string]int64, during, queries int64, window, dnsTime time.Duration, products int) {
-	cycles := int64(window/consulWait) + 2 // returns at the wait, plus the one in flight at each end
-	allowed := int64(products+2)*cycles + int64(window/(2*time.Second)) + 1 + int64(window/(30*time.Second)) + 1
+	// A loop's blocking read returns at most once per wait (its first one
+	// after a read from index 0 sooner, which the one at each end covers),
+	// plus the one in flight at each end.
+	cycles := int64(window/productWait) + 2
+	zoneCycles := int64(window/consulWait) + 2
+	allowed := int64(products)*cycles + 2*zoneCycles + int64(window/(2*time.Second)) + 1 + int64(window/(30*time.Second)) + 1
 	kinds := map[string]int64{}
 	maxPerProduct := int64(0)
 	for path, n := range byPath {
@@ -314,9 +318,9 @@ func (r *report) consulRequests(byPath map[string]int64, during, queries int64, 
 	fmt.Fprintf(&b, "## 2. Consul requests during the DNS runs\n\n")
 	fmt.Fprintf(&b, "glimpse-agent reaches Consul through a counting proxy. Over the %v of the DNS runs of all systems, glimpse answered %d queries in its own runs (%v of load); "+
 		"its watchers and the providers' probe made **%d** requests to Consul. With nothing changing in Consul, they make at most %d in that time whatever the DNS load: "+
-		"each of the %d product loops and the services and servers loops returns at most once per %v blocking wait (%d cycles counting both ends), the datacenters are listed every 30 s, "+
+		"each of the %d product loops returns at most once per %v blocking wait (%d cycles counting both ends), the services and servers loops once per %v (%d), the datacenters are listed every 30 s, "+
 		"the local agent's services every 2 s. No product had more than %d requests; a request caused by DNS would come once per query.\n\n",
-		window.Round(time.Second), queries, dnsTime.Round(time.Second), during, allowed, products, consulWait, cycles, maxPerProduct)
+		window.Round(time.Second), queries, dnsTime.Round(time.Second), during, allowed, products, productWait, cycles, consulWait, zoneCycles, maxPerProduct)
 	b.WriteString("| Consul endpoint | requests during the DNS runs |\n|---|---|\n")
 	names := make([]string, 0, len(kinds))
 	for k := range kinds {

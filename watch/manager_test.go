@@ -42,14 +42,16 @@ type fakeBackend struct {
 	afterReset func(product string)
 
 	blocking, maxBlocking int
-	short, maxShort       int            // reads waiting kickWait
-	reads                 map[string]int // by product
+	short, maxShort       int                        // reads waiting kickWait
+	reads                 map[string]int             // by product
+	waits                 map[string][]time.Duration // each blocking read's wait, by product
+	listWaits             []time.Duration            // each blocking read's wait of the list
 	checkReads            int
 }
 
 func newFake() *fakeBackend {
 	return &fakeBackend{changed: make(chan struct{}), products: map[string][]cache.Instance{},
-		prodIndex: map[string]uint64{}, failing: map[string]error{}, reads: map[string]int{}, reset: map[string]bool{}}
+		prodIndex: map[string]uint64{}, failing: map[string]error{}, reads: map[string]int{}, waits: map[string][]time.Duration{}, reset: map[string]bool{}}
 }
 
 func instance(product string, port uint16) cache.Instance {
@@ -122,6 +124,11 @@ func (f *fakeBackend) wait(ctx context.Context, q Query, current func() uint64, 
 func (f *fakeBackend) Datacenters(context.Context) ([]string, error) { return []string{"dc1"}, nil }
 
 func (f *fakeBackend) Products(ctx context.Context, zone string, q Query) ([]string, Meta, error) {
+	if q.Index > 0 {
+		f.mu.Lock()
+		f.listWaits = append(f.listWaits, q.Wait)
+		f.mu.Unlock()
+	}
 	if err := f.wait(ctx, q, func() uint64 { return f.listIndex }, func() bool { return f.frozen }); err != nil {
 		return nil, Meta{}, err
 	}
@@ -141,6 +148,9 @@ func (f *fakeBackend) Product(ctx context.Context, zone, product string, q Query
 	f.mu.Lock()
 	f.reads[product]++
 	err := f.failing[product]
+	if err == nil && q.Index > 0 {
+		f.waits[product] = append(f.waits[product], q.Wait)
+	}
 	f.mu.Unlock()
 	if err != nil {
 		return nil, 0, Meta{}, err
@@ -225,7 +235,10 @@ func run(t *testing.T, f *fakeBackend, cfg Config) (*Manager, *cache.Cache) {
 	t.Helper()
 	base := DefaultConfig()
 	base.Local = "dc1"
-	base.Wait = 5 * time.Second
+	base.Wait, base.ProductWait = 5*time.Second, 5*time.Second
+	if cfg.ProductWait > 0 {
+		base.ProductWait = cfg.ProductWait
+	}
 	base.MinBackoff, base.MaxBackoff = 10*time.Millisecond, 50*time.Millisecond
 	base.Rate, base.Burst = 1000, 1000
 	if cfg.Idle > 0 {
@@ -724,4 +737,75 @@ func TestIndexBackwardsNotApplied(t *testing.T) {
 		}
 	}
 	waitFor(t, func() bool { return c.Zone("dc1").State("p3") != cache.Unlisted }, "p3 never listed")
+}
+
+// waitsOf returns the waits of product's blocking reads so far.
+func (f *fakeBackend) waitsOf(product string) []time.Duration {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.waits[product])
+}
+
+// Loops that read from index 0 together must not time out together from
+// then on: each one's first blocking read waits a random share of the wait,
+// the reads after it the whole wait, and a loop that resyncs after a
+// failure spreads again. Products wait ProductWait, the zone's own loops
+// Wait.
+func TestFirstBlockingReadsSpread(t *testing.T) {
+	const wait = 300 * time.Millisecond // ProductWait; Wait is run's 5 s
+	f := newFake()
+	var names []string
+	for i := range 40 {
+		name := fmt.Sprintf("p%02d", i)
+		names = append(names, name)
+		f.set(name, 80)
+	}
+	_, _ = run(t, f, Config{Pins: []string{"*"}, ProductWait: wait})
+	for _, name := range names {
+		waitFor(t, func() bool { return len(f.waitsOf(name)) >= 3 }, "%s: fewer than 3 blocking reads", name)
+	}
+	firsts := map[time.Duration]bool{}
+	var below, above int
+	for _, name := range names {
+		w := f.waitsOf(name)
+		if w[0] < wait/16 || w[0] >= wait {
+			t.Errorf("%s: first blocking read waits %v, want within [%v, %v)", name, w[0], wait/16, wait)
+		}
+		for _, later := range w[1:3] {
+			if later != wait {
+				t.Errorf("%s: a later blocking read waits %v, want the whole %v (waits %v)", name, later, wait, w)
+			}
+		}
+		firsts[w[0]] = true
+		if w[0] < wait/2 {
+			below++
+		} else {
+			above++
+		}
+	}
+	if len(firsts) < len(names)/2 || below == 0 || above == 0 {
+		t.Errorf("first blocking waits not spread: %d distinct, %d below and %d above %v", len(firsts), below, above, wait/2)
+	}
+	// The list's first blocking read is a share of Wait, at least
+	// Wait/16, which is longer than any share of ProductWait.
+	f.mu.Lock()
+	lw := slices.Clone(f.listWaits)
+	f.mu.Unlock()
+	if len(lw) == 0 || lw[0] < 5*time.Second/16 || lw[0] >= 5*time.Second {
+		t.Errorf("the list's blocking reads wait %v, want the first within [%v, %v)", lw, 5*time.Second/16, 5*time.Second)
+	}
+
+	// A failure sends the loop back to index 0; its next blocking read
+	// spreads again.
+	name := names[0]
+	f.fail(name, errors.New("consul is away"))
+	failing := f.readsOf(name) // every read counted after this one fails
+	f.set(name, 81)            // wakes the blocking read in flight
+	waitFor(t, func() bool { return f.readsOf(name) > failing }, "%s: no read after the failure began", name)
+	before := len(f.waitsOf(name))
+	f.fail(name, nil)
+	waitFor(t, func() bool { return len(f.waitsOf(name)) > before }, "%s: no blocking read after the failure", name)
+	if got := f.waitsOf(name)[before]; got < wait/16 || got >= wait {
+		t.Errorf("%s: first blocking read after the failure waits %v, want within [%v, %v)", name, got, wait/16, wait)
+	}
 }

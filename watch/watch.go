@@ -57,8 +57,17 @@ import (
 type Config struct {
 	// Local is the local zone, watched from the start and never dropped.
 	Local string
-	// Wait is the longest a blocking query waits for a change.
+	// Wait is the longest a blocking query of a zone's own loops (its
+	// product list, its servers, its checks) waits for a change. A Consul
+	// agent that stops answering shows within it: those loops fail and the
+	// zone turns stale.
 	Wait time.Duration
+	// ProductWait is the longest a product's blocking query waits for a
+	// change. A read that waits it out returns the product's whole
+	// unchanged result, which the Consul agent encodes again and glimpse
+	// decodes: per product the one cost that grows with the time nothing
+	// changes, so it is longer than Wait. 0 means Wait.
+	ProductWait time.Duration
 	// RotateWait is how long a blocking query waits while other loops wait
 	// for its slot (more products in use than the budget has room for).
 	RotateWait time.Duration
@@ -100,6 +109,7 @@ const MinMaxConns = 5
 func DefaultConfig() Config {
 	return Config{
 		Wait:             time.Minute,
+		ProductWait:      5 * time.Minute,
 		RotateWait:       time.Second,
 		Rate:             20,
 		Burst:            20,
@@ -227,6 +237,9 @@ func New(backend Backend, c *cache.Cache, cfg Config, log *zap.Logger, m *Metric
 	}
 	if cfg.RotateWait <= 0 {
 		cfg.RotateWait = time.Second
+	}
+	if cfg.ProductWait <= 0 {
+		cfg.ProductWait = cfg.Wait
 	}
 	if cfg.ListRefreshRate <= 0 {
 		cfg.ListRefreshRate = 5
@@ -758,11 +771,18 @@ func (z *zoneWatch) loopPrio(ctx context.Context, endpoint, product string, prio
 		log = log.WithLazy(zap.String("product", product))
 	}
 	zoneLoop := product == ""
+	wait := m.cfg.Wait
+	if !zoneLoop {
+		wait = m.cfg.ProductWait
+	}
 	go func() {
 		defer m.wg.Done()
 		defer m.metrics.watchers.WithLabelValues(z.name).Dec()
 		limiter := rate.NewLimiter(m.cfg.Rate, m.cfg.Burst)
 		var index uint64
+		// spread is set after a read from index 0: the next blocking
+		// read waits a random share of the wait (spreadWait).
+		spread := false
 		failures := 0
 		failing := false
 		setFailing := func(f bool) {
@@ -780,13 +800,14 @@ func (z *zoneWatch) loopPrio(ctx context.Context, endpoint, product string, prio
 			if err := limiter.Wait(ctx); err != nil {
 				return
 			}
-			meta, err := z.read(ctx, index, prio(), t, fn)
+			meta, err := z.read(ctx, index, wait, spread, prio(), t, fn)
 			if ctx.Err() != nil {
 				return
 			}
 			if errors.Is(err, errPreempted) {
 				continue // the same read again, at its next turn
 			}
+			spread = err == nil && index == 0
 			m.metrics.request(z.name, endpoint, err)
 			if err != nil {
 				if fail != nil {
@@ -831,10 +852,13 @@ func (z *zoneWatch) loopPrio(ctx context.Context, endpoint, product string, prio
 
 // read runs one read of a loop within the budget. A first read (index 0)
 // does not block and takes a first-read slot; a blocking read takes a
-// blocking slot, and waits the full wait unless other loops wait for a slot.
-func (z *zoneWatch) read(ctx context.Context, index uint64, prio int, t *ticket, fn fetch) (Meta, error) {
+// blocking slot, and waits the loop's full wait (a random share of it when
+// spread) unless other loops wait for a slot.
+func (z *zoneWatch) read(ctx context.Context, index uint64, wait time.Duration, spread bool, prio int, t *ticket, fn fetch) (Meta, error) {
 	m := z.m
-	wait := m.cfg.Wait
+	if spread && index > 0 {
+		wait = spreadWait(wait)
+	}
 	if index == 0 {
 		select {
 		case m.first <- struct{}{}:
@@ -867,6 +891,20 @@ func (z *zoneWatch) read(ctx context.Context, index uint64, prio int, t *ticket,
 		return Meta{}, errPreempted
 	}
 	return meta, err
+}
+
+// spreadWait is the wait of a loop's first blocking read after a read from
+// index 0: a random share of wait, from wait/16 up. Loops that read from 0
+// together (every pinned product's at start-up, every loop of a zone when
+// Consul comes back) would otherwise all time out together at every wait
+// from then on, Consul's own jitter (up to wait/16) parting them only
+// slowly: a burst, once a wait, of re-reads of results that did not change,
+// for which the Consul agent and glimpse take the host's CPUs for seconds
+// at once (bench/RESULTS.md). Started at random phases, the re-reads come
+// spread evenly over the wait. A loop's rate of requests is unchanged: one
+// read in each run from index 0 is shortened.
+func spreadWait(wait time.Duration) time.Duration {
+	return wait/16 + rand.N(wait-wait/16)
 }
 
 // kickWait is how long a read brought forward by a kick waits for its

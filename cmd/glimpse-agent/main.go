@@ -44,7 +44,8 @@ func run(args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.ConsulTokenFile, "consul.token-file", "", "file holding the Consul ACL token, not readable by others (keeps it out of ps and the command line)")
 	fs.StringVar(&cfg.ConsulCAFile, "consul.ca-file", "", "PEM file of the CA that signed an https Consul agent's certificate (default $CONSUL_CACERT, else the system's roots)")
 	fs.DurationVar(&cfg.ConsulStartTimeout, "consul.start-timeout", cfg.ConsulStartTimeout, "how long to wait for the Consul agent at start")
-	fs.DurationVar(&cfg.Watch.Wait, "consul.wait", cfg.Watch.Wait, "longest wait of a blocking query")
+	fs.DurationVar(&cfg.Watch.Wait, "consul.wait", cfg.Watch.Wait, "longest wait of a zone's own blocking queries (its product list, servers and checks); a Consul agent that stops answering shows within it")
+	fs.DurationVar(&cfg.Watch.ProductWait, "consul.product-wait", cfg.Watch.ProductWait, "longest wait of a product's blocking query (one that waits it out costs the Consul agent a whole read of the product)")
 	rateLimit := fs.Float64("consul.rate", float64(cfg.Watch.Rate), "Consul requests per second allowed to each watcher (token bucket)")
 	fs.IntVar(&cfg.Watch.Burst, "consul.burst", cfg.Watch.Burst, "burst of each watcher's token bucket")
 	fs.DurationVar(&cfg.Watch.MaxBackoff, "consul.max-backoff", cfg.Watch.MaxBackoff, "longest back-off between retries after Consul errors")
@@ -106,8 +107,8 @@ func run(args []string, stderr io.Writer) error {
 		return errors.New("-consul.rate and -consul.burst must be positive")
 	}
 	cfg.Watch.Rate = rate.Limit(*rateLimit)
-	if cfg.Watch.Wait <= 0 || cfg.Watch.MaxBackoff <= 0 || cfg.Watch.Idle <= 0 || cfg.FirstWait < 0 {
-		return errors.New("-consul.wait, -consul.max-backoff and -watch.idle must be positive, -watch.first-wait not negative")
+	if cfg.Watch.Wait <= 0 || cfg.Watch.ProductWait <= 0 || cfg.Watch.MaxBackoff <= 0 || cfg.Watch.Idle <= 0 || cfg.FirstWait < 0 {
+		return errors.New("-consul.wait, -consul.product-wait, -consul.max-backoff and -watch.idle must be positive, -watch.first-wait not negative")
 	}
 	for _, p := range strings.Split(*pins, ",") { // checked by agent.New
 		if p = strings.TrimSpace(p); p != "" {

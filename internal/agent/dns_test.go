@@ -322,7 +322,7 @@ func TestDNSNeverCallsConsul(t *testing.T) {
 	register(t, c, instance{id: p + "-1", product: p, env: "prod", job: "web", service: "http", port: 80})
 	proxy := testconsul.NewCountingProxy(t, consul.HTTPAddr())
 	cfg := testConfig(t, proxy.Addr())
-	cfg.Watch.Wait = 10 * time.Minute // no blocking query returns unless Consul changes
+	cfg.Watch.Wait, cfg.Watch.ProductWait = 10*time.Minute, 10*time.Minute // no blocking query returns unless Consul changes
 	cfg.Watch.DatacentersEvery = 10 * time.Minute
 	a := startAgent(t, cfg)
 	name := "http.web.prod." + p + ".dc1." + domain

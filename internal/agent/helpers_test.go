@@ -54,7 +54,7 @@ func testConfig(t testing.TB, consulAddr string) Config {
 	cfg.HTTPAddr = "127.0.0.1:0"
 	cfg.UDPSockets = 2
 	cfg.ConsulStartTimeout = 10 * time.Second
-	cfg.Watch.Wait = 5 * time.Second
+	cfg.Watch.Wait, cfg.Watch.ProductWait = 5*time.Second, 5*time.Second
 	cfg.Watch.MaxBackoff = 500 * time.Millisecond
 	cfg.ProvidersSocket = socketPath(t)
 	cfg.ProvidersTokens = tokensFile(t)

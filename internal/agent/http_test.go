@@ -551,7 +551,7 @@ func TestHTTPZonesStale(t *testing.T) {
 	p := newProduct("httpstale")
 	register(t, srv.Client(), instance{id: p, product: p, env: "prod", job: "stream", service: "http", address: "127.0.5.1", port: 8001})
 	cfg := testConfig(t, srv.HTTPAddr())
-	cfg.Watch.Wait = 2 * time.Second
+	cfg.Watch.Wait, cfg.Watch.ProductWait = 2*time.Second, 2*time.Second
 	a := startAgent(t, cfg)
 	base := "http://" + a.HTTPAddr()
 	addr := "http.stream.prod." + p + ".dc1"

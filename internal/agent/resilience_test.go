@@ -152,7 +152,7 @@ func TestQuorumLoss(t *testing.T) {
 			address: fmt.Sprintf("127.0.21.%d", i), port: 8000 + i})
 	}
 	cfg := testConfig(t, client.HTTPAddr())
-	cfg.Watch.Wait = 2 * time.Second
+	cfg.Watch.Wait, cfg.Watch.ProductWait = 2*time.Second, 2*time.Second
 	a := startAgent(t, cfg)
 	name := "http.stream.prod." + p + ".dc1." + domain
 	three := func(m *mdns.Msg) bool { return m.Rcode == mdns.RcodeSuccess && len(m.Answer) == 3 }
@@ -223,7 +223,7 @@ func TestZoneIsolation(t *testing.T) {
 	register(t, remote.Client(), instance{id: p, product: p, env: "prod", job: "stream", service: "http", address: "127.0.32.1", port: 9001})
 
 	cfg := testConfig(t, local.HTTPAddr())
-	cfg.Watch.Wait = 2 * time.Second
+	cfg.Watch.Wait, cfg.Watch.ProductWait = 2*time.Second, 2*time.Second
 	cfg.Watch.DatacentersEvery = 200 * time.Millisecond
 	a := startAgent(t, cfg)
 	localName := "http.stream.prod." + p + ".dc1." + domain
@@ -300,7 +300,7 @@ func TestIndexReset(t *testing.T) {
 		register(t, srv.Client(), instance{id: fmt.Sprintf("%s-x%d", p, i), product: p + "x", env: "prod", job: "j", service: "s", port: 1000 + i})
 	}
 	cfg := testConfig(t, proxy.Addr())
-	cfg.Watch.Wait = 2 * time.Second
+	cfg.Watch.Wait, cfg.Watch.ProductWait = 2*time.Second, 2*time.Second
 	a := startAgent(t, cfg)
 	name := "http.stream.prod." + p + ".dc1." + domain
 	waitDNS(t, a.DNSAddr(), name, mdns.TypeSRV, func(m *mdns.Msg) bool { return len(m.Answer) == 1 }, "the instance")
@@ -350,7 +350,7 @@ func TestSickConsul(t *testing.T) {
 		register(t, srv.Client(), instance{id: p, product: p, env: "prod", job: "stream", service: "http", address: "127.0.50.1", port: 8000 + i})
 	}
 	cfg := testConfig(t, proxy.Addr())
-	cfg.Watch.Wait = 2 * time.Second
+	cfg.Watch.Wait, cfg.Watch.ProductWait = 2*time.Second, 2*time.Second
 	cfg.Watch.MinBackoff = 5 * time.Millisecond
 	cfg.Watch.MaxBackoff = 40 * time.Millisecond
 	cfg.ProbeEvery = time.Hour // count the watchers' requests only

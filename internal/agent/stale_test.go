@@ -26,7 +26,7 @@ func TestConsulDownServesLastState(t *testing.T) {
 
 	cfg := testConfig(t, srv.HTTPAddr())
 	// Blocking queries that return every 2s keep the waits below short.
-	cfg.Watch.Wait = 2 * time.Second
+	cfg.Watch.Wait, cfg.Watch.ProductWait = 2*time.Second, 2*time.Second
 	a := startAgent(t, cfg)
 	dnsAddr := a.DNSAddr()
 	name := "http.stream.prod." + p + ".dc1." + domain
