@@ -46,6 +46,7 @@ func TestExitsWithOneLine(t *testing.T) {
 		{[]string{"-dns.ttl", "soon"}, "invalid value"},
 		{[]string{"-log.format", "xml"}, "-log.format"},
 		{[]string{"-dns.udp-sockets", "0"}, "-dns.udp-sockets"},
+		{[]string{"-consul.product-wait", "0s"}, "-consul.product-wait"},
 		{[]string{"extra"}, "unexpected argument"},
 		{[]string{"-consul.max-conns", "2"}, "-consul.max-conns must be at least 5"},
 		{[]string{"-watch.pin", "goku,[a"}, "-watch.pin: pattern \"[a\""},

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -48,6 +49,7 @@ type CountingProxy struct {
 	inflight sync.WaitGroup // handlers running; Add only under mu
 	total    int64
 	byPath   map[string]int64
+	waits    map[string][]string // the wait of each blocking request, by path
 	fault    Fault
 }
 
@@ -83,6 +85,7 @@ func NewCountingProxyE(target string) (*CountingProxy, error) {
 		tr:     tr,
 		closed: make(chan struct{}),
 		byPath: map[string]int64{},
+		waits:  map[string][]string{},
 	}
 	p.rp = &httputil.ReverseProxy{
 		Rewrite:       func(r *httputil.ProxyRequest) { r.SetURL(u) },
@@ -112,6 +115,9 @@ func (p *CountingProxy) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	defer p.inflight.Done()
 	p.total++
 	p.byPath[r.URL.Path]++
+	if q := r.URL.Query(); q.Has("index") && q.Has("wait") {
+		p.waits[r.URL.Path] = append(p.waits[r.URL.Path], q.Get("wait"))
+	}
 	f := p.fault
 	p.mu.Unlock()
 
@@ -160,12 +166,22 @@ func (p *CountingProxy) CountByPath() map[string]int64 {
 	return maps.Clone(p.byPath)
 }
 
-// ResetCounts sets all the counts back to zero.
+// Waits returns the wait asked for by each blocking request (one with an
+// index) to path so far, in the order they came, as Consul's api sends
+// them ("60000ms").
+func (p *CountingProxy) Waits(path string) []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.waits[path])
+}
+
+// ResetCounts sets all the counts, and the waits, back to zero.
 func (p *CountingProxy) ResetCounts() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.total = 0
 	clear(p.byPath)
+	clear(p.waits)
 }
 
 // SetFault makes the proxy apply f to the requests it receives from now on.
