@@ -47,7 +47,10 @@ const (
 const maxStreams = 100
 
 // newMux returns the net/http transport that dials and negotiates the
-// multiplexed connections; its own pool is never used.
+// multiplexed connections; its own pool is never used. It asks for no
+// compression: the Consul agent is on the same host, and gzip cost it about
+// 0.2 ms of CPU per read of a product of 20 instances, and glimpse more to
+// undo (the HTTP/1.1 transport never asked for it).
 func newMux(o Options) *http.Transport {
 	var p http.Protocols
 	p.SetHTTP1(true)
@@ -62,6 +65,7 @@ func newMux(o Options) *http.Transport {
 		IdleConnTimeout:     idleTimeout,
 		Protocols:           &p,
 		HTTP2:               &http.HTTP2Config{SendPingTimeout: pingEvery, PingTimeout: pingTimeout},
+		DisableCompression:  true,
 	}
 }
 
