@@ -44,8 +44,7 @@ type fakeBackend struct {
 	blocking, maxBlocking int
 	short, maxShort       int                        // reads waiting kickWait
 	reads                 map[string]int             // by product
-	waits                 map[string][]time.Duration // each blocking read's wait, by product
-	listWaits             []time.Duration            // each blocking read's wait of the list
+	waits                 map[string][]time.Duration // each blocking read's wait, by product ("" for the list)
 	checkReads            int
 }
 
@@ -126,7 +125,7 @@ func (f *fakeBackend) Datacenters(context.Context) ([]string, error) { return []
 func (f *fakeBackend) Products(ctx context.Context, zone string, q Query) ([]string, Meta, error) {
 	if q.Index > 0 {
 		f.mu.Lock()
-		f.listWaits = append(f.listWaits, q.Wait)
+		f.waits[""] = append(f.waits[""], q.Wait)
 		f.mu.Unlock()
 	}
 	if err := f.wait(ctx, q, func() uint64 { return f.listIndex }, func() bool { return f.frozen }); err != nil {
@@ -739,7 +738,8 @@ func TestIndexBackwardsNotApplied(t *testing.T) {
 	waitFor(t, func() bool { return c.Zone("dc1").State("p3") != cache.Unlisted }, "p3 never listed")
 }
 
-// waitsOf returns the waits of product's blocking reads so far.
+// waitsOf returns the waits of product's blocking reads so far ("" for
+// the list's).
 func (f *fakeBackend) waitsOf(product string) []time.Duration {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -788,10 +788,7 @@ func TestFirstBlockingReadsSpread(t *testing.T) {
 	}
 	// The list's first blocking read is a share of Wait, at least
 	// Wait/16, which is longer than any share of ProductWait.
-	f.mu.Lock()
-	lw := slices.Clone(f.listWaits)
-	f.mu.Unlock()
-	if len(lw) == 0 || lw[0] < 5*time.Second/16 || lw[0] >= 5*time.Second {
+	if lw := f.waitsOf(""); len(lw) == 0 || lw[0] < 5*time.Second/16 || lw[0] >= 5*time.Second {
 		t.Errorf("the list's blocking reads wait %v, want the first within [%v, %v)", lw, 5*time.Second/16, 5*time.Second)
 	}
 

@@ -780,8 +780,8 @@ func (z *zoneWatch) loopPrio(ctx context.Context, endpoint, product string, prio
 		defer m.metrics.watchers.WithLabelValues(z.name).Dec()
 		limiter := rate.NewLimiter(m.cfg.Rate, m.cfg.Burst)
 		var index uint64
-		// spread is set after a read from index 0: the next blocking
-		// read waits a random share of the wait (spreadWait).
+		// spread is set after a read from index 0: the blocking read
+		// that follows waits a random share of the wait (spreadWait).
 		spread := false
 		failures := 0
 		failing := false
@@ -800,7 +800,11 @@ func (z *zoneWatch) loopPrio(ctx context.Context, endpoint, product string, prio
 			if err := limiter.Wait(ctx); err != nil {
 				return
 			}
-			meta, err := z.read(ctx, index, wait, spread, prio(), t, fn)
+			readWait := wait
+			if spread {
+				readWait = spreadWait(wait)
+			}
+			meta, err := z.read(ctx, index, readWait, prio(), t, fn)
 			if ctx.Err() != nil {
 				return
 			}
@@ -852,13 +856,9 @@ func (z *zoneWatch) loopPrio(ctx context.Context, endpoint, product string, prio
 
 // read runs one read of a loop within the budget. A first read (index 0)
 // does not block and takes a first-read slot; a blocking read takes a
-// blocking slot, and waits the loop's full wait (a random share of it when
-// spread) unless other loops wait for a slot.
-func (z *zoneWatch) read(ctx context.Context, index uint64, wait time.Duration, spread bool, prio int, t *ticket, fn fetch) (Meta, error) {
+// blocking slot, and waits wait unless other loops wait for a slot.
+func (z *zoneWatch) read(ctx context.Context, index uint64, wait time.Duration, prio int, t *ticket, fn fetch) (Meta, error) {
 	m := z.m
-	if spread && index > 0 {
-		wait = spreadWait(wait)
-	}
 	if index == 0 {
 		select {
 		case m.first <- struct{}{}:

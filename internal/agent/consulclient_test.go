@@ -67,3 +67,38 @@ func TestConsulClientBadScheme(t *testing.T) {
 		t.Error("ftp:// accepted")
 	}
 }
+
+// TestBlockingWaits: against a real Consul, a product's blocking reads ask
+// for the product wait, and the zone's own reads for the zone's wait; the
+// first blocking read after a read from index 0 asks for a random share of
+// it (from a sixteenth), so loops read together do not time out together.
+func TestBlockingWaits(t *testing.T) {
+	c := consul.Client()
+	p := newProduct("waits")
+	register(t, c, instance{id: p + "-1", product: p, env: "prod", job: "web", service: "http", port: 80})
+	proxy := testconsul.NewCountingProxy(t, consul.HTTPAddr())
+	cfg := testConfig(t, proxy.Addr())
+	cfg.Watch.Wait, cfg.Watch.ProductWait = 400*time.Millisecond, 1200*time.Millisecond
+	cfg.Watch.Pins = []string{p}
+	startAgent(t, cfg)
+
+	for _, tc := range []struct {
+		path string
+		wait time.Duration
+	}{{"/v1/health/service/" + p, cfg.Watch.ProductWait}, {"/v1/catalog/service/consul", cfg.Watch.Wait}} {
+		var waits []string
+		testconsul.WaitFor(t, 20*time.Second, func() bool { waits = proxy.Waits(tc.path); return len(waits) >= 3 },
+			"fewer than 3 blocking reads of %s", tc.path)
+		var got []time.Duration
+		for _, w := range waits[:3] {
+			d, err := time.ParseDuration(w)
+			if err != nil {
+				t.Fatalf("%s: wait %q: %v", tc.path, w, err)
+			}
+			got = append(got, d)
+		}
+		if got[0] < tc.wait/16 || got[0] >= tc.wait || got[1] != tc.wait || got[2] != tc.wait {
+			t.Errorf("%s: blocking reads waited %v, want the first within [%v, %v) and then %v", tc.path, got, tc.wait/16, tc.wait, tc.wait)
+		}
+	}
+}
