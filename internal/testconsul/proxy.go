@@ -80,6 +80,10 @@ func NewCountingProxyE(target string) (*CountingProxy, error) {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	// An agent holds one blocking request per product: keep them all pooled.
 	tr.MaxIdleConnsPerHost = 4096
+	// Forward what the client asked for, no more: net/http would otherwise
+	// ask Consul for gzip on the client's behalf and unpack it here, so
+	// Consul would compress every answer for a client that never asked.
+	tr.DisableCompression = true
 	p := &CountingProxy{
 		ln:     ln,
 		tr:     tr,

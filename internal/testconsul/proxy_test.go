@@ -1,6 +1,8 @@
 package testconsul
 
 import (
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -132,4 +134,35 @@ func TestCountingProxyCloseEndsBlockingQuery(t *testing.T) {
 		t.Fatal("Close did not end the blocking query")
 	}
 	p.Close() // a second Close is harmless
+}
+
+// The proxy forwards a request's Accept-Encoding as it came: it must not ask
+// the target for gzip on behalf of a client that did not.
+func TestCountingProxyForwardsAcceptEncodingAsIs(t *testing.T) {
+	t.Parallel()
+	seen := make(chan string, 2)
+	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen <- r.Header.Get("Accept-Encoding")
+	}))
+	defer target.Close()
+	p := NewCountingProxy(t, strings.TrimPrefix(target.URL, "http://"))
+
+	for _, asked := range []string{"", "gzip"} {
+		req, err := http.NewRequest("GET", "http://"+p.Addr()+"/v1/catalog/services", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if asked != "" {
+			req.Header.Set("Accept-Encoding", asked)
+		}
+		// DisableCompression: the client itself asks for nothing it was not told to.
+		resp, err := (&http.Client{Transport: &http.Transport{DisableCompression: true}}).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if got := <-seen; got != asked {
+			t.Errorf("client asked Accept-Encoding %q, target got %q", asked, got)
+		}
+	}
 }
