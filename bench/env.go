@@ -15,6 +15,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // proc is a child process: a server or a load generator.
@@ -110,6 +112,47 @@ func pin(pid int, cpus string) error {
 		return fmt.Errorf("taskset %d: %v: %s", pid, err, out)
 	}
 	return nil
+}
+
+// schedPolicy sets the scheduling policy of every thread of pid:
+// unix.SCHED_IDLE runs them only when their CPU has nothing else to run, so
+// that a server woken by a query takes the CPU from them at once;
+// unix.SCHED_NORMAL is every process's default. A thread started during a
+// pass inherits its creator's policy, so passes repeat until one changes
+// nothing.
+func schedPolicy(pid int, policy uint32) error {
+	for pass := 0; pass < 10; pass++ {
+		tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		if err != nil {
+			return err
+		}
+		changed := 0
+		for _, t := range tasks {
+			tid, err := strconv.Atoi(t.Name())
+			if err != nil {
+				continue
+			}
+			a, err := unix.SchedGetAttr(tid, 0)
+			if errors.Is(err, unix.ESRCH) {
+				continue // the thread ended
+			}
+			if err != nil {
+				return fmt.Errorf("sched_getattr %d: %w", tid, err)
+			}
+			if a.Policy == policy {
+				continue
+			}
+			err = unix.SchedSetAttr(tid, &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: policy, Nice: a.Nice}, 0)
+			if err != nil && !errors.Is(err, unix.ESRCH) {
+				return fmt.Errorf("sched_setattr %d: %w", tid, err)
+			}
+			changed++
+		}
+		if changed == 0 {
+			return nil
+		}
+	}
+	return fmt.Errorf("process %d: its threads' scheduling policy kept changing", pid)
 }
 
 // cpuCount returns how many CPUs a taskset list names ("" is every CPU).

@@ -349,7 +349,11 @@ func (r *report) write(b *bench) error {
 	fmt.Fprintf(&g, "## Latest run: %s\n\n", b.began.UTC().Format("2006-01-02 15:04 MST"))
 	fmt.Fprintf(&g, "- Command: `make bench`, which ran `%s`\n", commandLine())
 	fmt.Fprintf(&g, "- Machine: %d CPUs (%s), %s RAM, Linux %s; %s\n", runtime.NumCPU(), cpuModel(), memTotal(), kernel(), runtime.Version())
-	fmt.Fprintf(&g, "- CPUs: servers (Consul, glimpse-agent, ceiling) on %q, load generators (dnsperf, the harness's clients) on %q\n", orAll(r.cfg.serverCPUs), orAll(r.cfg.clientCPUs))
+	idle := ""
+	if r.cfg.consulIdle {
+		idle = "; in the half-load runs Consul runs as SCHED_IDLE while another server is measured"
+	}
+	fmt.Fprintf(&g, "- CPUs: servers (Consul, glimpse-agent, ceiling) on %q, load generators (dnsperf, the harness's clients) on %q%s\n", orAll(r.cfg.serverCPUs), orAll(r.cfg.clientCPUs), idle)
 	t := topology{products: r.cfg.products, jobs: r.cfg.jobs, perJob: r.cfg.perJob}
 	fmt.Fprintf(&g, "- Topology: %d products × %d jobs × %d instances = %d instances on %d nodes (sections 1–4; section 5 adds products; section 6 has a Consul of its own); Consul dev agent (tools/consul)\n",
 		t.products, t.jobs, t.perJob, t.size(), t.nodes())

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"io"
 	"net/http"
 	"os"
@@ -419,8 +420,21 @@ func (b *bench) rounds(ctx context.Context, gen loadGen, systems []system, rate 
 		for i := range systems {
 			s := systems[(i+r)%len(systems)]
 			t0 := time.Now()
+			// At half load Consul, when it is not the server measured, gives
+			// way: see consulIdle.
+			idle := rate > 0 && b.cfg.consulIdle && s.pid != b.consul.PID()
+			if idle {
+				if err := schedPolicy(b.consul.PID(), unix.SCHED_IDLE); err != nil {
+					return nil, fmt.Errorf("Consul to SCHED_IDLE: %w", err)
+				}
+			}
 			cpu0, cpuErr := cpuTree(s.pid)
 			res, err := gen.run(ctx, s, b.cfg.duration, rate, perQuery)
+			if idle {
+				if err := schedPolicy(b.consul.PID(), unix.SCHED_NORMAL); err != nil {
+					return nil, fmt.Errorf("Consul back to SCHED_NORMAL: %w", err)
+				}
+			}
 			if err != nil {
 				return nil, fmt.Errorf("%s at %s: %w", s.name, load, err)
 			}
