@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"golang.org/x/sys/unix"
 	"io"
 	"net/http"
 	"os"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	mdns "github.com/miekg/dns"
+	"golang.org/x/sys/unix"
 
 	gapi "github.com/rugby110/glimpse/api"
 	"github.com/rugby110/glimpse/internal/testconsul"
@@ -419,15 +419,16 @@ func (b *bench) rounds(ctx context.Context, gen loadGen, systems []system, rate 
 	for r := 0; r < b.cfg.runs; r++ {
 		for i := range systems {
 			s := systems[(i+r)%len(systems)]
-			t0 := time.Now()
-			// At half load Consul, when it is not the server measured, gives
-			// way: see consulIdle.
+			// At half load Consul gives way to the server measured, unless
+			// it is that server (-half-load.consul-idle, "Consul at half
+			// load" in RESULTS.md).
 			idle := rate > 0 && b.cfg.consulIdle && s.pid != b.consul.PID()
 			if idle {
 				if err := schedPolicy(b.consul.PID(), unix.SCHED_IDLE); err != nil {
 					return nil, fmt.Errorf("Consul to SCHED_IDLE: %w", err)
 				}
 			}
+			t0 := time.Now()
 			cpu0, cpuErr := cpuTree(s.pid)
 			res, err := gen.run(ctx, s, b.cfg.duration, rate, perQuery)
 			if idle {
