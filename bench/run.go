@@ -70,6 +70,16 @@ func run(ctx context.Context, cfg *config) error {
 	}
 	defer b.consul.Close()
 	b.capi = b.consul.Client()
+	if cfg.consulIdle && cfg.sections["dns"] {
+		// Moving Consul aside is allowed to anyone; moving it back takes
+		// CAP_SYS_NICE. Find out now, not after the section's first half.
+		if err := schedPolicy(b.consul.PID(), unix.SCHED_IDLE); err != nil {
+			return fmt.Errorf("-half-load.consul-idle: %w", err)
+		}
+		if err := schedPolicy(b.consul.PID(), unix.SCHED_NORMAL); err != nil {
+			return fmt.Errorf("-half-load.consul-idle: Consul cannot be put back to SCHED_NORMAL (%w): run as root or with -half-load.consul-idle=false", err)
+		}
+	}
 	began := time.Now()
 	if err := b.topo.register(ctx, b.capi, 0); err != nil {
 		return err
